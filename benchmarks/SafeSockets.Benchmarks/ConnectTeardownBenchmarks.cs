@@ -1,0 +1,64 @@
+using System.Net;
+using System.Net.Sockets;
+using BenchmarkDotNet.Attributes;
+
+namespace SafeSockets.Benchmarks;
+
+/// <summary>One connect → 1-byte exchange → graceful teardown cycle on loopback, both ends in process:
+/// a hand-written raw <see cref="Socket"/> graceful close (Shutdown(Send), read to EOF, Dispose) against
+/// <see cref="ManagedConnection"/> on both ends.</summary>
+public class ConnectTeardownBenchmarks
+{
+    private Socket? _listener;
+    private EndPoint? _endPoint;
+    private readonly byte[] _one = [42];
+    private readonly byte[] _buffer = new byte[64];
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _listener.Listen(512);
+        _endPoint = _listener.LocalEndPoint;
+    }
+
+    [GlobalCleanup]
+    public void Cleanup() => _listener?.Dispose();
+
+    [Benchmark(Baseline = true)]
+    public async Task RawGraceful()
+    {
+        Task<Socket> accept = _listener!.AcceptAsync();
+        using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        await client.ConnectAsync(_endPoint!);
+        using Socket server = await accept;
+        await client.SendAsync(_one, SocketFlags.None);
+        await server.ReceiveAsync(_buffer, SocketFlags.None);
+        await server.SendAsync(_one, SocketFlags.None);
+        await client.ReceiveAsync(_buffer, SocketFlags.None);
+
+        // Client closes first: FIN, read to EOF; the server answers with its FIN after reading the client's.
+        client.Shutdown(SocketShutdown.Send);
+        await server.ReceiveAsync(_buffer, SocketFlags.None);
+        server.Shutdown(SocketShutdown.Send);
+        await client.ReceiveAsync(_buffer, SocketFlags.None);
+    }
+
+    [Benchmark]
+    public async Task ManagedGraceful()
+    {
+        Task<Socket> accept = _listener!.AcceptAsync();
+        ManagedConnection client = await ManagedConnection.ConnectAsync(_endPoint!);
+        ManagedConnection server = ManagedConnection.Adopt(await accept);
+        await client.SendAsync(_one);
+        await server.ReceiveAsync(_buffer);
+        await server.SendAsync(_one);
+        await client.ReceiveAsync(_buffer);
+
+        Task<CloseResult> clientClose = client.CloseAsync().AsTask();
+        await server.ReceiveAsync(_buffer);
+        await server.CloseAsync();
+        await clientClose;
+    }
+}

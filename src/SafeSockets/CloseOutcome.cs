@@ -1,0 +1,26 @@
+namespace SafeSockets;
+
+/// <summary>How a close ended: the first reason that applied wins.</summary>
+public enum CloseOutcome
+{
+    /// <summary>Everything was flushed, our FIN was sent and the peer's FIN was received: no reset.</summary>
+    Graceful,
+
+    /// <summary>The drain hit <see cref="ManagedConnectionOptions.DrainTimeout"/> or <see cref="ManagedConnectionOptions.DrainIdleTimeout"/> before the peer's FIN (or the flush before our FIN did not finish in time); the socket was released anyway.</summary>
+    DrainTimedOut,
+
+    /// <summary>The peer sent more than <see cref="ManagedConnectionOptions.MaxDrainBytes"/> during the drain; the socket was released anyway.</summary>
+    DrainLimitExceeded,
+
+    /// <summary>The peer reset the connection (RST) before or during the close.</summary>
+    PeerReset,
+
+    /// <summary>The connection was ended with a reset on purpose by <see cref="ManagedConnection.Abort"/>.</summary>
+    Aborted,
+
+    /// <summary>The connection had already been closed by an earlier call; this call did nothing.</summary>
+    AlreadyClosed,
+
+    /// <summary>The peer closed first and the application did not close within <see cref="ManagedConnectionOptions.CloseWaitTimeout"/>, so the connection closed itself (FIN, no reset) to leave no socket in CLOSE_WAIT.</summary>
+    CloseWaitTimedOut,
+}

@@ -1,0 +1,26 @@
+using System.Net.Sockets;
+
+namespace SafeSockets.Internal;
+
+/// <summary>The one place that decides what a socket error means for a connection.</summary>
+internal static class SocketErrors
+{
+    /// <summary>The peer reset the connection, or the connection is gone because of a reset.</summary>
+    /// <remarks>
+    /// Linux reports a send after the peer's RST as ECONNRESET once and EPIPE afterwards; .NET maps EPIPE to
+    /// <see cref="SocketError.Shutdown"/>. Callers check first that our own send side is not shut down, so here
+    /// <c>Shutdown</c> means the peer. Windows and macOS report aborts by the stack as ConnectionAborted.
+    /// </remarks>
+    public static bool IsConnectionReset(SocketError error) => error is
+        SocketError.ConnectionReset or
+        SocketError.ConnectionAborted or
+        SocketError.Shutdown or
+        SocketError.NotConnected or
+        SocketError.NetworkReset;
+
+    /// <summary>The operation ended because the socket was closed under it (by our own abort or release).</summary>
+    public static bool IsAbortedByUs(SocketError error) => error is
+        SocketError.OperationAborted or
+        SocketError.Interrupted or
+        SocketError.NotSocket;
+}

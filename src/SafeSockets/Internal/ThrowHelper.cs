@@ -1,0 +1,43 @@
+using System.Diagnostics.CodeAnalysis;
+
+namespace SafeSockets.Internal;
+
+/// <summary>Throw sites kept out of hot paths, with messages a user can act on.</summary>
+internal static class ThrowHelper
+{
+    [DoesNotReturn]
+    public static void ThrowSendShutdown() =>
+        throw new InvalidOperationException("The send side of this connection is shut down (ShutdownSendAsync was called, or a close started); nothing more can be sent.");
+
+    [DoesNotReturn]
+    public static void ThrowConcurrentReceive() =>
+        throw new InvalidOperationException("Another ReceiveAsync is already pending on this connection; receives must not overlap.");
+
+    [DoesNotReturn]
+    public static void ThrowPeerReset() => throw CreatePeerReset(null);
+
+    public static ConnectionResetException CreatePeerReset(Exception? inner) =>
+        new("The connection was reset by the peer (TCP RST); data in flight may be lost.", inner);
+
+    [DoesNotReturn]
+    public static void ThrowDisposed(string reason) =>
+        throw new ObjectDisposedException(nameof(ManagedConnection), reason);
+
+    public static string DisposedReason(CloseReason reason) => reason switch
+    {
+        CloseReason.Abort => "The connection was aborted (Abort was called).",
+        CloseReason.CloseWaitTimeout => "The connection closed itself because the peer had closed and the application did not close it within CloseWaitTimeout.",
+        CloseReason.PeerReset => "The connection was released after the peer reset it.",
+        _ => "The connection is closed or closing (CloseAsync or DisposeAsync was called).",
+    };
+}
+
+/// <summary>Who started the close; the first one wins.</summary>
+internal enum CloseReason
+{
+    None,
+    Application,
+    CloseWaitTimeout,
+    PeerReset,
+    Abort,
+}

@@ -1,0 +1,258 @@
+using System.Net.Sockets;
+using SafeSockets.Internal;
+
+namespace SafeSockets;
+
+public sealed partial class ManagedConnection
+{
+    // How long a close waits for a send that was stuck on a full window to fail once our send side is
+    // shut down (shutdown wakes it with EPIPE at once; this only bounds a misbehaving platform).
+    private static readonly TimeSpan s_stuckSendGrace = TimeSpan.FromSeconds(1);
+
+    private readonly TaskCompletionSource<CloseResult> _closeCompletion;
+    private CloseReason _closeReason;
+    private CloseReason _guardReason;
+    private long _closeStart;
+    private int _released;
+    private int _applicationSawClose;
+    private ITimer? _guardTimer;
+    private int _releaseCount;
+
+    /// <summary>How many times the socket was released; tests assert it is exactly one.</summary>
+    internal int ReleaseCount => Volatile.Read(ref _releaseCount);
+
+    /// <summary>Closes gracefully: flush, FIN, read and discard until the peer's FIN (within the drain bounds), then release the socket.</summary>
+    /// <param name="cancellationToken">Cuts the close short: the socket is still released (possibly with a reset if
+    /// unread data arrived), then <see cref="OperationCanceledException"/> is thrown.</param>
+    /// <returns>How the close ended. The first call after the connection ended reports that end, including a close
+    /// the connection did by itself (<see cref="CloseOutcome.CloseWaitTimedOut"/>, <see cref="CloseOutcome.PeerReset"/>);
+    /// later calls return <see cref="CloseOutcome.AlreadyClosed"/>. It never throws for a peer's misbehaviour.</returns>
+    public ValueTask<CloseResult> CloseAsync(CancellationToken cancellationToken = default)
+    {
+        if (TryBeginClose(CloseReason.Application))
+        {
+            Volatile.Write(ref _applicationSawClose, 1);
+            return CloseCoreAsync(cancellationToken);
+        }
+
+        return WaitForOtherCloseAsync(cancellationToken);
+    }
+
+    /// <summary>Closes with a reset (RST) on purpose: linger 0, then release. Data in flight either way is lost.</summary>
+    /// <remarks>The only operation that sends RST deliberately. It also cuts a graceful close in progress short.
+    /// Calling it after the connection was released does nothing.</remarks>
+    public void Abort()
+    {
+        Volatile.Write(ref _applicationSawClose, 1);
+        if (Interlocked.CompareExchange(ref _released, 1, 0) != 0)
+        {
+            return;
+        }
+
+        // Aborted is set before the socket goes, so the receive loop reads its error as ours, not the peer's.
+        int previous = StateBits.Set(ref _state, StateBits.Closing | StateBits.Aborted);
+        if ((previous & StateBits.Closing) == 0)
+        {
+            _closeReason = CloseReason.Abort;
+            _closeStart = _timeProvider.GetTimestamp();
+        }
+
+        try
+        {
+            _socket.LingerState = new LingerOption(true, 0);
+        }
+        catch (SocketException)
+        {
+            // Already reset by the peer: the close below sends nothing either way.
+        }
+
+        _socket.Dispose();
+        OnReleased();
+        Complete(CloseOutcome.Aborted);
+    }
+
+    /// <summary>Closes gracefully, as <see cref="CloseAsync"/> does, ignoring the result.</summary>
+    /// <returns>A task that completes once the socket has been released.</returns>
+    public async ValueTask DisposeAsync()
+    {
+        await CloseAsync(CancellationToken.None).ConfigureAwait(false);
+    }
+
+    private bool TryBeginClose(CloseReason reason)
+    {
+        int previous = StateBits.Set(ref _state, StateBits.Closing);
+        if ((previous & (StateBits.Closing | StateBits.Closed | StateBits.Aborted)) != 0)
+        {
+            return false;
+        }
+
+        _closeReason = reason;
+        _closeStart = _timeProvider.GetTimestamp();
+        return true;
+    }
+
+    private async ValueTask<CloseResult> WaitForOtherCloseAsync(CancellationToken cancellationToken)
+    {
+        CloseResult result = await _closeCompletion.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        return Interlocked.Exchange(ref _applicationSawClose, 1) == 0
+            ? result
+            : new CloseResult(CloseOutcome.AlreadyClosed, 0, TimeSpan.Zero);
+    }
+
+    /// <summary>The close path; runs once, for whoever won <see cref="TryBeginClose"/>.</summary>
+    private async ValueTask<CloseResult> CloseCoreAsync(CancellationToken cancellationToken)
+    {
+        DisposeGuardTimer();
+        CompleteInputForClose();
+        long start = _closeStart;
+        Volatile.Write(ref _drainDeadline, start + (long)(_drainTimeout.TotalSeconds * _timeProvider.TimestampFrequency));
+
+        CloseOutcome? outcome = null;
+        bool lockTaken = false;
+        try
+        {
+            // 1. Flush: wait until every send in flight has been handed to the kernel.
+            lockTaken = _sendLock.Wait(0, CancellationToken.None) || await WaitForSendsAsync(_drainTimeout, cancellationToken).ConfigureAwait(false);
+            if (!lockTaken)
+            {
+                outcome = CloseOutcome.DrainTimedOut;
+            }
+
+            // 2. FIN. Even when the flush timed out: shutting the send side wakes a send stuck on a zero window (EPIPE).
+            ShutdownSendForClose();
+            if (!lockTaken)
+            {
+                lockTaken = await WaitForSendsAsync(s_stuckSendGrace, CancellationToken.None).ConfigureAwait(false);
+            }
+
+            // 3. Drain: the receive loop reads and discards until the peer's FIN, within the bounds.
+            LoopExit exit;
+            if (_receiveLoop.IsCompleted)
+            {
+                exit = await _receiveLoop.ConfigureAwait(false);
+            }
+            else
+            {
+                Volatile.Write(ref _draining, 1);
+                ArmDrainTimer();
+                _input.Writer.CancelPendingFlush();
+                using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(static s => ((CancellationTokenSource)s!).Cancel(), _receiveCts);
+                exit = await _receiveLoop.ConfigureAwait(false);
+            }
+
+            outcome ??= exit switch
+            {
+                LoopExit.PeerFin => _closeReason == CloseReason.CloseWaitTimeout ? CloseOutcome.CloseWaitTimedOut : CloseOutcome.Graceful,
+                LoopExit.PeerReset => CloseOutcome.PeerReset,
+                LoopExit.DrainTimedOut => CloseOutcome.DrainTimedOut,
+                LoopExit.DrainLimitExceeded => CloseOutcome.DrainLimitExceeded,
+                _ => CloseOutcome.Aborted,
+            };
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Still released below; the caller gets the cancellation after that.
+        }
+        finally
+        {
+            if (Interlocked.CompareExchange(ref _released, 1, 0) == 0)
+            {
+                _socket.Dispose();
+                OnReleased();
+                if (_receiveLoop.IsCompleted)
+                {
+                    _receiveCts.Dispose();
+                }
+            }
+
+            if (lockTaken)
+            {
+                // Senders queued behind the close wake up and see Closing.
+                _sendLock.Release();
+            }
+        }
+
+        Complete(outcome ?? CloseOutcome.DrainTimedOut);
+        cancellationToken.ThrowIfCancellationRequested();
+        return _closeCompletion.Task.Result;
+    }
+
+    private async ValueTask<bool> WaitForSendsAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        using var timeoutCts = new CancellationTokenSource(timeout, _timeProvider);
+        using CancellationTokenSource linked = CancellationTokenSource.CreateLinkedTokenSource(timeoutCts.Token, cancellationToken);
+        try
+        {
+            await _sendLock.WaitAsync(linked.Token).ConfigureAwait(false);
+            return true;
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            return false;
+        }
+    }
+
+    private void ShutdownSendForClose()
+    {
+        if ((StateBits.Set(ref _state, StateBits.SendShutdown) & (StateBits.SendShutdown | StateBits.PeerReset)) != 0)
+        {
+            return;
+        }
+
+        try
+        {
+            _socket.Shutdown(SocketShutdown.Send);
+        }
+        catch (SocketException)
+        {
+            // The peer reset first; the receive loop reports it as the outcome.
+        }
+        catch (ObjectDisposedException)
+        {
+            // Abort released the socket meanwhile; the outcome is Aborted.
+        }
+    }
+
+    /// <summary>The socket is gone: set the state, stop the guard, wake <see cref="PeerClosed"/> waiters.</summary>
+    private void OnReleased()
+    {
+        Interlocked.Increment(ref _releaseCount);
+        StateBits.Set(ref _state, StateBits.Closed);
+        DisposeGuardTimer();
+        FirePeerClosed();
+    }
+
+    private void Complete(CloseOutcome outcome)
+    {
+        TimeSpan elapsed = _timeProvider.GetElapsedTime(_closeStart);
+        _closeCompletion.TrySetResult(new CloseResult(outcome, Interlocked.Read(ref _bytesDrained), elapsed));
+    }
+
+    /// <summary>After the peer's FIN or reset: close by ourselves unless the application does first.</summary>
+    private void StartCloseWaitGuard(TimeSpan timeout, CloseReason reason)
+    {
+        _guardReason = reason;
+        if (timeout == TimeSpan.Zero)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(static s => s.CloseFromGuard(), this, preferLocal: false);
+            return;
+        }
+
+        ITimer timer = _timeProvider.CreateTimer(static s => ((ManagedConnection)s!).CloseFromGuard(), this, timeout, Timeout.InfiniteTimeSpan);
+        Volatile.Write(ref _guardTimer, timer);
+        if ((ReadState() & StateBits.Closing) != 0)
+        {
+            DisposeGuardTimer();
+        }
+    }
+
+    private void CloseFromGuard()
+    {
+        if (TryBeginClose(_guardReason))
+        {
+            _ = CloseCoreAsync(CancellationToken.None).AsTask();
+        }
+    }
+
+    private void DisposeGuardTimer() => Interlocked.Exchange(ref _guardTimer, null)?.Dispose();
+}

@@ -1,0 +1,274 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using SafeSockets.Internal;
+
+namespace SafeSockets;
+
+public sealed partial class ManagedConnection
+{
+    // Values of _readState: who may complete the input pipe's reader.
+    private const int ReadIdle = 0;
+    private const int ReadActive = 1;
+    private const int ReadClosed = 2;
+
+    // Socket → _input is the receive loop's job. The application reads from _input, so the loop can keep
+    // a read pending at all times and see the peer's FIN while the application is busy elsewhere.
+    private readonly Pipe _input;
+
+    // Cancels the loop's socket reads. Armed only once a close is draining (idle and total bounds);
+    // cancelling a pending receive does not reset the connection, unlike disposing the socket under it.
+    private readonly CancellationTokenSource _receiveCts;
+    private readonly Task<LoopExit> _receiveLoop;
+    private int _readState;
+
+    // Written by the close path before it sets _draining; read by the loop.
+    private long _drainDeadline;
+    private int _draining;
+    private long _bytesDrained;
+    private CancellationTokenSource? _peerClosedCts;
+
+    /// <summary>Why the receive loop ended.</summary>
+    private enum LoopExit
+    {
+        PeerFin,
+        PeerReset,
+        DrainTimedOut,
+        DrainLimitExceeded,
+        Aborted,
+    }
+
+    /// <summary>Fires when the peer's FIN or reset is seen (even while nobody is reading), and at the latest when the connection is released.</summary>
+    /// <remarks>Callbacks run on the thread pool, never on the connection's receive loop. After the peer's FIN the
+    /// application may still send (a half-close protocol answers now) and should then close; otherwise the
+    /// connection closes itself after <see cref="ManagedConnectionOptions.CloseWaitTimeout"/>.</remarks>
+    public CancellationToken PeerClosed => (Volatile.Read(ref _peerClosedCts) ?? CreatePeerClosedSource()).Token;
+
+    /// <summary>Receives bytes the peer sent.</summary>
+    /// <param name="buffer">Where to copy the bytes. An empty buffer waits until data or the FIN is available and returns 0 without consuming anything.</param>
+    /// <param name="cancellationToken">Cancels the wait; no data is lost.</param>
+    /// <returns>The number of bytes copied; 0 once the peer's FIN has been reached (every byte before it was returned).</returns>
+    /// <exception cref="ObjectDisposedException">The connection is closing or closed.</exception>
+    /// <exception cref="ConnectionResetException">The peer reset the connection.</exception>
+    /// <exception cref="InvalidOperationException">Another receive is already pending.</exception>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    public async ValueTask<int> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        ThrowIfClosing(ReadState());
+        int previous = Interlocked.CompareExchange(ref _readState, ReadActive, ReadIdle);
+        if (previous != ReadIdle)
+        {
+            if (previous == ReadClosed)
+            {
+                ThrowIfClosing(ReadState() | StateBits.Closing);
+            }
+
+            ThrowHelper.ThrowConcurrentReceive();
+        }
+
+        try
+        {
+            PipeReader reader = _input.Reader;
+            if (!reader.TryRead(out ReadResult result))
+            {
+                result = await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+            }
+
+            if (result.IsCanceled)
+            {
+                // Only the close path cancels a pending read.
+                reader.AdvanceTo(result.Buffer.Start);
+                ThrowIfClosing(ReadState() | StateBits.Closing);
+            }
+
+            ReadOnlySequence<byte> data = result.Buffer;
+            if (data.IsEmpty || buffer.IsEmpty)
+            {
+                reader.AdvanceTo(data.Start);
+                if (data.IsEmpty && (ReadState() & (StateBits.Closing | StateBits.Closed)) != 0 && (ReadState() & StateBits.PeerFin) == 0)
+                {
+                    // Completed by our own close, not by the peer's FIN.
+                    ThrowIfClosing(ReadState());
+                }
+
+                return 0;
+            }
+
+            int count = (int)Math.Min(data.Length, buffer.Length);
+            data.Slice(0, count).CopyTo(buffer.Span);
+            reader.AdvanceTo(data.GetPosition(count));
+            return count;
+        }
+        finally
+        {
+            if (Interlocked.CompareExchange(ref _readState, ReadIdle, ReadActive) != ReadActive)
+            {
+                // The close path asked for the reader while we held it: we complete it.
+                _input.Reader.Complete();
+            }
+        }
+    }
+
+    /// <summary>Called by the close path: nobody may read any more, and unread data is discarded.</summary>
+    private void CompleteInputForClose()
+    {
+        int previous = Interlocked.Exchange(ref _readState, ReadClosed);
+        if (previous == ReadIdle)
+        {
+            _input.Reader.Complete();
+        }
+        else if (previous == ReadActive)
+        {
+            _input.Reader.CancelPendingRead();
+        }
+    }
+
+    private async Task<LoopExit> ReceiveLoopAsync()
+    {
+        PipeWriter writer = _input.Writer;
+        Exception? pipeError = null;
+        try
+        {
+            // Yield so the constructor returns before the first read is issued.
+            await Task.Yield();
+            bool discard = false;
+            while (true)
+            {
+                // While draining, the same memory is reused and never advanced: the bytes are discarded.
+                Memory<byte> memory = writer.GetMemory();
+                int received = await _socket.ReceiveAsync(memory, SocketFlags.None, _receiveCts.Token).ConfigureAwait(false);
+                if (received == 0)
+                {
+                    OnPeerClosed(reset: false);
+                    return LoopExit.PeerFin;
+                }
+
+                if (Volatile.Read(ref _draining) != 0)
+                {
+                    long total = Interlocked.Add(ref _bytesDrained, received);
+                    if (total > _maxDrainBytes)
+                    {
+                        return LoopExit.DrainLimitExceeded;
+                    }
+
+                    ArmDrainTimer();
+                    continue;
+                }
+
+                if (discard)
+                {
+                    continue;
+                }
+
+                writer.Advance(received);
+                FlushResult flush = await writer.FlushAsync().ConfigureAwait(false);
+                if (flush.IsCompleted)
+                {
+                    // The reader is gone: keep reading to see the FIN, but throw the bytes away.
+                    discard = true;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (Volatile.Read(ref _draining) != 0)
+        {
+            return LoopExit.DrainTimedOut;
+        }
+        catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode) && (ReadState() & StateBits.Aborted) == 0)
+        {
+            pipeError = ThrowHelper.CreatePeerReset(ex);
+            OnPeerClosed(reset: true);
+            return LoopExit.PeerReset;
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException && (ReadState() & (StateBits.Aborted | StateBits.Closed)) != 0)
+        {
+            return LoopExit.Aborted;
+        }
+        catch (Exception ex)
+        {
+            // Unexpected: surface it to the reader and treat the connection as reset; never let it escape.
+            pipeError = ex;
+            OnPeerClosed(reset: true);
+            return LoopExit.PeerReset;
+        }
+        finally
+        {
+            writer.Complete(pipeError);
+        }
+    }
+
+    /// <summary>(Re)arms the drain's idle bound, capped by the total deadline.</summary>
+    private void ArmDrainTimer()
+    {
+        TimeSpan remaining = _timeProvider.GetElapsedTime(_timeProvider.GetTimestamp(), Volatile.Read(ref _drainDeadline));
+        TimeSpan wait = remaining < _drainIdleTimeout ? remaining : _drainIdleTimeout;
+        try
+        {
+            if (wait <= TimeSpan.Zero)
+            {
+                _receiveCts.Cancel();
+            }
+            else
+            {
+                _receiveCts.CancelAfter(wait);
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+            // Released concurrently by Abort.
+        }
+    }
+
+    /// <summary>The receive loop saw the peer's FIN or reset.</summary>
+    private void OnPeerClosed(bool reset)
+    {
+        int previous = StateBits.Set(ref _state, reset ? StateBits.PeerFin | StateBits.PeerReset : StateBits.PeerFin);
+        FirePeerClosed();
+        if ((previous & StateBits.Closing) == 0)
+        {
+            StartCloseWaitGuard(reset ? TimeSpan.Zero : _closeWaitTimeout, reset ? CloseReason.PeerReset : CloseReason.CloseWaitTimeout);
+        }
+    }
+
+    private CancellationTokenSource CreatePeerClosedSource()
+    {
+        var created = new CancellationTokenSource();
+        CancellationTokenSource? existing = Interlocked.CompareExchange(ref _peerClosedCts, created, null);
+        if (existing is not null)
+        {
+            created.Dispose();
+            return existing;
+        }
+
+        // FirePeerClosed may have run before we published the source.
+        if ((ReadState() & (StateBits.PeerFin | StateBits.Closed | StateBits.Aborted)) != 0)
+        {
+            created.Cancel();
+        }
+
+        return created;
+    }
+
+    private void FirePeerClosed()
+    {
+        CancellationTokenSource? cts = Volatile.Read(ref _peerClosedCts);
+        if (cts is not null && !cts.IsCancellationRequested)
+        {
+            // Application callbacks must not run on the receive loop or a timer thread.
+            ThreadPool.UnsafeQueueUserWorkItem(static s => CancelQuietly(s), cts, preferLocal: false);
+        }
+    }
+
+    private static void CancelQuietly(CancellationTokenSource cts)
+    {
+        try
+        {
+            cts.Cancel();
+        }
+#pragma warning disable CA1031 // A throwing user callback must not crash the process from a pool thread.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+        }
+    }
+}

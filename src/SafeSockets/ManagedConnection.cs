@@ -1,0 +1,163 @@
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Sockets;
+using SafeSockets.Internal;
+
+namespace SafeSockets;
+
+/// <summary>A connected TCP socket whose whole lifecycle is owned: half-close, drain-before-close,
+/// peer-FIN detection with a CLOSE_WAIT guard, and an explicit abort.</summary>
+/// <remarks>
+/// <para>From creation on, a receive loop always has a read pending, so the peer's FIN is noticed even when
+/// the application is not reading: <see cref="PeerClosed"/> fires, <see cref="State"/> becomes
+/// <see cref="ConnectionState.PeerShutdown"/>, and if the application does not close within
+/// <see cref="ManagedConnectionOptions.CloseWaitTimeout"/> the connection closes itself. No socket is left in CLOSE_WAIT.</para>
+/// <para><see cref="CloseAsync"/> and <see cref="DisposeAsync"/> never send RST over unread data within the
+/// drain bounds; only <see cref="Abort"/> resets on purpose.</para>
+/// <para>Thread safety: one <see cref="ReceiveAsync"/> at a time; <see cref="SendAsync"/> calls may overlap
+/// and are sent one after another; <see cref="CloseAsync"/>, <see cref="Abort"/> and
+/// <see cref="DisposeAsync"/> may be called from any thread at any time.</para>
+/// </remarks>
+public sealed partial class ManagedConnection : IAsyncDisposable
+{
+    private static readonly PipeOptions s_inputPipeOptions = new(
+        readerScheduler: PipeScheduler.ThreadPool,
+        writerScheduler: PipeScheduler.Inline,
+        pauseWriterThreshold: 64 * 1024,
+        resumeWriterThreshold: 32 * 1024,
+        useSynchronizationContext: false);
+
+    private readonly Socket _socket;
+    private readonly TimeProvider _timeProvider;
+    private readonly TimeSpan _drainTimeout;
+    private readonly TimeSpan _drainIdleTimeout;
+    private readonly long _maxDrainBytes;
+    private readonly TimeSpan _closeWaitTimeout;
+
+    // The state word; see Internal/StateBits for the layout.
+    private int _state;
+
+    private ManagedConnection(Socket socket, ManagedConnectionOptions? options)
+    {
+        options ??= ManagedConnectionOptions.Default;
+        _socket = socket;
+        _timeProvider = options.TimeProvider;
+        _drainTimeout = options.DrainTimeout;
+        _drainIdleTimeout = options.DrainIdleTimeout;
+        _maxDrainBytes = options.MaxDrainBytes;
+        _closeWaitTimeout = options.CloseWaitTimeout;
+        _state = StateBits.LeaseOne;
+
+        // Cached now: Socket throws once disposed, and callers want these in logs after close.
+        LocalEndPoint = socket.LocalEndPoint;
+        RemoteEndPoint = socket.RemoteEndPoint;
+
+        _input = new Pipe(s_inputPipeOptions);
+        _receiveCts = new CancellationTokenSource(Timeout.InfiniteTimeSpan, _timeProvider);
+        _closeCompletion = new TaskCompletionSource<CloseResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _receiveLoop = ReceiveLoopAsync();
+    }
+
+    /// <summary>Connects to <paramref name="remoteEndPoint"/> over TCP and returns the managed connection.</summary>
+    /// <param name="remoteEndPoint">An <see cref="IPEndPoint"/> or <see cref="DnsEndPoint"/>.</param>
+    /// <param name="options">Teardown bounds; <see langword="null"/> for the documented defaults.</param>
+    /// <param name="cancellationToken">Cancels the connect; the socket is released.</param>
+    /// <returns>The connected connection, with <c>NoDelay</c> set.</returns>
+    /// <exception cref="SocketException">The connect failed; no descriptor is left behind.</exception>
+    public static async ValueTask<ManagedConnection> ConnectAsync(EndPoint remoteEndPoint, ManagedConnectionOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(remoteEndPoint);
+        if (remoteEndPoint is not IPEndPoint and not DnsEndPoint)
+        {
+            throw new ArgumentException($"Only IPEndPoint and DnsEndPoint are supported (TCP); got {remoteEndPoint.GetType().Name}.", nameof(remoteEndPoint));
+        }
+
+        Socket socket = remoteEndPoint.AddressFamily == AddressFamily.Unspecified
+            ? new Socket(SocketType.Stream, ProtocolType.Tcp)
+            : new Socket(remoteEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            socket.NoDelay = true;
+            await socket.ConnectAsync(remoteEndPoint, cancellationToken).ConfigureAwait(false);
+            return new ManagedConnection(socket, options);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Takes ownership of an already connected TCP socket.</summary>
+    /// <param name="connectedSocket">A connected stream socket; from now on only the connection may use or dispose it.</param>
+    /// <param name="options">Teardown bounds; <see langword="null"/> for the documented defaults.</param>
+    /// <returns>The managed connection.</returns>
+    /// <remarks>If the socket is rejected (an exception is thrown) ownership is not taken: the caller still owns it.
+    /// Socket options such as <c>NoDelay</c> are left as they are.</remarks>
+    /// <exception cref="ArgumentNullException"><paramref name="connectedSocket"/> is null.</exception>
+    /// <exception cref="ObjectDisposedException">The socket is already disposed.</exception>
+    /// <exception cref="ArgumentException">The socket is not a TCP stream socket, is listening, or is not connected.</exception>
+    public static ManagedConnection Adopt(Socket connectedSocket, ManagedConnectionOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(connectedSocket);
+        ObjectDisposedException.ThrowIf(connectedSocket.SafeHandle.IsClosed || connectedSocket.SafeHandle.IsInvalid, connectedSocket);
+        if (connectedSocket.SocketType != SocketType.Stream || connectedSocket.ProtocolType != ProtocolType.Tcp)
+        {
+            throw new ArgumentException($"The socket must be a TCP stream socket; it is {connectedSocket.SocketType}/{connectedSocket.ProtocolType}.", nameof(connectedSocket));
+        }
+
+        if (IsListening(connectedSocket))
+        {
+            throw new ArgumentException("The socket is a listening socket; pass a socket returned by Accept or connected with Connect.", nameof(connectedSocket));
+        }
+
+        if (!connectedSocket.Connected)
+        {
+            throw new ArgumentException("The socket is not connected (or its send side was already shut down); connect it before adopting it.", nameof(connectedSocket));
+        }
+
+        return new ManagedConnection(connectedSocket, options);
+    }
+
+    /// <summary>Where the connection is in its lifecycle; see <see cref="ConnectionState"/>.</summary>
+    public ConnectionState State => StateBits.ToConnectionState(Volatile.Read(ref _state));
+
+    /// <summary>The local end point, captured when the connection was created (still available after close).</summary>
+    public EndPoint? LocalEndPoint { get; }
+
+    /// <summary>The remote end point, captured when the connection was created (still available after close).</summary>
+    public EndPoint? RemoteEndPoint { get; }
+
+    /// <summary>Completes when the socket has been released, with the result of the close that released it,
+    /// whoever started it (the application, the CLOSE_WAIT guard, a peer reset or <see cref="Abort"/>).</summary>
+    /// <remarks>Never faults.</remarks>
+    public Task<CloseResult> Completion => _closeCompletion.Task;
+
+    private static bool IsListening(Socket socket)
+    {
+        try
+        {
+            return socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.AcceptConnection) is int value && value != 0;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
+    }
+
+    private int ReadState() => Volatile.Read(ref _state);
+
+    /// <summary>Throws the clear exception for an operation that cannot start in the current state.</summary>
+    private void ThrowIfClosing(int state)
+    {
+        if ((state & (StateBits.Closing | StateBits.Closed | StateBits.Aborted)) != 0)
+        {
+            if ((state & StateBits.PeerReset) != 0 && _closeReason == CloseReason.PeerReset)
+            {
+                ThrowHelper.ThrowPeerReset();
+            }
+
+            ThrowHelper.ThrowDisposed(ThrowHelper.DisposedReason(_closeReason));
+        }
+    }
+}

@@ -1,0 +1,123 @@
+namespace SafeSockets;
+
+/// <summary>Bounds and timings for a <see cref="ManagedConnection"/>'s teardown.</summary>
+/// <remarks>
+/// <para>Every value is checked when it is assigned; an out-of-range value throws
+/// <see cref="ArgumentOutOfRangeException"/>. A connection copies the options when it is created,
+/// so changing an options object later does not affect connections that already exist.</para>
+/// <para>The defaults follow the servers that solved lingering close first: nginx
+/// (<c>lingering_time</c> 30 s, <c>lingering_timeout</c> 5 s), Apache (30 s total, 2 s per read) and
+/// Go's <c>net/http</c> (reads at most 256 KiB of an unread body).</para>
+/// </remarks>
+public sealed class ManagedConnectionOptions
+{
+    /// <summary>The default of <see cref="DrainTimeout"/>: 30 seconds, nginx's <c>lingering_time</c> and Apache's total.</summary>
+    public static readonly TimeSpan DefaultDrainTimeout = TimeSpan.FromSeconds(30);
+
+    /// <summary>The default of <see cref="DrainIdleTimeout"/>: 5 seconds, nginx's <c>lingering_timeout</c>.</summary>
+    public static readonly TimeSpan DefaultDrainIdleTimeout = TimeSpan.FromSeconds(5);
+
+    /// <summary>The default of <see cref="MaxDrainBytes"/>: 256 KiB, what Go's HTTP server reads of an unread body.</summary>
+    public const long DefaultMaxDrainBytes = 256 * 1024;
+
+    /// <summary>The default of <see cref="CloseWaitTimeout"/>: 5 seconds, the longest single wait for a quiet peer in nginx's lingering close.</summary>
+    public static readonly TimeSpan DefaultCloseWaitTimeout = TimeSpan.FromSeconds(5);
+
+    // CancellationTokenSource.CancelAfter and timers accept at most uint.MaxValue - 1 ms;
+    // int.MaxValue ms (about 24.8 days) keeps every bound well inside that.
+    private static readonly TimeSpan s_maxTimeout = TimeSpan.FromMilliseconds(int.MaxValue);
+
+    private TimeSpan _drainTimeout = DefaultDrainTimeout;
+    private TimeSpan _drainIdleTimeout = DefaultDrainIdleTimeout;
+    private long _maxDrainBytes = DefaultMaxDrainBytes;
+    private TimeSpan _closeWaitTimeout = DefaultCloseWaitTimeout;
+    private TimeProvider _timeProvider = TimeProvider.System;
+
+    /// <summary>Total bound on a graceful close: flushing what was sent, then reading and discarding until the peer's FIN.</summary>
+    /// <remarks>Defaults to 30 seconds. Must be greater than zero. When it is hit the socket is released anyway
+    /// and the outcome is <see cref="CloseOutcome.DrainTimedOut"/>; a peer that trickles bytes cannot hold a close longer.</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The value is zero, negative, or longer than about 24.8 days.</exception>
+    public TimeSpan DrainTimeout
+    {
+        get => _drainTimeout;
+        set => _drainTimeout = CheckPositive(value, nameof(DrainTimeout));
+    }
+
+    /// <summary>Bound on one wait for the peer during the drain: a peer that goes quiet this long without sending FIN ends the drain.</summary>
+    /// <remarks>Defaults to 5 seconds. Must be greater than zero. A value above <see cref="DrainTimeout"/> simply never applies.</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The value is zero, negative, or longer than about 24.8 days.</exception>
+    public TimeSpan DrainIdleTimeout
+    {
+        get => _drainIdleTimeout;
+        set => _drainIdleTimeout = CheckPositive(value, nameof(DrainIdleTimeout));
+    }
+
+    /// <summary>The most bytes a close reads and discards while waiting for the peer's FIN.</summary>
+    /// <remarks>Defaults to 256 KiB. Zero is allowed and means that any byte arriving during the drain ends it with
+    /// <see cref="CloseOutcome.DrainLimitExceeded"/>.</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The value is negative.</exception>
+    public long MaxDrainBytes
+    {
+        get => _maxDrainBytes;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value, nameof(MaxDrainBytes));
+            _maxDrainBytes = value;
+        }
+    }
+
+    /// <summary>After the peer's FIN (or reset), the longest time before the connection closes itself if the application has not closed it.</summary>
+    /// <remarks>Defaults to 5 seconds. Zero is allowed and closes the connection as soon as the peer's FIN is seen
+    /// (no answer after the peer's FIN). The application may still send during this time, which is what
+    /// half-close protocols need; the forced close ends with FIN, never RST, and its outcome is
+    /// <see cref="CloseOutcome.CloseWaitTimedOut"/>.</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The value is negative, or longer than about 24.8 days.</exception>
+    public TimeSpan CloseWaitTimeout
+    {
+        get => _closeWaitTimeout;
+        set
+        {
+            CheckRange(value, nameof(CloseWaitTimeout));
+            _closeWaitTimeout = value;
+        }
+    }
+
+    /// <summary>The clock behind every timeout of the connection.</summary>
+    /// <remarks>Defaults to <see cref="TimeProvider.System"/>. Tests can pass a fake clock to drive timeouts without waiting.</remarks>
+    /// <exception cref="ArgumentNullException">The value is null.</exception>
+    public TimeProvider TimeProvider
+    {
+        get => _timeProvider;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value, nameof(TimeProvider));
+            _timeProvider = value;
+        }
+    }
+
+    internal static ManagedConnectionOptions Default { get; } = new();
+
+    private static TimeSpan CheckPositive(TimeSpan value, string name)
+    {
+        CheckRange(value, name);
+        if (value == TimeSpan.Zero)
+        {
+            throw new ArgumentOutOfRangeException(name, value, $"{name} must be greater than zero.");
+        }
+
+        return value;
+    }
+
+    private static void CheckRange(TimeSpan value, string name)
+    {
+        if (value < TimeSpan.Zero)
+        {
+            throw new ArgumentOutOfRangeException(name, value, $"{name} must not be negative.");
+        }
+
+        if (value > s_maxTimeout)
+        {
+            throw new ArgumentOutOfRangeException(name, value, $"{name} must be at most {s_maxTimeout} (infinite bounds are not allowed: they are what leaves sockets hanging).");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+using System.Net.Sockets;
+using SafeSockets.Tests.Infrastructure;
+
+namespace SafeSockets.Tests;
+
+public sealed class DrainBeforeCloseTests
+{
+    private const int RequestBytes = 64 * 1024;
+    private const int ResponseBytes = 4 * 1024 * 1024;
+
+    [Fact]
+    public async Task RawDispose_WithUnreadRequestAndQueuedResponse_PeerSeesResetAndLosesData()
+    {
+        // The problem SafeSockets exists for: a server answers without reading the whole request, then closes.
+        (Socket client, Socket server) = await Loopback.CreatePairAsync();
+        using (client)
+        {
+            await Peer.SendPatternAsync(client, RequestBytes);
+            byte[] one = new byte[1];
+            await server.ReceiveAsync(one, SocketFlags.None).WithTimeout(); // the rest of the request stays unread
+
+            // Queue as much of the response as the kernel takes while the client is not reading yet.
+            long accepted = 0;
+            byte[] chunk = Peer.Pattern(64 * 1024);
+            server.Blocking = false;
+            try
+            {
+                while (accepted < ResponseBytes)
+                {
+                    accepted += server.Send(chunk);
+                }
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode == SocketError.WouldBlock)
+            {
+            }
+
+            server.Dispose();
+            PeerReadResult result = await Peer.ReadToEndAsync(client).WithTimeout();
+
+            Assert.Equal(PeerEnd.Reset, result.End);
+            Assert.True(result.Bytes < accepted, $"the client read {result.Bytes} of the {accepted} bytes the server had sent");
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_WithUnreadRequestAndLargeResponse_PeerGetsEveryByteAndFin()
+    {
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync();
+        using (client)
+        {
+            await Peer.SendPatternAsync(client, RequestBytes);
+            byte[] one = new byte[1];
+            Assert.Equal(1, await server.ReceiveAsync(one).WithTimeout()); // the rest of the request stays unread
+
+            // The client reads nothing yet: the send cannot finish, and the close must wait for it.
+            byte[] response = Peer.Pattern(ResponseBytes);
+            Task send = server.SendAsync(response).AsTask();
+            Task<CloseResult> close = server.CloseAsync().AsTask();
+            Assert.Equal(ConnectionState.Closing, server.State);
+
+            // The client sends more while it starts reading: the drain must swallow it without a reset.
+            await Peer.SendPatternAsync(client, 16 * 1024);
+            PeerReadResult result = await Peer.ReadToEndAsync(client, keepData: true).WithTimeout();
+            client.Shutdown(SocketShutdown.Send);
+
+            await send.WithTimeout();
+            CloseResult closed = await close.WithTimeout();
+            Assert.Equal(PeerEnd.Fin, result.End);
+            Assert.Equal(ResponseBytes, result.Bytes);
+            Assert.Equal(response, result.Data);
+            Assert.Equal(CloseOutcome.Graceful, closed.Outcome);
+            Assert.Equal(ConnectionState.Closed, server.State);
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_PeerAnswersFinPromptly_IsGracefulAndCountsDrainedBytes()
+    {
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync();
+        using (client)
+        {
+            Task<CloseResult> close = server.CloseAsync().AsTask();
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
+
+            // Bytes sent after our FIN arrive during the drain and are counted.
+            await Peer.SendPatternAsync(client, 10_000);
+            client.Shutdown(SocketShutdown.Send);
+            CloseResult result = await close.WithTimeout();
+
+            Assert.Equal(CloseOutcome.Graceful, result.Outcome);
+            Assert.Equal(10_000, result.BytesDrained);
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_PeerNeverSendsFin_EndsAtDrainTimeoutAndReleasesSocket()
+    {
+        var options = new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromMilliseconds(300), DrainIdleTimeout = TimeSpan.FromSeconds(20) };
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
+        using (client)
+        {
+            CloseResult result = await server.CloseAsync().WithTimeout();
+
+            Assert.Equal(CloseOutcome.DrainTimedOut, result.Outcome);
+            Assert.True(result.Elapsed >= TimeSpan.FromMilliseconds(250), $"elapsed {result.Elapsed}");
+            Assert.Equal(ConnectionState.Closed, server.State);
+            // Nothing was unread, so even the bounded close ended with FIN.
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_PeerGoesQuiet_EndsAtDrainIdleTimeoutBeforeTotal()
+    {
+        var options = new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromMinutes(10), DrainIdleTimeout = TimeSpan.FromMilliseconds(200) };
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
+        using (client)
+        {
+            Task<CloseResult> close = server.CloseAsync().AsTask();
+            await Peer.SendPatternAsync(client, 1000);
+            CloseResult result = await close.WithTimeout();
+
+            Assert.Equal(CloseOutcome.DrainTimedOut, result.Outcome);
+            Assert.True(result.Elapsed < TimeSpan.FromMinutes(1));
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_PeerTricklesBytesForever_IsStillBoundedByDrainTimeout()
+    {
+        var options = new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromMilliseconds(500), DrainIdleTimeout = TimeSpan.FromSeconds(20) };
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
+        using (client)
+        {
+            using var stop = new CancellationTokenSource(TestTimeouts.Passing);
+            Task<CloseResult> close = server.CloseAsync().AsTask();
+
+            // A slow-drip peer: one byte every 20 ms, never a FIN (pacing, not synchronisation).
+            Task trickle = Task.Run(async () =>
+            {
+                try
+                {
+                    for (int i = 0; i < 10_000 && !stop.IsCancellationRequested; i++)
+                    {
+                        await client.SendAsync(new byte[] { 1 }, SocketFlags.None, stop.Token);
+                        await Task.Delay(20, stop.Token);
+                    }
+                }
+                catch (Exception ex) when (ex is SocketException or OperationCanceledException)
+                {
+                }
+            });
+
+            CloseResult result = await close.WithTimeout();
+            await stop.CancelAsync();
+            await trickle.WithTimeout();
+
+            Assert.Equal(CloseOutcome.DrainTimedOut, result.Outcome);
+            Assert.True(result.BytesDrained > 0);
+            Assert.Equal(ConnectionState.Closed, server.State);
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_PeerSendsMoreThanMaxDrainBytes_EndsWithDrainLimitExceeded()
+    {
+        var options = new ManagedConnectionOptions { MaxDrainBytes = 64 * 1024 };
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
+        using (client)
+        {
+            Task<CloseResult> close = server.CloseAsync().AsTask();
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
+            Task flood = Task.Run(async () =>
+            {
+                try
+                {
+                    await Peer.SendPatternAsync(client, 8 * 1024 * 1024);
+                }
+                catch (SocketException)
+                {
+                    // The server gave up (and reset over the unread rest): expected.
+                }
+            });
+
+            CloseResult result = await close.WithTimeout();
+            await flood.WithTimeout();
+
+            Assert.Equal(CloseOutcome.DrainLimitExceeded, result.Outcome);
+            Assert.True(result.BytesDrained > options.MaxDrainBytes);
+            Assert.Equal(ConnectionState.Closed, server.State);
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_Canceled_ReleasesSocketThenThrows()
+    {
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync();
+        using (client)
+        {
+            using var cts = new CancellationTokenSource();
+            Task<CloseResult> close = server.CloseAsync(cts.Token).AsTask();
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
+            await cts.CancelAsync();
+
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => close.WithTimeout());
+            Assert.Equal(ConnectionState.Closed, server.State);
+            Assert.Equal(CloseOutcome.DrainTimedOut, (await server.Completion.WithTimeout()).Outcome);
+        }
+    }
+}

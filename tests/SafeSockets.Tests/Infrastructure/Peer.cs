@@ -1,0 +1,81 @@
+using System.Net.Sockets;
+
+namespace SafeSockets.Tests.Infrastructure;
+
+/// <summary>How a connection ended, as the peer saw it.</summary>
+internal enum PeerEnd
+{
+    /// <summary>A read returned 0: the other side sent FIN.</summary>
+    Fin,
+
+    /// <summary>A read failed with ConnectionReset: the other side sent RST.</summary>
+    Reset,
+}
+
+/// <summary>What a raw peer socket observed while reading to the end.</summary>
+internal readonly record struct PeerReadResult(long Bytes, PeerEnd End, byte[]? Data);
+
+/// <summary>A real peer's view of the connection: reads until FIN or RST.</summary>
+internal static class Peer
+{
+    public static async Task<PeerReadResult> ReadToEndAsync(Socket socket, bool keepData = false, CancellationToken cancellationToken = default)
+    {
+        byte[] buffer = new byte[64 * 1024];
+        using var kept = keepData ? new MemoryStream() : null;
+        long total = 0;
+        try
+        {
+            while (true)
+            {
+                int n = await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken);
+                if (n == 0)
+                {
+                    return new PeerReadResult(total, PeerEnd.Fin, kept?.ToArray());
+                }
+
+                total += n;
+                kept?.Write(buffer, 0, n);
+            }
+        }
+        catch (SocketException ex) when (ex.SocketErrorCode == SocketError.ConnectionReset)
+        {
+            return new PeerReadResult(total, PeerEnd.Reset, kept?.ToArray());
+        }
+    }
+
+    /// <summary>Sends <paramref name="count"/> bytes of a recognisable pattern.</summary>
+    public static async Task SendPatternAsync(Socket socket, int count, CancellationToken cancellationToken = default)
+    {
+        byte[] data = Pattern(count);
+        int sent = 0;
+        while (sent < count)
+        {
+            sent += await socket.SendAsync(data.AsMemory(sent), SocketFlags.None, cancellationToken);
+        }
+    }
+
+    public static byte[] Pattern(int count)
+    {
+        byte[] data = new byte[count];
+        for (int i = 0; i < data.Length; i++)
+        {
+            data[i] = (byte)(i * 7 + (i >> 8));
+        }
+
+        return data;
+    }
+
+    /// <summary>Reads from a managed connection until its ReceiveAsync returns 0 (the peer's FIN).</summary>
+    public static async Task<byte[]> ReadAllAsync(ManagedConnection connection)
+    {
+        using var all = new MemoryStream();
+        byte[] buffer = new byte[16 * 1024];
+        int n;
+        while ((n = await connection.ReceiveAsync(buffer)) > 0)
+        {
+            all.Write(buffer, 0, n);
+        }
+
+        return all.ToArray();
+    }
+}

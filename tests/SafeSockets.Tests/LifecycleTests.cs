@@ -1,0 +1,190 @@
+using System.Net;
+using System.Net.Sockets;
+using SafeSockets.Tests.Infrastructure;
+
+namespace SafeSockets.Tests;
+
+public sealed class LifecycleTests
+{
+    [Fact]
+    public async Task State_WalksOpenSendShutdownBothShutdownClosingClosed()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromMinutes(5) });
+        using (peer)
+        {
+            Assert.Equal(ConnectionState.Open, connection.State);
+            await connection.ShutdownSendAsync().WithTimeout();
+            Assert.Equal(ConnectionState.SendShutdown, connection.State);
+            peer.Shutdown(SocketShutdown.Send);
+            await connection.PeerClosed.WhenCanceled().WithTimeout();
+            Assert.Equal(ConnectionState.BothShutdown, connection.State);
+            Assert.Equal(CloseOutcome.Graceful, (await connection.CloseAsync().WithTimeout()).Outcome);
+            Assert.Equal(ConnectionState.Closed, connection.State);
+        }
+    }
+
+    [Fact]
+    public async Task State_WalksOpenPeerShutdownBothShutdown()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        await using (connection)
+        {
+            peer.Shutdown(SocketShutdown.Send);
+            await connection.PeerClosed.WhenCanceled().WithTimeout();
+            Assert.Equal(ConnectionState.PeerShutdown, connection.State);
+            await connection.ShutdownSendAsync().WithTimeout();
+            Assert.Equal(ConnectionState.BothShutdown, connection.State);
+        }
+    }
+
+    [Fact]
+    public async Task State_IsClosingWhileDrainingThenClosed()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        {
+            Task<CloseResult> close = connection.CloseAsync().AsTask();
+            Assert.Equal(ConnectionState.Closing, connection.State);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            Assert.Equal(ConnectionState.Closing, connection.State);
+            peer.Shutdown(SocketShutdown.Send);
+            await close.WithTimeout();
+            Assert.Equal(ConnectionState.Closed, connection.State);
+        }
+    }
+
+    [Fact]
+    public async Task OperationsAfterClose_ThrowObjectDisposed()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        {
+            peer.Shutdown(SocketShutdown.Send);
+            await connection.CloseAsync().WithTimeout();
+
+            await Assert.ThrowsAsync<ObjectDisposedException>(() => connection.SendAsync(new byte[1]).AsTask());
+            await Assert.ThrowsAsync<ObjectDisposedException>(() => connection.ReceiveAsync(new byte[1]).AsTask());
+            await Assert.ThrowsAsync<ObjectDisposedException>(() => connection.ShutdownSendAsync().AsTask());
+            Assert.Equal(CloseOutcome.AlreadyClosed, (await connection.CloseAsync().WithTimeout()).Outcome);
+            await connection.DisposeAsync();
+            Assert.NotNull(connection.LocalEndPoint);
+            Assert.NotNull(connection.RemoteEndPoint);
+        }
+    }
+
+    [Fact]
+    public async Task ReceiveAsync_PendingWhenCloseStarts_ThrowsObjectDisposed()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        {
+            Task<int> receive = connection.ReceiveAsync(new byte[10]).AsTask();
+            Task<CloseResult> close = connection.CloseAsync().AsTask();
+            await Assert.ThrowsAsync<ObjectDisposedException>(() => receive.WithTimeout());
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(CloseOutcome.Graceful, (await close.WithTimeout()).Outcome);
+        }
+    }
+
+    [Fact]
+    public async Task CloseAbortDispose_FromManyThreads_ReleaseOnceAndEndClosedOrAborted()
+    {
+        for (int round = 0; round < 200; round++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromSeconds(10) });
+            using (peer)
+            {
+                peer.Shutdown(SocketShutdown.Send);
+                using var start = new Barrier(4);
+                Task<CloseResult>[] closes =
+                [
+                    Task.Run(() => { start.SignalAndWait(); return connection.CloseAsync().AsTask(); }),
+                    Task.Run(() => { start.SignalAndWait(); return connection.CloseAsync().AsTask(); }),
+                    Task.Run(async () => { start.SignalAndWait(); await connection.DisposeAsync(); return default(CloseResult); }),
+                    Task.Run(() => { start.SignalAndWait(); if (round % 2 == 0) { connection.Abort(); } return default(CloseResult); }),
+                ];
+                CloseResult[] results = await Task.WhenAll(closes).WithTimeout();
+
+                Assert.Equal(1, connection.ReleaseCount);
+                Assert.Contains(connection.State, new[] { ConnectionState.Closed, ConnectionState.Aborted });
+                // At most one of the two CloseAsync calls reports the close; the other says AlreadyClosed.
+                Assert.True(results[..2].Count(r => r.Outcome != CloseOutcome.AlreadyClosed) <= 1);
+                Assert.True((await connection.Completion.WithTimeout()).Outcome is CloseOutcome.Graceful or CloseOutcome.Aborted);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_Second_ReturnsAlreadyClosed()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        {
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(CloseOutcome.Graceful, (await connection.CloseAsync().WithTimeout()).Outcome);
+            Assert.Equal(CloseOutcome.AlreadyClosed, (await connection.CloseAsync().WithTimeout()).Outcome);
+        }
+    }
+
+    [Fact]
+    public async Task ConnectAsync_ToListener_ExchangesAndClosesGracefully()
+    {
+        using Socket listener = Loopback.Listen();
+        Task<Socket> accept = listener.AcceptAsync();
+        await using ManagedConnection connection = await ManagedConnection.ConnectAsync(listener.LocalEndPoint!).WithTimeout();
+        using Socket server = await accept.WithTimeout();
+
+        Assert.Equal(listener.LocalEndPoint, connection.RemoteEndPoint);
+        await connection.SendAsync(new byte[] { 1, 2, 3 }).WithTimeout();
+        await connection.ShutdownSendAsync().WithTimeout();
+        PeerReadResult seen = await Peer.ReadToEndAsync(server).WithTimeout();
+        Assert.Equal((3, PeerEnd.Fin), (seen.Bytes, seen.End));
+        server.Shutdown(SocketShutdown.Send);
+        Assert.Equal(CloseOutcome.Graceful, (await connection.CloseAsync().WithTimeout()).Outcome);
+    }
+
+    [Fact]
+    public async Task ConnectAsync_ToDnsEndPoint_Connects()
+    {
+        using Socket listener = Loopback.Listen();
+        Task<Socket> accept = listener.AcceptAsync();
+        await using ManagedConnection connection = await ManagedConnection.ConnectAsync(new DnsEndPoint("localhost", listener.Port())).WithTimeout();
+        using Socket server = await accept.WithTimeout();
+        Assert.Equal(ConnectionState.Open, connection.State);
+    }
+
+    [Fact]
+    public async Task ConnectAsync_Canceled_ThrowsOperationCanceled()
+    {
+        using Socket listener = Loopback.Listen();
+        using var cts = new CancellationTokenSource();
+        await cts.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => ManagedConnection.ConnectAsync(listener.LocalEndPoint!, null, cts.Token).AsTask());
+    }
+}
+
+[Collection(ExclusiveTests.Name)]
+public sealed class DescriptorTests
+{
+    [Fact]
+    public async Task ConnectAsync_Refused_SurfacesSocketExceptionAndLeaksNoDescriptor()
+    {
+        // A bound but not listening socket: connecting to its port is refused, and no other process can take it.
+        using var placeholder = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        placeholder.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        EndPoint target = placeholder.LocalEndPoint!;
+
+        // Warm up whatever the runtime opens once (epoll, pipes) before counting.
+        await Assert.ThrowsAsync<SocketException>(() => ManagedConnection.ConnectAsync(target).AsTask());
+        int before = Directory.GetFiles("/proc/self/fd").Length;
+        for (int i = 0; i < 50; i++)
+        {
+            var ex = await Assert.ThrowsAsync<SocketException>(() => ManagedConnection.ConnectAsync(target).AsTask());
+            Assert.Equal(SocketError.ConnectionRefused, ex.SocketErrorCode);
+        }
+
+        int after = Directory.GetFiles("/proc/self/fd").Length;
+        Assert.True(after - before < 5, $"descriptors grew from {before} to {after} over 50 failed connects");
+    }
+}
