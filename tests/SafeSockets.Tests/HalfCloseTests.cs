@@ -9,8 +9,8 @@ public sealed class HalfCloseTests
     public async Task ShutdownSendAsync_PeerGetsAllDataThenFin_AndWeStillReceive()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        using (peer)
         await using (connection)
+        using (peer)
         {
             byte[] payload = Peer.Pattern(1024 * 1024);
             Task<PeerReadResult> peerRead = Peer.ReadToEndAsync(peer, keepData: true);
@@ -34,8 +34,8 @@ public sealed class HalfCloseTests
     public async Task ShutdownSendAsync_WaitsForASendInFlight_ThenFinFollowsTheLastByte()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        using (peer)
         await using (connection)
+        using (peer)
         {
             // 8 MiB cannot fit in the kernel's buffers while the peer is not reading, so the send is in flight.
             byte[] payload = Peer.Pattern(8 * 1024 * 1024);
@@ -56,8 +56,8 @@ public sealed class HalfCloseTests
     public async Task SendAsync_AfterShutdownSend_ThrowsInvalidOperationNamingTheShutdown()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        using (peer)
         await using (connection)
+        using (peer)
         {
             await connection.ShutdownSendAsync().WithTimeout();
             var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => connection.SendAsync(new byte[] { 1 }).AsTask());
@@ -71,8 +71,8 @@ public sealed class HalfCloseTests
     public async Task ShutdownSendAsync_Twice_IsIdempotentAndSendsOneFin()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        using (peer)
         await using (connection)
+        using (peer)
         {
             await connection.ShutdownSendAsync().WithTimeout();
             await connection.ShutdownSendAsync().WithTimeout();

@@ -27,8 +27,8 @@ public sealed class LifecycleTests
     public async Task State_WalksOpenPeerShutdownBothShutdown()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        using (peer)
         await using (connection)
+        using (peer)
         {
             peer.Shutdown(SocketShutdown.Send);
             await connection.PeerClosed.WhenCanceled().WithTimeout();
@@ -96,14 +96,17 @@ public sealed class LifecycleTests
             using (peer)
             {
                 peer.Shutdown(SocketShutdown.Send);
-                using var start = new Barrier(4);
+                // Released all at once; each waiter resumes on its own pool thread (no blocking barrier: it would starve the pool).
+                var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                bool abort = round % 2 == 0;
                 Task<CloseResult>[] closes =
                 [
-                    Task.Run(() => { start.SignalAndWait(); return connection.CloseAsync().AsTask(); }),
-                    Task.Run(() => { start.SignalAndWait(); return connection.CloseAsync().AsTask(); }),
-                    Task.Run(async () => { start.SignalAndWait(); await connection.DisposeAsync(); return default(CloseResult); }),
-                    Task.Run(() => { start.SignalAndWait(); if (round % 2 == 0) { connection.Abort(); } return default(CloseResult); }),
+                    Task.Run(async () => { await start.Task; return await connection.CloseAsync(); }),
+                    Task.Run(async () => { await start.Task; return await connection.CloseAsync(); }),
+                    Task.Run(async () => { await start.Task; await connection.DisposeAsync(); return default(CloseResult); }),
+                    Task.Run(async () => { await start.Task; if (abort) { connection.Abort(); } return default(CloseResult); }),
                 ];
+                start.SetResult();
                 CloseResult[] results = await Task.WhenAll(closes).WithTimeout();
 
                 Assert.Equal(1, connection.ReleaseCount);

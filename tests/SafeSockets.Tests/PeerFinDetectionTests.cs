@@ -10,8 +10,8 @@ public sealed class PeerFinDetectionTests
     public async Task PeerFin_WhileApplicationIsNotReading_FiresPeerClosedAndMovesToPeerShutdown()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        using (peer)
         await using (connection)
+        using (peer)
         {
             CancellationToken peerClosed = connection.PeerClosed;
             Assert.False(peerClosed.IsCancellationRequested);
@@ -142,8 +142,8 @@ public sealed class PeerFinDetectionTests
     public async Task ReceiveAsync_ReturnsEveryByteThenZeroAtPeerFin()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        using (peer)
         await using (connection)
+        using (peer)
         {
             byte[] sent = Peer.Pattern(1_000_000);
             Task send = Task.Run(async () =>
@@ -162,8 +162,8 @@ public sealed class PeerFinDetectionTests
     public async Task ReceiveAsync_Concurrent_ThrowsInvalidOperation()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        using (peer)
         await using (connection)
+        using (peer)
         {
             Task<int> first = connection.ReceiveAsync(new byte[10]).AsTask();
             await Assert.ThrowsAsync<InvalidOperationException>(() => connection.ReceiveAsync(new byte[10]).AsTask());
@@ -176,8 +176,8 @@ public sealed class PeerFinDetectionTests
     public async Task ReceiveAsync_Canceled_LosesNoData()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        using (peer)
         await using (connection)
+        using (peer)
         {
             using var cts = new CancellationTokenSource();
             Task<int> receive = connection.ReceiveAsync(new byte[10], cts.Token).AsTask();
