@@ -17,6 +17,7 @@ public sealed partial class ManagedConnection
     private int _applicationSawClose;
     private ITimer? _guardTimer;
     private int _releaseCount;
+    private int _peerFinishedByProtocol;
 
     /// <summary>How many times the socket was released; tests assert it is exactly one.</summary>
     internal int ReleaseCount => Volatile.Read(ref _releaseCount);
@@ -71,11 +72,19 @@ public sealed partial class ManagedConnection
         Complete(CloseOutcome.Aborted);
     }
 
-    /// <summary>Closes gracefully, as <see cref="CloseAsync"/> does, ignoring the result.</summary>
-    /// <returns>A task that completes once the socket has been released.</returns>
-    public async ValueTask DisposeAsync()
+    /// <summary>Releases the creator's reference: with no <see cref="ConnectionLease"/> outstanding this is the graceful
+    /// close of <see cref="CloseAsync"/>; otherwise the connection stays open until the last lease is released.</summary>
+    /// <returns>A task that completes once the reference is released (and, if it was the last, the socket too).</returns>
+    /// <remarks>Calling it more than once releases the creator's reference only once.</remarks>
+    public ValueTask DisposeAsync()
     {
-        await CloseAsync(CancellationToken.None).ConfigureAwait(false);
+        if (Interlocked.Exchange(ref _creatorReleased, 1) != 0)
+        {
+            // Already released: behave like a second close and wait until the socket is gone, if it is going.
+            return (ReadState() & StateBits.Closing) != 0 ? IgnoreResult(_closeCompletion.Task) : default;
+        }
+
+        return ReleaseReferenceAsync();
     }
 
     private bool TryBeginClose(CloseReason reason)
@@ -86,9 +95,14 @@ public sealed partial class ManagedConnection
             return false;
         }
 
+        OnCloseStarted(reason);
+        return true;
+    }
+
+    private void OnCloseStarted(CloseReason reason)
+    {
         _closeReason = reason;
         _closeStart = _timeProvider.GetTimestamp();
-        return true;
     }
 
     private async ValueTask<CloseResult> WaitForOtherCloseAsync(CancellationToken cancellationToken)
@@ -111,7 +125,8 @@ public sealed partial class ManagedConnection
         bool lockTaken = false;
         try
         {
-            // 1. Flush: wait until every send in flight has been handed to the kernel.
+            // 1. Flush: wait until every send in flight (or what Transport.Output has flushed) is handed to the kernel.
+            StopSendLoop();
             lockTaken = _sendLock.Wait(0, CancellationToken.None) || await WaitForSendsAsync(_drainTimeout, cancellationToken).ConfigureAwait(false);
             if (!lockTaken)
             {
@@ -134,7 +149,16 @@ public sealed partial class ManagedConnection
             else
             {
                 Volatile.Write(ref _draining, 1);
-                ArmDrainTimer();
+                if (Volatile.Read(ref _peerFinishedByProtocol) != 0)
+                {
+                    // The protocol above already saw the peer's end (TLS close_notify): nothing more is due, so do not wait for the TCP FIN.
+                    _receiveCts.Cancel();
+                }
+                else
+                {
+                    ArmDrainTimer();
+                }
+
                 _input.Writer.CancelPendingFlush();
                 using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(static s => ((CancellationTokenSource)s!).Cancel(), _receiveCts);
                 exit = await _receiveLoop.ConfigureAwait(false);
@@ -144,6 +168,7 @@ public sealed partial class ManagedConnection
             {
                 LoopExit.PeerFin => _closeReason == CloseReason.CloseWaitTimeout ? CloseOutcome.CloseWaitTimedOut : CloseOutcome.Graceful,
                 LoopExit.PeerReset => CloseOutcome.PeerReset,
+                LoopExit.DrainTimedOut when Volatile.Read(ref _peerFinishedByProtocol) != 0 && Interlocked.Read(ref _bytesDrained) == 0 => CloseOutcome.Graceful,
                 LoopExit.DrainTimedOut => CloseOutcome.DrainTimedOut,
                 LoopExit.DrainLimitExceeded => CloseOutcome.DrainLimitExceeded,
                 _ => CloseOutcome.Aborted,
@@ -253,6 +278,17 @@ public sealed partial class ManagedConnection
             _ = CloseCoreAsync(CancellationToken.None).AsTask();
         }
     }
+
+    /// <summary>A protocol above TCP (TLS close_notify) saw the peer's orderly end: the close need not wait for the TCP FIN.</summary>
+    internal void MarkPeerFinishedByProtocol() => Volatile.Write(ref _peerFinishedByProtocol, 1);
+
+    internal TimeSpan DrainTimeout => _drainTimeout;
+
+    internal TimeSpan DrainIdleTimeout => _drainIdleTimeout;
+
+    internal long MaxDrainBytes => _maxDrainBytes;
+
+    internal TimeProvider TimeProvider => _timeProvider;
 
     private void DisposeGuardTimer() => Interlocked.Exchange(ref _guardTimer, null)?.Dispose();
 }

@@ -51,11 +51,12 @@ public sealed partial class ManagedConnection
     /// <returns>The number of bytes copied; 0 once the peer's FIN has been reached (every byte before it was returned).</returns>
     /// <exception cref="ObjectDisposedException">The connection is closing or closed.</exception>
     /// <exception cref="ConnectionResetException">The peer reset the connection.</exception>
-    /// <exception cref="InvalidOperationException">Another receive is already pending.</exception>
+    /// <exception cref="InvalidOperationException">Another receive is already pending, or the connection uses <see cref="Transport"/>.</exception>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<int> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         ThrowIfClosing(ReadState());
+        EnsureIoMode(IoDirect);
         int previous = Interlocked.CompareExchange(ref _readState, ReadActive, ReadIdle);
         if (previous != ReadIdle)
         {
@@ -113,6 +114,13 @@ public sealed partial class ManagedConnection
     /// <summary>Called by the close path: nobody may read any more, and unread data is discarded.</summary>
     private void CompleteInputForClose()
     {
+        if (UsesPipe)
+        {
+            // The application owns Transport.Input's reader: wake it; it sees the input complete after the drain.
+            _input.Reader.CancelPendingRead();
+            return;
+        }
+
         int previous = Interlocked.Exchange(ref _readState, ReadClosed);
         if (previous == ReadIdle)
         {

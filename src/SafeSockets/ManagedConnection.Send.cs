@@ -14,16 +14,19 @@ public sealed partial class ManagedConnection
     /// <param name="buffer">The bytes to send.</param>
     /// <param name="cancellationToken">Cancels the send. A send cancelled part-way may have sent some bytes.</param>
     /// <returns>A task that completes when the bytes are in the kernel's send buffer.</returns>
-    /// <exception cref="InvalidOperationException">The send side is shut down (<see cref="ShutdownSendAsync"/>).</exception>
+    /// <exception cref="InvalidOperationException">The send side is shut down (<see cref="ShutdownSendAsync"/>), or the connection uses <see cref="Transport"/>.</exception>
     /// <exception cref="ObjectDisposedException">The connection is closing or closed.</exception>
     /// <exception cref="ConnectionResetException">The peer reset the connection.</exception>
     public ValueTask SendAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         ThrowIfCannotSend(ReadState());
+        EnsureIoMode(IoDirect);
         return buffer.IsEmpty ? default : SendCoreAsync(buffer, cancellationToken);
     }
 
     /// <summary>Half-close: waits until everything sent so far is handed to the kernel, then sends FIN; receiving keeps working.</summary>
+    /// <remarks>With <see cref="Transport"/>, what was already flushed to the output is sent first; later writes are not sent.
+    /// It acts on the connection for every owner (every <see cref="ConnectionLease"/>), as <c>shutdown(2)</c> does.</remarks>
     /// <param name="cancellationToken">Cancels the wait for earlier sends; the send side is then not shut down.</param>
     /// <returns>A task that completes once the FIN is queued. Calling it again does nothing.</returns>
     /// <exception cref="ObjectDisposedException">The connection is closing or closed.</exception>
@@ -75,6 +78,7 @@ public sealed partial class ManagedConnection
 
     private async ValueTask ShutdownSendCoreAsync(CancellationToken cancellationToken)
     {
+        StopSendLoop();
         await _sendLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {

@@ -20,12 +20,8 @@ namespace SafeSockets;
 /// </remarks>
 public sealed partial class ManagedConnection : IAsyncDisposable
 {
-    private static readonly PipeOptions s_inputPipeOptions = new(
-        readerScheduler: PipeScheduler.ThreadPool,
-        writerScheduler: PipeScheduler.Inline,
-        pauseWriterThreshold: 64 * 1024,
-        resumeWriterThreshold: 32 * 1024,
-        useSynchronizationContext: false);
+    private static readonly PipeOptions s_defaultInputPipeOptions = CreateInputPipeOptions(ManagedConnectionOptions.DefaultBufferSize);
+    private static readonly PipeOptions s_defaultOutputPipeOptions = CreateOutputPipeOptions(ManagedConnectionOptions.DefaultBufferSize);
 
     private readonly Socket _socket;
     private readonly TimeProvider _timeProvider;
@@ -33,6 +29,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable
     private readonly TimeSpan _drainIdleTimeout;
     private readonly long _maxDrainBytes;
     private readonly TimeSpan _closeWaitTimeout;
+    private readonly PipeOptions _outputPipeOptions;
 
     // The state word; see Internal/StateBits for the layout.
     private int _state;
@@ -52,7 +49,12 @@ public sealed partial class ManagedConnection : IAsyncDisposable
         LocalEndPoint = socket.LocalEndPoint;
         RemoteEndPoint = socket.RemoteEndPoint;
 
-        _input = new Pipe(s_inputPipeOptions);
+        _outputPipeOptions = options.MaxOutputBufferSize == ManagedConnectionOptions.DefaultBufferSize
+            ? s_defaultOutputPipeOptions
+            : CreateOutputPipeOptions(options.MaxOutputBufferSize);
+        _input = new Pipe(options.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize
+            ? s_defaultInputPipeOptions
+            : CreateInputPipeOptions(options.MaxInputBufferSize));
         _receiveCts = new CancellationTokenSource(Timeout.InfiniteTimeSpan, _timeProvider);
         _closeCompletion = new TaskCompletionSource<CloseResult>(TaskCreationOptions.RunContinuationsAsynchronously);
         _receiveLoop = ReceiveLoopAsync();
@@ -146,6 +148,22 @@ public sealed partial class ManagedConnection : IAsyncDisposable
     }
 
     private int ReadState() => Volatile.Read(ref _state);
+
+    // The receive loop writes inline (it is already on a pool thread); the application's reads resume on the pool.
+    private static PipeOptions CreateInputPipeOptions(int pause) => new(
+        readerScheduler: PipeScheduler.ThreadPool,
+        writerScheduler: PipeScheduler.Inline,
+        pauseWriterThreshold: pause,
+        resumeWriterThreshold: Math.Max(1, pause / 2),
+        useSynchronizationContext: false);
+
+    // The send loop reads inline; the application's flushes resume on the pool.
+    private static PipeOptions CreateOutputPipeOptions(int pause) => new(
+        readerScheduler: PipeScheduler.Inline,
+        writerScheduler: PipeScheduler.ThreadPool,
+        pauseWriterThreshold: pause,
+        resumeWriterThreshold: Math.Max(1, pause / 2),
+        useSynchronizationContext: false);
 
     /// <summary>Throws the clear exception for an operation that cannot start in the current state.</summary>
     private void ThrowIfClosing(int state)

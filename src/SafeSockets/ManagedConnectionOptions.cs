@@ -32,6 +32,11 @@ public sealed class ManagedConnectionOptions
     private long _maxDrainBytes = DefaultMaxDrainBytes;
     private TimeSpan _closeWaitTimeout = DefaultCloseWaitTimeout;
     private TimeProvider _timeProvider = TimeProvider.System;
+    private int _maxInputBufferSize = DefaultBufferSize;
+    private int _maxOutputBufferSize = DefaultBufferSize;
+
+    /// <summary>The default of <see cref="MaxInputBufferSize"/> and <see cref="MaxOutputBufferSize"/>: 64 KiB.</summary>
+    public const int DefaultBufferSize = 64 * 1024;
 
     /// <summary>Total bound on a graceful close: flushing what was sent, then reading and discarding until the peer's FIN.</summary>
     /// <remarks>Defaults to 30 seconds. Must be greater than zero. When it is hit the socket is released anyway
@@ -92,6 +97,34 @@ public sealed class ManagedConnectionOptions
         {
             ArgumentNullException.ThrowIfNull(value, nameof(TimeProvider));
             _timeProvider = value;
+        }
+    }
+
+    /// <summary>Bytes received but not yet read by the application above which the receive loop stops reading (backpressure); it resumes below half.</summary>
+    /// <remarks>Defaults to 64 KiB. Must be at least 1. While paused, a FIN queued behind the unread bytes is seen once the
+    /// application reads or closes.</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The value is less than 1.</exception>
+    public int MaxInputBufferSize
+    {
+        get => _maxInputBufferSize;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1, nameof(MaxInputBufferSize));
+            _maxInputBufferSize = value;
+        }
+    }
+
+    /// <summary>Bytes written to <see cref="ManagedConnection.Transport"/>'s output and not yet sent above which <c>FlushAsync</c> waits (backpressure); it resumes below half.</summary>
+    /// <remarks>Defaults to 64 KiB. Must be at least 1. Applies only to the <see cref="ManagedConnection.Transport"/> surface;
+    /// <see cref="ManagedConnection.SendAsync"/> waits for the kernel directly.</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The value is less than 1.</exception>
+    public int MaxOutputBufferSize
+    {
+        get => _maxOutputBufferSize;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1, nameof(MaxOutputBufferSize));
+            _maxOutputBufferSize = value;
         }
     }
 

@@ -1,0 +1,173 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using SafeSockets.Internal;
+
+namespace SafeSockets;
+
+public sealed partial class ManagedConnection
+{
+    // Which I/O surface the connection uses; chosen by the first use and fixed from then on.
+    private const int IoUnset = 0;
+    private const int IoDirect = 1;   // ReceiveAsync / SendAsync / GetStream (a stream calls the same methods)
+    private const int IoPipe = 2;     // Transport
+
+    private int _ioMode;
+    private DuplexPipe? _transport;
+    private Pipe? _output;
+    private Task? _sendLoop;
+    private int _outputStop;
+
+    /// <summary>The connection as a duplex pipe: <see cref="IDuplexPipe.Input"/> is filled by the receive loop and completes at the
+    /// peer's FIN; what is flushed to <see cref="IDuplexPipe.Output"/> is sent by a send loop, and completing the output
+    /// sends FIN once the last byte is handed to the kernel (half-close).</summary>
+    /// <remarks>
+    /// <para>Choose one surface per connection: <see cref="Transport"/>, or <see cref="ReceiveAsync"/>/<see cref="SendAsync"/>/<see cref="GetStream"/>
+    /// (which can be mixed with each other). Using the other kind afterwards throws <see cref="InvalidOperationException"/>.
+    /// <see cref="ShutdownSendAsync"/>, <see cref="CloseAsync"/> and <see cref="Abort"/> work with either.</para>
+    /// <para>When the connection closes, a pending read on the input returns a cancelled result and the input then completes;
+    /// the application still completes its own reader and writer. Backpressure follows
+    /// <see cref="ManagedConnectionOptions.MaxInputBufferSize"/> and <see cref="ManagedConnectionOptions.MaxOutputBufferSize"/>.</para>
+    /// </remarks>
+    /// <exception cref="InvalidOperationException">The connection already uses <see cref="ReceiveAsync"/>, <see cref="SendAsync"/> or <see cref="GetStream"/>.</exception>
+    /// <exception cref="ObjectDisposedException">The connection is closing or closed and the transport was never created.</exception>
+    public IDuplexPipe Transport
+    {
+        get
+        {
+            if (_transport is { } existing)
+            {
+                return existing;
+            }
+
+            ThrowIfClosing(ReadState());
+            EnsureIoMode(IoPipe);
+            lock (_input)
+            {
+                // Guarded by _input's monitor: only the first caller creates the output pipe and its send loop.
+                if (_transport is null)
+                {
+                    _output = new Pipe(_outputPipeOptions);
+                    _sendLoop = SendLoopAsync(_output.Reader);
+                    _transport = new DuplexPipe(_input.Reader, _output.Writer);
+                }
+
+                return _transport;
+            }
+        }
+    }
+
+    /// <summary>A <see cref="Stream"/> over the connection, for code that expects one (<c>SslStream</c>, serializers).</summary>
+    /// <param name="ownsConnection">When <see langword="true"/>, disposing the stream disposes the connection (a graceful close if it
+    /// holds the last reference); when <see langword="false"/> (the default), disposing the stream leaves the connection open.</param>
+    /// <returns>A new stream; reads return 0 at the peer's FIN, writes complete once handed to the kernel.</returns>
+    /// <exception cref="InvalidOperationException">The connection already uses <see cref="Transport"/>.</exception>
+    /// <exception cref="ObjectDisposedException">The connection is closing or closed.</exception>
+    public Stream GetStream(bool ownsConnection = false)
+    {
+        ThrowIfClosing(ReadState());
+        EnsureIoMode(IoDirect);
+        return new ManagedConnectionStream(this, ownsConnection);
+    }
+
+    private void EnsureIoMode(int mode)
+    {
+        int current = Volatile.Read(ref _ioMode);
+        if (current == mode)
+        {
+            return;
+        }
+
+        if (current == IoUnset)
+        {
+            current = Interlocked.CompareExchange(ref _ioMode, mode, IoUnset);
+            if (current == IoUnset || current == mode)
+            {
+                return;
+            }
+        }
+
+        throw new InvalidOperationException(mode == IoPipe
+            ? "This connection already uses ReceiveAsync/SendAsync/GetStream; Transport cannot be used on the same connection."
+            : "This connection's I/O goes through Transport; ReceiveAsync, SendAsync and GetStream cannot be used on the same connection.");
+    }
+
+    private bool UsesPipe => Volatile.Read(ref _ioMode) == IoPipe;
+
+    /// <summary>Output pipe → socket. Holds the send lock for its whole life, so a flush (close or half-close) is
+    /// "ask the loop to stop after what is buffered, then take the lock".</summary>
+    private async Task SendLoopAsync(PipeReader reader)
+    {
+        await _sendLock.WaitAsync().ConfigureAwait(false);
+        Exception? error = null;
+        try
+        {
+            while (true)
+            {
+                ReadResult result = await reader.ReadAsync().ConfigureAwait(false);
+                ReadOnlySequence<byte> buffer = result.Buffer;
+                try
+                {
+                    if (!buffer.IsEmpty && (ReadState() & StateBits.SendShutdown) == 0)
+                    {
+                        foreach (ReadOnlyMemory<byte> segment in buffer)
+                        {
+                            ReadOnlyMemory<byte> rest = segment;
+                            while (!rest.IsEmpty)
+                            {
+                                int sent = await _socket.SendAsync(rest, SocketFlags.None).ConfigureAwait(false);
+                                rest = rest.Slice(sent);
+                            }
+                        }
+                    }
+                }
+                finally
+                {
+                    reader.AdvanceTo(buffer.End);
+                }
+
+                if (result.IsCompleted)
+                {
+                    // The application completed the output: FIN follows the last byte.
+                    ShutdownSendUnderLock();
+                    break;
+                }
+
+                if (result.IsCanceled && Volatile.Read(ref _outputStop) != 0)
+                {
+                    break;
+                }
+            }
+        }
+        catch (SocketException ex)
+        {
+            error = TranslateError(ex) ?? ex;
+        }
+        catch (ObjectDisposedException ex)
+        {
+            error = ex;
+        }
+        finally
+        {
+            reader.Complete(error);
+            _sendLock.Release();
+        }
+    }
+
+    /// <summary>Asks the send loop to send what is already flushed and stop (before a half-close or close).</summary>
+    private void StopSendLoop()
+    {
+        if (_output is { } output)
+        {
+            Volatile.Write(ref _outputStop, 1);
+            output.Reader.CancelPendingRead();
+        }
+    }
+
+    private sealed class DuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe
+    {
+        public PipeReader Input { get; } = input;
+
+        public PipeWriter Output { get; } = output;
+    }
+}
