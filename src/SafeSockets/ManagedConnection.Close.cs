@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using SafeSockets.Internal;
 
 namespace SafeSockets;
@@ -9,7 +10,10 @@ public sealed partial class ManagedConnection
     // shut down (shutdown wakes it with EPIPE at once; this only bounds a misbehaving platform).
     private static readonly TimeSpan s_stuckSendGrace = TimeSpan.FromSeconds(1);
 
-    private readonly TaskCompletionSource<CloseResult> _closeCompletion;
+    // Completion is rarely observed: its task is created on demand. _closeResult is written once, before _closeCompleted.
+    private TaskCompletionSource<CloseResult>? _closeCompletion;
+    private CloseResult _closeResult;
+    private int _closeCompleted;
     private CloseReason _closeReason;
     private CloseReason _guardReason;
     private long _closeStart;
@@ -81,7 +85,7 @@ public sealed partial class ManagedConnection
         if (Interlocked.Exchange(ref _creatorReleased, 1) != 0)
         {
             // Already released: behave like a second close and wait until the socket is gone, if it is going.
-            return (ReadState() & StateBits.Closing) != 0 ? IgnoreResult(_closeCompletion.Task) : default;
+            return (ReadState() & StateBits.Closing) != 0 ? IgnoreResult(Completion) : default;
         }
 
         return ReleaseReferenceAsync();
@@ -107,13 +111,14 @@ public sealed partial class ManagedConnection
 
     private async ValueTask<CloseResult> WaitForOtherCloseAsync(CancellationToken cancellationToken)
     {
-        CloseResult result = await _closeCompletion.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        CloseResult result = await Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
         return Interlocked.Exchange(ref _applicationSawClose, 1) == 0
             ? result
             : new CloseResult(CloseOutcome.AlreadyClosed, 0, TimeSpan.Zero);
     }
 
     /// <summary>The close path; runs once, for whoever won <see cref="TryBeginClose"/>.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<CloseResult> CloseCoreAsync(CancellationToken cancellationToken)
     {
         DisposeGuardTimer();
@@ -122,22 +127,22 @@ public sealed partial class ManagedConnection
         Volatile.Write(ref _drainDeadline, start + (long)(_drainTimeout.TotalSeconds * _timeProvider.TimestampFrequency));
 
         CloseOutcome? outcome = null;
-        bool lockTaken = false;
+        bool loopEnded = false;
         try
         {
             // 1. Flush: wait until every send in flight (or what Transport.Output has flushed) is handed to the kernel.
             StopSendLoop();
-            lockTaken = _sendLock.Wait(0, CancellationToken.None) || await WaitForSendsAsync(_drainTimeout, cancellationToken).ConfigureAwait(false);
-            if (!lockTaken)
+            bool flushed = await WaitForSendsAsync(_drainTimeout, cancellationToken).ConfigureAwait(false);
+            if (!flushed)
             {
                 outcome = CloseOutcome.DrainTimedOut;
             }
 
             // 2. FIN. Even when the flush timed out: shutting the send side wakes a send stuck on a zero window (EPIPE).
             ShutdownSendForClose();
-            if (!lockTaken)
+            if (!flushed)
             {
-                lockTaken = await WaitForSendsAsync(s_stuckSendGrace, CancellationToken.None).ConfigureAwait(false);
+                await WaitForSendsAsync(s_stuckSendGrace, CancellationToken.None).ConfigureAwait(false);
             }
 
             // 3. Drain: the receive loop reads and discards until the peer's FIN, within the bounds.
@@ -145,6 +150,7 @@ public sealed partial class ManagedConnection
             if (_receiveLoop.IsCompleted)
             {
                 exit = await _receiveLoop.ConfigureAwait(false);
+                loopEnded = true;
             }
             else
             {
@@ -152,7 +158,7 @@ public sealed partial class ManagedConnection
                 if (Volatile.Read(ref _peerFinishedByProtocol) != 0)
                 {
                     // The protocol above already saw the peer's end (TLS close_notify): nothing more is due, so do not wait for the TCP FIN.
-                    _receiveCts.Cancel();
+                    StopDrain();
                 }
                 else
                 {
@@ -160,8 +166,9 @@ public sealed partial class ManagedConnection
                 }
 
                 _input.Writer.CancelPendingFlush();
-                using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(static s => ((CancellationTokenSource)s!).Cancel(), _receiveCts);
+                using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(static s => ((ManagedConnection)s!).StopDrain(), this);
                 exit = await _receiveLoop.ConfigureAwait(false);
+                loopEnded = true;
             }
 
             outcome ??= exit switch
@@ -184,36 +191,28 @@ public sealed partial class ManagedConnection
             {
                 _socket.Dispose();
                 OnReleased();
-                if (_receiveLoop.IsCompleted)
+                _drainTimer?.Dispose();
+                if (loopEnded)
                 {
-                    _receiveCts.Dispose();
+                    _receiveCts?.Dispose();
+                    ReturnInputPipe();
                 }
             }
 
-            if (lockTaken)
-            {
-                // Senders queued behind the close wake up and see Closing.
-                _sendLock.Release();
-            }
         }
 
         Complete(outcome ?? CloseOutcome.DrainTimedOut);
         cancellationToken.ThrowIfCancellationRequested();
-        return _closeCompletion.Task.Result;
+        return _closeResult;
     }
 
-    private async ValueTask<bool> WaitForSendsAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    /// <summary>Hands the input pipe back to the pool when no one else can touch it: the loop has ended (the writer is
+    /// complete) and the close path itself completed the reader while no ReceiveAsync held it.</summary>
+    private void ReturnInputPipe()
     {
-        using var timeoutCts = new CancellationTokenSource(timeout, _timeProvider);
-        using CancellationTokenSource linked = CancellationTokenSource.CreateLinkedTokenSource(timeoutCts.Token, cancellationToken);
-        try
+        if (_inputPooled && Volatile.Read(ref _inputReturnable) != 0 && !UsesPipe)
         {
-            await _sendLock.WaitAsync(linked.Token).ConfigureAwait(false);
-            return true;
-        }
-        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-        {
-            return false;
+            s_inputPipePool.Return(_input);
         }
     }
 
@@ -247,10 +246,36 @@ public sealed partial class ManagedConnection
         FirePeerClosed();
     }
 
+    /// <summary>Records how the connection ended; the first caller wins.</summary>
     private void Complete(CloseOutcome outcome)
     {
+        if (Interlocked.CompareExchange(ref _closeCompleted, 1, 0) != 0)
+        {
+            return;
+        }
+
         TimeSpan elapsed = _timeProvider.GetElapsedTime(_closeStart);
-        _closeCompletion.TrySetResult(new CloseResult(outcome, Interlocked.Read(ref _bytesDrained), elapsed));
+        _closeResult = new CloseResult(outcome, Interlocked.Read(ref _bytesDrained), elapsed);
+        Volatile.Write(ref _closeCompleted, 2);
+        Volatile.Read(ref _closeCompletion)?.TrySetResult(_closeResult);
+    }
+
+    private Task<CloseResult> GetCompletionTask()
+    {
+        if (Volatile.Read(ref _closeCompleted) == 2)
+        {
+            return Task.FromResult(_closeResult);
+        }
+
+        var created = new TaskCompletionSource<CloseResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+        TaskCompletionSource<CloseResult> source = Interlocked.CompareExchange(ref _closeCompletion, created, null) ?? created;
+        if (Volatile.Read(ref _closeCompleted) == 2)
+        {
+            // Complete ran before the source was published.
+            source.TrySetResult(_closeResult);
+        }
+
+        return source.Task;
     }
 
     /// <summary>After the peer's FIN or reset: close by ourselves unless the application does first.</summary>

@@ -72,7 +72,7 @@ public sealed partial class ManagedConnection
             }
 
             // The last owner left while a close was already under way: wait for it like any closer.
-            return last ? IgnoreResult(_closeCompletion.Task) : default;
+            return last ? IgnoreResult(Completion) : default;
         }
     }
 

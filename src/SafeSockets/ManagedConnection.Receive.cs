@@ -16,11 +16,18 @@ public sealed partial class ManagedConnection
     // Socket → _input is the receive loop's job. The application reads from _input, so the loop can keep
     // a read pending at all times and see the peer's FIN while the application is busy elsewhere.
     private readonly Pipe _input;
+    private readonly bool _inputPooled;
+    private int _inputReturnable;
 
-    // Cancels the loop's socket reads. Armed only once a close is draining (idle and total bounds);
-    // cancelling a pending receive does not reset the connection, unlike disposing the socket under it.
-    private readonly CancellationTokenSource _receiveCts;
-    private readonly Task<LoopExit> _receiveLoop;
+    // How a drain bound stops the loop's pending read without disposing the socket under it (which would reset):
+    // on Linux and macOS, shutdown(SHUT_RD) wakes the read with 0 and sends nothing to the peer; reads then need no
+    // cancellation token, and a token costs three allocations per pending read in the runtime. Windows does not wake
+    // a pending receive on SD_RECEIVE, so there every read carries _receiveCts's token instead.
+    private static readonly bool s_stopDrainWithShutdown = !OperatingSystem.IsWindows();
+    private readonly CancellationTokenSource? _receiveCts;
+    private ITimer? _drainTimer;
+    private int _drainStopped;
+    private readonly ValueTask<LoopExit> _receiveLoop;
     private int _readState;
 
     // Written by the close path before it sets _draining; read by the loop.
@@ -125,6 +132,7 @@ public sealed partial class ManagedConnection
         if (previous == ReadIdle)
         {
             _input.Reader.Complete();
+            _inputReturnable = 1;
         }
         else if (previous == ReadActive)
         {
@@ -132,7 +140,8 @@ public sealed partial class ManagedConnection
         }
     }
 
-    private async Task<LoopExit> ReceiveLoopAsync()
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<LoopExit> ReceiveLoopAsync()
     {
         PipeWriter writer = _input.Writer;
         Exception? pipeError = null;
@@ -141,13 +150,20 @@ public sealed partial class ManagedConnection
             // Yield so the constructor returns before the first read is issued.
             await Task.Yield();
             bool discard = false;
+            CancellationToken token = _receiveCts?.Token ?? default;
             while (true)
             {
                 // While draining, the same memory is reused and never advanced: the bytes are discarded.
                 Memory<byte> memory = writer.GetMemory();
-                int received = await _socket.ReceiveAsync(memory, SocketFlags.None, _receiveCts.Token).ConfigureAwait(false);
+                int received = await _socket.ReceiveAsync(memory, SocketFlags.None, token).ConfigureAwait(false);
                 if (received == 0)
                 {
+                    if (Volatile.Read(ref _drainStopped) != 0)
+                    {
+                        // Woken by our own shutdown(SHUT_RD): a drain bound, not the peer's FIN.
+                        return LoopExit.DrainTimedOut;
+                    }
+
                     OnPeerClosed(reset: false);
                     return LoopExit.PeerFin;
                 }
@@ -210,20 +226,71 @@ public sealed partial class ManagedConnection
     {
         TimeSpan remaining = _timeProvider.GetElapsedTime(_timeProvider.GetTimestamp(), Volatile.Read(ref _drainDeadline));
         TimeSpan wait = remaining < _drainIdleTimeout ? remaining : _drainIdleTimeout;
+        if (wait <= TimeSpan.Zero)
+        {
+            StopDrain();
+            return;
+        }
+
+        if (_receiveCts is { } cts)
+        {
+            try
+            {
+                cts.CancelAfter(wait);
+            }
+            catch (ObjectDisposedException)
+            {
+                // Released concurrently by Abort.
+            }
+
+            return;
+        }
+
+        // The close path arms it first; the loop re-arms it after each drained read, possibly at the same moment.
+        ITimer? timer = Volatile.Read(ref _drainTimer);
+        if (timer is null)
+        {
+            ITimer created = _timeProvider.CreateTimer(static s => ((ManagedConnection)s!).StopDrain(), this, wait, Timeout.InfiniteTimeSpan);
+            timer = Interlocked.CompareExchange(ref _drainTimer, created, null);
+            if (timer is null)
+            {
+                return;
+            }
+
+            created.Dispose();
+        }
+
+        timer.Change(wait, Timeout.InfiniteTimeSpan);
+    }
+
+    /// <summary>A drain bound was hit (or the close was cancelled): end the loop's pending read now, without a reset.</summary>
+    private void StopDrain()
+    {
+        if (Interlocked.Exchange(ref _drainStopped, 1) != 0)
+        {
+            return;
+        }
+
+        if (_receiveCts is { } cts)
+        {
+            try
+            {
+                cts.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+
+            return;
+        }
+
         try
         {
-            if (wait <= TimeSpan.Zero)
-            {
-                _receiveCts.Cancel();
-            }
-            else
-            {
-                _receiveCts.CancelAfter(wait);
-            }
+            _socket.Shutdown(SocketShutdown.Receive);
         }
-        catch (ObjectDisposedException)
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
         {
-            // Released concurrently by Abort.
+            // Already reset or released: the loop has ended or is about to.
         }
     }
 

@@ -6,14 +6,20 @@ namespace SafeSockets;
 
 public sealed partial class ManagedConnection
 {
-    // Guards the socket's send side: one send (or the shutdown of the send side) at a time, so that a
-    // half-close or a close can wait until everything sent before it has been handed to the kernel.
-    private readonly SemaphoreSlim _sendLock = new(1, 1);
+    // The send gate: bits 0..29 count sends in flight (the Transport send loop counts as one for its whole life),
+    // bit 30 closes the gate. A half-close or close closes the gate, then waits for the count to reach zero: that is
+    // "everything sent so far is handed to the kernel". Concurrent sends need no lock of ours: the runtime queues
+    // them on the socket in order and completes each stream send whole.
+    private const int SendGateClosed = 1 << 30;
+    private const int SendCountMask = SendGateClosed - 1;
+    private int _sendGate;
+    private TaskCompletionSource? _sendsDrained;
 
     /// <summary>Sends all of <paramref name="buffer"/>; completes once every byte has been handed to the kernel.</summary>
     /// <param name="buffer">The bytes to send.</param>
     /// <param name="cancellationToken">Cancels the send. A send cancelled part-way may have sent some bytes.</param>
     /// <returns>A task that completes when the bytes are in the kernel's send buffer.</returns>
+    /// <remarks>Sends may overlap; each one's bytes go out whole and in the order the calls were made.</remarks>
     /// <exception cref="InvalidOperationException">The send side is shut down (<see cref="ShutdownSendAsync"/>), or the connection uses <see cref="Transport"/>.</exception>
     /// <exception cref="ObjectDisposedException">The connection is closing or closed.</exception>
     /// <exception cref="ConnectionResetException">The peer reset the connection.</exception>
@@ -46,14 +52,14 @@ public sealed partial class ManagedConnection
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask SendCoreAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
     {
-        if (!_sendLock.Wait(0, CancellationToken.None))
+        if (!TryBeginSend())
         {
-            await _sendLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            ThrowIfCannotSend(ReadState());
+            ThrowHelper.ThrowSendShutdown();
         }
 
         try
         {
-            ThrowIfCannotSend(ReadState());
             do
             {
                 int sent = await _socket.SendAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
@@ -72,14 +78,28 @@ public sealed partial class ManagedConnection
         }
         finally
         {
-            _sendLock.Release();
+            EndSend();
         }
     }
 
     private async ValueTask ShutdownSendCoreAsync(CancellationToken cancellationToken)
     {
         StopSendLoop();
-        await _sendLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await WaitForSendsAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // Not shut down after all: let sends through again, unless a close or another half-close took over.
+            if ((ReadState() & (StateBits.SendShutdown | StateBits.Closing)) == 0)
+            {
+                Interlocked.And(ref _sendGate, ~SendGateClosed);
+            }
+
+            throw;
+        }
+
         try
         {
             int state = ReadState();
@@ -89,7 +109,7 @@ public sealed partial class ManagedConnection
                 ThrowHelper.ThrowPeerReset();
             }
 
-            ShutdownSendUnderLock();
+            ShutdownSendOnce();
         }
         catch (SocketException ex) when (TranslateError(ex) is { } translated)
         {
@@ -100,15 +120,66 @@ public sealed partial class ManagedConnection
             ThrowIfClosing(ReadState());
             throw;
         }
-        finally
+    }
+
+    private bool TryBeginSend()
+    {
+        int current = Volatile.Read(ref _sendGate);
+        while (true)
         {
-            _sendLock.Release();
+            if ((current & SendGateClosed) != 0)
+            {
+                return false;
+            }
+
+            int seen = Interlocked.CompareExchange(ref _sendGate, current + 1, current);
+            if (seen == current)
+            {
+                return true;
+            }
+
+            current = seen;
         }
     }
 
-    /// <summary>Sends FIN once; the caller holds <see cref="_sendLock"/>, so no send is in flight.</summary>
+    private void EndSend()
+    {
+        if (Interlocked.Decrement(ref _sendGate) == SendGateClosed)
+        {
+            Volatile.Read(ref _sendsDrained)?.TrySetResult();
+        }
+    }
+
+    /// <summary>Closes the send gate and waits until no send is in flight.</summary>
+    /// <returns><see langword="false"/> if <paramref name="timeout"/> passed first.</returns>
+    private async ValueTask<bool> WaitForSendsAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if ((Interlocked.Or(ref _sendGate, SendGateClosed) & SendCountMask) == 0)
+        {
+            return true;
+        }
+
+        var created = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        TaskCompletionSource drained = Interlocked.CompareExchange(ref _sendsDrained, created, null) ?? created;
+        if ((Volatile.Read(ref _sendGate) & SendCountMask) == 0)
+        {
+            return true;
+        }
+
+        try
+        {
+            await drained.Task.WaitAsync(timeout, _timeProvider, cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (TimeoutException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Sends FIN once; the caller has waited for sends in flight.</summary>
     /// <returns><see langword="true"/> if this call shut the send side.</returns>
-    private bool ShutdownSendUnderLock()
+    private bool ShutdownSendOnce()
     {
         int previous = StateBits.Set(ref _state, StateBits.SendShutdown);
         if ((previous & StateBits.SendShutdown) != 0)

@@ -94,12 +94,17 @@ public sealed partial class ManagedConnection
 
     private bool UsesPipe => Volatile.Read(ref _ioMode) == IoPipe;
 
-    /// <summary>Output pipe → socket. Holds the send lock for its whole life, so a flush (close or half-close) is
-    /// "ask the loop to stop after what is buffered, then take the lock".</summary>
+    /// <summary>Output pipe → socket. Counts as one send in flight for its whole life, so a flush (close or half-close)
+    /// is "ask the loop to stop after what is buffered, then wait for sends in flight", as for direct sends.</summary>
     private async Task SendLoopAsync(PipeReader reader)
     {
-        await _sendLock.WaitAsync().ConfigureAwait(false);
         Exception? error = null;
+        if (!TryBeginSend())
+        {
+            reader.Complete();
+            return;
+        }
+
         try
         {
             while (true)
@@ -129,7 +134,7 @@ public sealed partial class ManagedConnection
                 if (result.IsCompleted)
                 {
                     // The application completed the output: FIN follows the last byte.
-                    ShutdownSendUnderLock();
+                    ShutdownSendOnce();
                     break;
                 }
 
@@ -150,7 +155,7 @@ public sealed partial class ManagedConnection
         finally
         {
             reader.Complete(error);
-            _sendLock.Release();
+            EndSend();
         }
     }
 

@@ -1,6 +1,7 @@
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using SafeSockets.Internal;
 
 namespace SafeSockets;
@@ -22,6 +23,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable
 {
     private static readonly PipeOptions s_defaultInputPipeOptions = CreateInputPipeOptions(ManagedConnectionOptions.DefaultBufferSize);
     private static readonly PipeOptions s_defaultOutputPipeOptions = CreateOutputPipeOptions(ManagedConnectionOptions.DefaultBufferSize);
+    private static readonly InputPipePool s_inputPipePool = new(s_defaultInputPipeOptions);
 
     private readonly Socket _socket;
     private readonly TimeProvider _timeProvider;
@@ -30,6 +32,8 @@ public sealed partial class ManagedConnection : IAsyncDisposable
     private readonly long _maxDrainBytes;
     private readonly TimeSpan _closeWaitTimeout;
     private readonly PipeOptions _outputPipeOptions;
+
+    private EndPoint? _localEndPoint;
 
     // The state word; see Internal/StateBits for the layout.
     private int _state;
@@ -45,19 +49,21 @@ public sealed partial class ManagedConnection : IAsyncDisposable
         _closeWaitTimeout = options.CloseWaitTimeout;
         _state = StateBits.LeaseOne;
 
-        // Cached now: Socket throws once disposed, and callers want these in logs after close.
-        LocalEndPoint = socket.LocalEndPoint;
+        // The remote end point is already cached by the socket (connect or accept set it), so keeping it costs nothing;
+        // the local one needs getsockname and allocations, so it is read on first use.
         RemoteEndPoint = socket.RemoteEndPoint;
 
         _outputPipeOptions = options.MaxOutputBufferSize == ManagedConnectionOptions.DefaultBufferSize
             ? s_defaultOutputPipeOptions
             : CreateOutputPipeOptions(options.MaxOutputBufferSize);
-        _input = new Pipe(options.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize
-            ? s_defaultInputPipeOptions
-            : CreateInputPipeOptions(options.MaxInputBufferSize));
-        _receiveCts = new CancellationTokenSource(Timeout.InfiniteTimeSpan, _timeProvider);
-        _closeCompletion = new TaskCompletionSource<CloseResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _inputPooled = PoolingEnabled && options.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
+        _input = _inputPooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(options.MaxInputBufferSize));
+        _receiveCts = s_stopDrainWithShutdown ? null : new CancellationTokenSource(Timeout.InfiniteTimeSpan, _timeProvider);
+        // Consumed exactly once, by the close path (which checks IsCompleted just before its single await); after
+        // that the pooled box may serve another connection, so nothing else may look at it. Abort never awaits it.
+#pragma warning disable CA2012
         _receiveLoop = ReceiveLoopAsync();
+#pragma warning restore CA2012
     }
 
     /// <summary>Connects to <paramref name="remoteEndPoint"/> over TCP and returns the managed connection.</summary>
@@ -66,6 +72,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable
     /// <param name="cancellationToken">Cancels the connect; the socket is released.</param>
     /// <returns>The connected connection, with <c>NoDelay</c> set.</returns>
     /// <exception cref="SocketException">The connect failed; no descriptor is left behind.</exception>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public static async ValueTask<ManagedConnection> ConnectAsync(EndPoint remoteEndPoint, ManagedConnectionOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(remoteEndPoint);
@@ -124,8 +131,26 @@ public sealed partial class ManagedConnection : IAsyncDisposable
     /// <summary>Where the connection is in its lifecycle; see <see cref="ConnectionState"/>.</summary>
     public ConnectionState State => StateBits.ToConnectionState(Volatile.Read(ref _state));
 
-    /// <summary>The local end point, captured when the connection was created (still available after close).</summary>
-    public EndPoint? LocalEndPoint { get; }
+    /// <summary>The local end point. Read on first use and kept: read it before the close if you need it afterwards
+    /// (after the socket is released a first read returns <see langword="null"/>).</summary>
+    public EndPoint? LocalEndPoint
+    {
+        get
+        {
+            if (_localEndPoint is null && Volatile.Read(ref _released) == 0)
+            {
+                try
+                {
+                    _localEndPoint = _socket.LocalEndPoint;
+                }
+                catch (ObjectDisposedException)
+                {
+                }
+            }
+
+            return _localEndPoint;
+        }
+    }
 
     /// <summary>The remote end point, captured when the connection was created (still available after close).</summary>
     public EndPoint? RemoteEndPoint { get; }
@@ -133,7 +158,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable
     /// <summary>Completes when the socket has been released, with the result of the close that released it,
     /// whoever started it (the application, the CLOSE_WAIT guard, a peer reset or <see cref="Abort"/>).</summary>
     /// <remarks>Never faults.</remarks>
-    public Task<CloseResult> Completion => _closeCompletion.Task;
+    public Task<CloseResult> Completion => GetCompletionTask();
 
     private static bool IsListening(Socket socket)
     {
@@ -146,6 +171,12 @@ public sealed partial class ManagedConnection : IAsyncDisposable
             return false;
         }
     }
+
+    /// <summary>Whether input pipes come from the pool; benchmarks turn it off to show what pooling saves.</summary>
+    internal static bool PoolingEnabled { get; set; } = true;
+
+    /// <summary>The input pipe, for tests that check a pooled pipe is never shared by two live connections.</summary>
+    internal object InputPipe => _input;
 
     private int ReadState() => Volatile.Read(ref _state);
 

@@ -83,6 +83,7 @@ public sealed class KernelCounterTests
             for (int i = 0; i < 20; i++)
             {
                 (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+                _ = connection.LocalEndPoint; // read before the close so it is kept
                 peers.Add(peer);
                 connections.Add(connection);
                 peer.Shutdown(SocketShutdown.Send);

@@ -60,6 +60,8 @@ public sealed class LifecycleTests
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
         using (peer)
         {
+            EndPoint? local = connection.LocalEndPoint;
+            Assert.Equal(peer.RemoteEndPoint, local);
             peer.Shutdown(SocketShutdown.Send);
             await connection.CloseAsync().WithTimeout();
 
@@ -68,8 +70,8 @@ public sealed class LifecycleTests
             await Assert.ThrowsAsync<ObjectDisposedException>(() => connection.ShutdownSendAsync().AsTask());
             Assert.Equal(CloseOutcome.AlreadyClosed, (await connection.CloseAsync().WithTimeout()).Outcome);
             await connection.DisposeAsync();
-            Assert.NotNull(connection.LocalEndPoint);
-            Assert.NotNull(connection.RemoteEndPoint);
+            Assert.Equal(local, connection.LocalEndPoint);
+            Assert.Equal(peer.LocalEndPoint, connection.RemoteEndPoint);
         }
     }
 

@@ -1,0 +1,77 @@
+using System.Net.Sockets;
+using SafeSockets.Tests.Infrastructure;
+
+namespace SafeSockets.Tests;
+
+public sealed class PoolingTests
+{
+    [Fact]
+    public async Task PooledInputPipes_AreReused_ButNeverHeldByTwoLiveConnections()
+    {
+        var everSeen = new HashSet<object>(ReferenceEqualityComparer.Instance);
+        int reused = 0;
+        for (int round = 0; round < 20; round++)
+        {
+            // A batch of live connections: each must own a distinct pipe.
+            var batch = new List<(Socket Peer, ManagedConnection Connection)>();
+            for (int i = 0; i < 16; i++)
+            {
+                batch.Add(await Loopback.CreateManagedServerAsync());
+            }
+
+            var live = new HashSet<object>(ReferenceEqualityComparer.Instance);
+            foreach ((_, ManagedConnection connection) in batch)
+            {
+                Assert.True(live.Add(connection.InputPipe), "two live connections share one pooled pipe");
+                reused += everSeen.Add(connection.InputPipe) ? 0 : 1;
+            }
+
+            // Closed in parallel, with data still unread in some pipes (a returned pipe must come back empty).
+            await Task.WhenAll(batch.Select(async pair =>
+            {
+                await Peer.SendPatternAsync(pair.Peer, 100);
+                pair.Peer.Shutdown(SocketShutdown.Send);
+                await pair.Connection.CloseAsync();
+                pair.Peer.Dispose();
+            })).WithTimeout();
+        }
+
+        Assert.True(reused > 0, "no pipe was ever reused: the pool is not in use");
+
+        // A connection on a reused pipe reads only its own bytes.
+        (Socket peer, ManagedConnection fresh) = await Loopback.CreateManagedServerAsync();
+        await using (fresh)
+        using (peer)
+        {
+            await Peer.SendPatternAsync(peer, 5);
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(Peer.Pattern(5), await Peer.ReadAllAsync(fresh).WithTimeout());
+        }
+    }
+
+    [Fact]
+    public async Task ConnectionClosedWhileItsReceiveIsPending_DoesNotReturnThePipeToThePool()
+    {
+        for (int i = 0; i < 50; i++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+            using (peer)
+            {
+                object pipe = connection.InputPipe;
+                Task<int> pending = connection.ReceiveAsync(new byte[10]).AsTask();
+                Task<CloseResult> close = connection.CloseAsync().AsTask();
+                peer.Shutdown(SocketShutdown.Send);
+                await close.WithTimeout();
+                await Assert.ThrowsAsync<ObjectDisposedException>(() => pending.WithTimeout());
+
+                // The next connection must not get the pipe the pending receive was still holding when the close began.
+                (Socket peer2, ManagedConnection next) = await Loopback.CreateManagedServerAsync();
+                using (peer2)
+                {
+                    Assert.NotSame(pipe, next.InputPipe);
+                    next.Abort();
+                }
+            }
+        }
+    }
+}
