@@ -4,9 +4,10 @@ using BenchmarkDotNet.Attributes;
 
 namespace SafeSockets.Benchmarks;
 
-/// <summary>One connect → 1-byte exchange → graceful teardown cycle on loopback, both ends in process:
-/// a hand-written raw <see cref="Socket"/> graceful close (Shutdown(Send), read to EOF, Dispose) against
-/// <see cref="ManagedConnection"/> on both ends.</summary>
+/// <summary>One connect → 1-byte request/response → graceful teardown cycle on loopback, both ends in process.
+/// Stresses per-connection setup and teardown cost: time and bytes allocated for both ends of one cycle, against a
+/// hand-written raw <see cref="Socket"/> graceful close (Shutdown(Send), read to EOF, Dispose), with and without
+/// SafeSockets' pooling.</summary>
 public class ConnectTeardownBenchmarks
 {
     private Socket? _listener;
@@ -24,7 +25,11 @@ public class ConnectTeardownBenchmarks
     }
 
     [GlobalCleanup]
-    public void Cleanup() => _listener?.Dispose();
+    public void Cleanup()
+    {
+        _listener?.Dispose();
+        ManagedConnection.PoolingEnabled = true;
+    }
 
     [Benchmark(Baseline = true)]
     public async Task RawGraceful()
@@ -46,7 +51,20 @@ public class ConnectTeardownBenchmarks
     }
 
     [Benchmark]
-    public async Task ManagedGraceful()
+    public Task ManagedGraceful()
+    {
+        ManagedConnection.PoolingEnabled = true;
+        return ManagedCycleAsync();
+    }
+
+    [Benchmark]
+    public Task ManagedGracefulNoPooling()
+    {
+        ManagedConnection.PoolingEnabled = false;
+        return ManagedCycleAsync();
+    }
+
+    private async Task ManagedCycleAsync()
     {
         Task<Socket> accept = _listener!.AcceptAsync();
         ManagedConnection client = await ManagedConnection.ConnectAsync(_endPoint!);
@@ -56,7 +74,8 @@ public class ConnectTeardownBenchmarks
         await server.SendAsync(_one);
         await client.ReceiveAsync(_buffer);
 
-        Task<CloseResult> clientClose = client.CloseAsync().AsTask();
+        // The client closes first (FIN, drain); the server sees the FIN, closes, and the client's drain ends.
+        ValueTask<CloseResult> clientClose = client.CloseAsync();
         await server.ReceiveAsync(_buffer);
         await server.CloseAsync();
         await clientClose;

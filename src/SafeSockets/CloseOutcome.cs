@@ -23,4 +23,8 @@ public enum CloseOutcome
 
     /// <summary>The peer closed first and the application did not close within <see cref="ManagedConnectionOptions.CloseWaitTimeout"/>, so the connection closed itself (FIN, no reset) to leave no socket in CLOSE_WAIT.</summary>
     CloseWaitTimedOut,
+
+    /// <summary>A <see cref="ManagedListener"/> had more than <see cref="ManagedListenerOptions.MaxDrainingConnections"/> connections
+    /// draining and cut this one's drain short (oldest first), as nginx does when it runs short of connections.</summary>
+    DrainBudgetExceeded,
 }

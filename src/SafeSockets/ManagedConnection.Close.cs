@@ -1,5 +1,7 @@
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
+using Microsoft.Extensions.Logging;
+using SafeSockets.Diagnostics;
 using SafeSockets.Internal;
 
 namespace SafeSockets;
@@ -55,7 +57,7 @@ public sealed partial class ManagedConnection
         }
 
         // Aborted is set before the socket goes, so the receive loop reads its error as ours, not the peer's.
-        int previous = StateBits.Set(ref _state, StateBits.Closing | StateBits.Aborted);
+        int previous = SetState(StateBits.Closing | StateBits.Aborted);
         if ((previous & StateBits.Closing) == 0)
         {
             _closeReason = CloseReason.Abort;
@@ -93,7 +95,7 @@ public sealed partial class ManagedConnection
 
     private bool TryBeginClose(CloseReason reason)
     {
-        int previous = StateBits.Set(ref _state, StateBits.Closing);
+        int previous = SetState(StateBits.Closing);
         if ((previous & (StateBits.Closing | StateBits.Closed | StateBits.Aborted)) != 0)
         {
             return false;
@@ -155,6 +157,7 @@ public sealed partial class ManagedConnection
             else
             {
                 Volatile.Write(ref _draining, 1);
+                DrainStarted?.Invoke(this);
                 if (Volatile.Read(ref _peerFinishedByProtocol) != 0)
                 {
                     // The protocol above already saw the peer's end (TLS close_notify): nothing more is due, so do not wait for the TCP FIN.
@@ -175,6 +178,7 @@ public sealed partial class ManagedConnection
             {
                 LoopExit.PeerFin => _closeReason == CloseReason.CloseWaitTimeout ? CloseOutcome.CloseWaitTimedOut : CloseOutcome.Graceful,
                 LoopExit.PeerReset => CloseOutcome.PeerReset,
+                LoopExit.DrainTimedOut when Volatile.Read(ref _drainCutShort) != 0 => CloseOutcome.DrainBudgetExceeded,
                 LoopExit.DrainTimedOut when Volatile.Read(ref _peerFinishedByProtocol) != 0 && Interlocked.Read(ref _bytesDrained) == 0 => CloseOutcome.Graceful,
                 LoopExit.DrainTimedOut => CloseOutcome.DrainTimedOut,
                 LoopExit.DrainLimitExceeded => CloseOutcome.DrainLimitExceeded,
@@ -218,7 +222,7 @@ public sealed partial class ManagedConnection
 
     private void ShutdownSendForClose()
     {
-        if ((StateBits.Set(ref _state, StateBits.SendShutdown) & (StateBits.SendShutdown | StateBits.PeerReset)) != 0)
+        if ((SetState(StateBits.SendShutdown) & (StateBits.SendShutdown | StateBits.PeerReset)) != 0)
         {
             return;
         }
@@ -241,7 +245,7 @@ public sealed partial class ManagedConnection
     private void OnReleased()
     {
         Interlocked.Increment(ref _releaseCount);
-        StateBits.Set(ref _state, StateBits.Closed);
+        SetState(StateBits.Closed);
         DisposeGuardTimer();
         FirePeerClosed();
     }
@@ -257,8 +261,59 @@ public sealed partial class ManagedConnection
         TimeSpan elapsed = _timeProvider.GetElapsedTime(_closeStart);
         _closeResult = new CloseResult(outcome, Interlocked.Read(ref _bytesDrained), elapsed);
         Volatile.Write(ref _closeCompleted, 2);
+        Report(_closeResult);
+        Completed?.Invoke(this);
         Volatile.Read(ref _closeCompletion)?.TrySetResult(_closeResult);
     }
+
+    /// <summary>Metrics and logs for a finished connection.</summary>
+    private void Report(CloseResult result)
+    {
+        KeyValuePair<string, object?> outcomeTag = Metrics.OutcomeTag(result.Outcome);
+        Metrics.Closed.Add(1, outcomeTag);
+        Metrics.CloseDuration.Record(result.Elapsed.TotalSeconds, outcomeTag);
+        if (result.BytesDrained > 0)
+        {
+            Metrics.Drained.Add(result.BytesDrained);
+        }
+
+        long peerFin = Volatile.Read(ref _peerFinTimestamp);
+        if (peerFin != 0 && Metrics.PeerFinToClose.Enabled)
+        {
+            Metrics.PeerFinToClose.Record(_timeProvider.GetElapsedTime(peerFin).TotalSeconds);
+        }
+
+        switch (result.Outcome)
+        {
+            case CloseOutcome.CloseWaitTimedOut:
+                Metrics.ForcedCloses.Add(1);
+                if (_logger.IsEnabled(LogLevel.Warning))
+                {
+                    Log.ForcedCloseAfterPeerFin(_logger, _localEndPoint?.ToString(), RemoteEndPoint?.ToString(), _closeWaitTimeout);
+                }
+
+                break;
+            case CloseOutcome.Aborted:
+                Metrics.Aborts.Add(1);
+                Log.Aborted(_logger, RemoteEndPoint?.ToString());
+                break;
+            case CloseOutcome.PeerReset:
+                Log.ResetByPeer(_logger, RemoteEndPoint?.ToString());
+                break;
+            case CloseOutcome.DrainTimedOut or CloseOutcome.DrainLimitExceeded or CloseOutcome.DrainBudgetExceeded:
+                Log.DrainBoundHit(_logger, RemoteEndPoint?.ToString(), result.Outcome, result.BytesDrained, result.Elapsed);
+                break;
+        }
+    }
+
+    /// <summary>Set by a listener before the receive loop starts: told once, when the connection is finished.</summary>
+    internal Action<ManagedConnection>? Completed { get; }
+
+    /// <summary>Set by a listener before the receive loop starts: told when this connection starts draining (for the draining budget).</summary>
+    internal Action<ManagedConnection>? DrainStarted { get; }
+
+    /// <summary>The result, once the connection is finished.</summary>
+    internal CloseResult? FinalResult => Volatile.Read(ref _closeCompleted) == 2 ? _closeResult : null;
 
     private Task<CloseResult> GetCompletionTask()
     {

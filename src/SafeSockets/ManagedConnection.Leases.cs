@@ -66,6 +66,7 @@ public sealed partial class ManagedConnection
 
             if (startsClose)
             {
+                Diagnostics.Metrics.StateChanged(current, next);
                 OnCloseStarted(CloseReason.Application);
                 Volatile.Write(ref _applicationSawClose, 1);
                 return IgnoreResult(CloseCoreAsync(CancellationToken.None));

@@ -27,6 +27,8 @@ public sealed partial class ManagedConnection
     private readonly CancellationTokenSource? _receiveCts;
     private ITimer? _drainTimer;
     private int _drainStopped;
+    private int _drainCutShort;
+    private long _peerFinTimestamp;
     private readonly ValueTask<LoopExit> _receiveLoop;
     private int _readState;
 
@@ -263,6 +265,20 @@ public sealed partial class ManagedConnection
         timer.Change(wait, Timeout.InfiniteTimeSpan);
     }
 
+    /// <summary>A listener's draining budget is exhausted: end this drain now (outcome <see cref="CloseOutcome.DrainBudgetExceeded"/>).</summary>
+    /// <returns><see langword="true"/> if the drain was still running and is now being cut.</returns>
+    internal bool CutDrainShort()
+    {
+        if ((ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0 || Volatile.Read(ref _drainStopped) != 0)
+        {
+            return false;
+        }
+
+        Volatile.Write(ref _drainCutShort, 1);
+        StopDrain();
+        return true;
+    }
+
     /// <summary>A drain bound was hit (or the close was cancelled): end the loop's pending read now, without a reset.</summary>
     private void StopDrain()
     {
@@ -297,7 +313,18 @@ public sealed partial class ManagedConnection
     /// <summary>The receive loop saw the peer's FIN or reset.</summary>
     private void OnPeerClosed(bool reset)
     {
-        int previous = StateBits.Set(ref _state, reset ? StateBits.PeerFin | StateBits.PeerReset : StateBits.PeerFin);
+        int previous = SetState(reset ? StateBits.PeerFin | StateBits.PeerReset : StateBits.PeerFin);
+        if ((previous & StateBits.PeerFin) != 0 && !reset)
+        {
+            // Already known (the kernel view saw it while the loop was paused behind unread data).
+            return;
+        }
+
+        if ((previous & StateBits.PeerFin) == 0)
+        {
+            _peerFinTimestamp = _timeProvider.GetTimestamp();
+        }
+
         FirePeerClosed();
         if ((previous & StateBits.Closing) == 0)
         {

@@ -181,7 +181,7 @@ public sealed partial class ManagedConnection
     /// <returns><see langword="true"/> if this call shut the send side.</returns>
     private bool ShutdownSendOnce()
     {
-        int previous = StateBits.Set(ref _state, StateBits.SendShutdown);
+        int previous = SetState(StateBits.SendShutdown);
         if ((previous & StateBits.SendShutdown) != 0)
         {
             return false;

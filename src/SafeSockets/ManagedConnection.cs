@@ -2,6 +2,8 @@ using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
+using Microsoft.Extensions.Logging;
+using SafeSockets.Diagnostics;
 using SafeSockets.Internal;
 
 namespace SafeSockets;
@@ -32,14 +34,17 @@ public sealed partial class ManagedConnection : IAsyncDisposable
     private readonly long _maxDrainBytes;
     private readonly TimeSpan _closeWaitTimeout;
     private readonly PipeOptions _outputPipeOptions;
+    private readonly ILogger _logger;
 
     private EndPoint? _localEndPoint;
 
     // The state word; see Internal/StateBits for the layout.
     private int _state;
 
-    private ManagedConnection(Socket socket, ManagedConnectionOptions? options)
+    private ManagedConnection(Socket socket, ManagedConnectionOptions? options, Action<ManagedConnection>? completed = null, Action<ManagedConnection>? drainStarted = null)
     {
+        Completed = completed;
+        DrainStarted = drainStarted;
         options ??= ManagedConnectionOptions.Default;
         _socket = socket;
         _timeProvider = options.TimeProvider;
@@ -47,6 +52,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable
         _drainIdleTimeout = options.DrainIdleTimeout;
         _maxDrainBytes = options.MaxDrainBytes;
         _closeWaitTimeout = options.CloseWaitTimeout;
+        _logger = options.Logger;
         _state = StateBits.LeaseOne;
 
         // The remote end point is already cached by the socket (connect or accept set it), so keeping it costs nothing;
@@ -58,6 +64,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable
             : CreateOutputPipeOptions(options.MaxOutputBufferSize);
         _inputPooled = PoolingEnabled && options.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
         _input = _inputPooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(options.MaxInputBufferSize));
+        Metrics.ConnectionOpened();
         _receiveCts = s_stopDrainWithShutdown ? null : new CancellationTokenSource(Timeout.InfiniteTimeSpan, _timeProvider);
         // Consumed exactly once, by the close path (which checks IsCompleted just before its single await); after
         // that the pooled box may serve another connection, so nothing else may look at it. Abort never awaits it.
@@ -128,6 +135,10 @@ public sealed partial class ManagedConnection : IAsyncDisposable
         return new ManagedConnection(connectedSocket, options);
     }
 
+    /// <summary>Adopt for a listener: its callbacks are in place before the receive loop can finish the connection.</summary>
+    internal static ManagedConnection AdoptTracked(Socket accepted, ManagedConnectionOptions options, Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted) =>
+        new(accepted, options, completed, drainStarted);
+
     /// <summary>Where the connection is in its lifecycle; see <see cref="ConnectionState"/>.</summary>
     public ConnectionState State => StateBits.ToConnectionState(Volatile.Read(ref _state));
 
@@ -179,6 +190,15 @@ public sealed partial class ManagedConnection : IAsyncDisposable
     internal object InputPipe => _input;
 
     private int ReadState() => Volatile.Read(ref _state);
+
+    /// <summary>Sets state bits atomically and keeps the state metrics in step.</summary>
+    /// <returns>The state word before the change.</returns>
+    private int SetState(int bits)
+    {
+        int previous = StateBits.Set(ref _state, bits);
+        Metrics.StateChanged(previous, previous | bits);
+        return previous;
+    }
 
     // The receive loop writes inline (it is already on a pool thread); the application's reads resume on the pool.
     private static PipeOptions CreateInputPipeOptions(int pause) => new(

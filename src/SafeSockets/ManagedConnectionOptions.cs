@@ -1,3 +1,6 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
 namespace SafeSockets;
 
 /// <summary>Bounds and timings for a <see cref="ManagedConnection"/>'s teardown.</summary>
@@ -32,6 +35,7 @@ public sealed class ManagedConnectionOptions
     private long _maxDrainBytes = DefaultMaxDrainBytes;
     private TimeSpan _closeWaitTimeout = DefaultCloseWaitTimeout;
     private TimeProvider _timeProvider = TimeProvider.System;
+    private ILogger _logger = NullLogger.Instance;
     private int _maxInputBufferSize = DefaultBufferSize;
     private int _maxOutputBufferSize = DefaultBufferSize;
 
@@ -125,6 +129,20 @@ public sealed class ManagedConnectionOptions
         {
             ArgumentOutOfRangeException.ThrowIfLessThan(value, 1, nameof(MaxOutputBufferSize));
             _maxOutputBufferSize = value;
+        }
+    }
+
+    /// <summary>Where the connection reports the events that matter in an incident: a forced close after the peer's FIN,
+    /// a drain bound hit, an abort, a reset by the peer.</summary>
+    /// <remarks>Defaults to <see cref="NullLogger.Instance"/> (silent).</remarks>
+    /// <exception cref="ArgumentNullException">The value is null.</exception>
+    public ILogger Logger
+    {
+        get => _logger;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value, nameof(Logger));
+            _logger = value;
         }
     }
 

@@ -1,0 +1,221 @@
+using System.Net;
+using System.Net.Sockets;
+using SafeSockets.Tests.Infrastructure;
+
+namespace SafeSockets.Tests;
+
+public sealed class ListenerTests
+{
+    private static ManagedListener StartLoopback(ManagedListenerOptions? options = null) =>
+        ManagedListener.Start(new IPEndPoint(IPAddress.Loopback, 0), options);
+
+    private static async Task<Socket> ConnectAsync(ManagedListener listener)
+    {
+        var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await client.ConnectAsync(listener.LocalEndPoint).WithTimeout();
+        return client;
+    }
+
+    [Fact]
+    public async Task Accept_TracksConnectionUntilReleased()
+    {
+        await using ManagedListener listener = StartLoopback();
+        Assert.NotEqual(0, listener.LocalEndPoint.Port());
+        using Socket client = await ConnectAsync(listener);
+        ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
+        Assert.Equal(1, listener.ActiveConnections);
+
+        await Peer.SendPatternAsync(client, 10);
+        client.Shutdown(SocketShutdown.Send);
+        Assert.Equal(10, (await Peer.ReadAllAsync(connection).WithTimeout()).Length);
+        Assert.Equal(CloseOutcome.Graceful, (await connection.CloseAsync().WithTimeout()).Outcome);
+        Assert.Equal(0, listener.ActiveConnections);
+    }
+
+    [Fact]
+    public async Task StopAsync_FiftyIdlePeers_AllSeeFinNoneReset_WithinGrace()
+    {
+        ManagedListener listener = StartLoopback();
+        var clients = new List<Socket>();
+        try
+        {
+            for (int i = 0; i < 60; i++)
+            {
+                clients.Add(await ConnectAsync(listener));
+                await listener.AcceptAsync().WithTimeout();
+            }
+
+            Assert.Equal(60, listener.ActiveConnections);
+
+            // Idle peers that behave: read to the end, then close their side.
+            Task<PeerReadResult>[] peers = [.. clients.Select(c => Task.Run(async () =>
+            {
+                PeerReadResult result = await Peer.ReadToEndAsync(c);
+                c.Shutdown(SocketShutdown.Send);
+                return result;
+            }))];
+
+            await listener.StopAsync(TimeSpan.FromSeconds(20)).WithTimeout();
+            PeerReadResult[] results = await Task.WhenAll(peers).WithTimeout();
+
+            Assert.All(results, r => Assert.Equal(PeerEnd.Fin, r.End));
+            Assert.Equal(0, listener.ActiveConnections);
+            await Assert.ThrowsAsync<ObjectDisposedException>(() => listener.AcceptAsync().AsTask());
+        }
+        finally
+        {
+            clients.ForEach(c => c.Dispose());
+        }
+    }
+
+    [Fact]
+    public async Task StopAsync_PeerThatNeverCloses_IsAbortedAtTheDeadlineNotBefore()
+    {
+        var options = new ManagedListenerOptions
+        {
+            Connection = new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromMinutes(10), DrainIdleTimeout = TimeSpan.FromMinutes(10) },
+        };
+        ManagedListener listener = StartLoopback(options);
+        using Socket stubborn = await ConnectAsync(listener);
+        using Socket polite = await ConnectAsync(listener);
+        ManagedConnection first = await listener.AcceptAsync().WithTimeout();
+        ManagedConnection second = await listener.AcceptAsync().WithTimeout();
+        ManagedConnection stubbornConnection = first.RemoteEndPoint!.Equals(stubborn.LocalEndPoint) ? first : second;
+        ManagedConnection politeConnection = ReferenceEquals(stubbornConnection, first) ? second : first;
+        Task politePeer = Task.Run(async () => { await Peer.ReadToEndAsync(polite); polite.Shutdown(SocketShutdown.Send); });
+
+        TimeSpan grace = TimeSpan.FromMilliseconds(500);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        Task stop = listener.StopAsync(grace);
+
+        // The stubborn peer sees our FIN but keeps its side open: it must still be alive until the deadline.
+        byte[] buffer = new byte[16];
+        Assert.Equal(0, await stubborn.ReceiveAsync(buffer, SocketFlags.None).WithTimeout());
+        await politePeer.WithTimeout();
+        Assert.Equal(CloseOutcome.Graceful, (await politeConnection.Completion.WithTimeout()).Outcome);
+        Assert.False(stubbornConnection.Completion.IsCompleted && clock.Elapsed < grace);
+
+        await stop.WithTimeout();
+        Assert.True(clock.Elapsed >= grace - TimeSpan.FromMilliseconds(20), $"stopped after {clock.Elapsed}");
+        Assert.Equal(CloseOutcome.Aborted, (await stubbornConnection.Completion.WithTimeout()).Outcome);
+        await Assert.ThrowsAsync<SocketException>(async () =>
+        {
+            for (int i = 0; i < 100; i++)
+            {
+                await stubborn.SendAsync(new byte[1024], SocketFlags.None).WithTimeout();
+            }
+        });
+    }
+
+    [Fact]
+    public async Task DrainingBudget_CutsTheOldestDrainsShort()
+    {
+        var options = new ManagedListenerOptions
+        {
+            MaxDrainingConnections = 2,
+            Connection = new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromMinutes(10), DrainIdleTimeout = TimeSpan.FromMinutes(10) },
+        };
+        await using ManagedListener listener = StartLoopback(options);
+        var clients = new List<Socket>();
+        var connections = new List<ManagedConnection>();
+        try
+        {
+            for (int i = 0; i < 5; i++)
+            {
+                clients.Add(await ConnectAsync(listener));
+                connections.Add(await listener.AcceptAsync().WithTimeout());
+            }
+
+            // Peers that never close: every close drains until a bound; start them oldest first.
+            var closes = new List<Task<CloseResult>>();
+            foreach (ManagedConnection connection in connections)
+            {
+                closes.Add(connection.CloseAsync().AsTask());
+                Assert.True(listener.DrainingConnections <= 2);
+            }
+
+            for (int i = 0; i < 3; i++)
+            {
+                Assert.Equal(CloseOutcome.DrainBudgetExceeded, (await closes[i].WithTimeout()).Outcome);
+            }
+
+            Assert.False(closes[3].IsCompleted);
+            Assert.False(closes[4].IsCompleted);
+            Assert.Equal(2, listener.DrainingConnections);
+
+            clients[3].Shutdown(SocketShutdown.Send);
+            clients[4].Shutdown(SocketShutdown.Send);
+            Assert.Equal(CloseOutcome.Graceful, (await closes[3].WithTimeout()).Outcome);
+            Assert.Equal(CloseOutcome.Graceful, (await closes[4].WithTimeout()).Outcome);
+            Assert.Equal(0, listener.DrainingConnections);
+        }
+        finally
+        {
+            clients.ForEach(c => c.Dispose());
+        }
+    }
+
+    [Fact]
+    public async Task MaxConnections_OverTheLimitIsClosedWithFinAndNotHandedOut()
+    {
+        await using ManagedListener listener = StartLoopback(new ManagedListenerOptions { MaxConnections = 2 });
+        using Socket a = await ConnectAsync(listener);
+        using Socket b = await ConnectAsync(listener);
+        ManagedConnection first = await listener.AcceptAsync().WithTimeout();
+        await listener.AcceptAsync().WithTimeout();
+
+        Task<ManagedConnection> third = listener.AcceptAsync().AsTask();
+        using Socket rejected = await ConnectAsync(listener);
+        PeerReadResult seen = await Peer.ReadToEndAsync(rejected).WithTimeout();
+        Assert.Equal(PeerEnd.Fin, seen.End);
+        rejected.Shutdown(SocketShutdown.Send);
+        Assert.False(third.IsCompleted);
+
+        // Once a slot frees, the next client is handed out.
+        a.Shutdown(SocketShutdown.Send);
+        await first.CloseAsync().WithTimeout();
+        using Socket next = await ConnectAsync(listener);
+        ManagedConnection accepted = await third.WithTimeout();
+        Assert.Equal(next.LocalEndPoint, accepted.RemoteEndPoint);
+    }
+
+    [Fact]
+    public async Task PeerThatResetsInTheBacklog_DoesNotStopTheListener()
+    {
+        await using ManagedListener listener = StartLoopback();
+        using (Socket reset = await ConnectAsync(listener))
+        {
+            reset.LingerState = new LingerOption(true, 0);
+        }
+
+        using Socket good = await ConnectAsync(listener);
+        ManagedConnection first = await listener.AcceptAsync().WithTimeout();
+        if (!first.RemoteEndPoint!.Equals(good.LocalEndPoint))
+        {
+            // The reset one was handed out: it ends by itself as reset, and the good one follows.
+            Assert.Equal(CloseOutcome.PeerReset, (await first.Completion.WithTimeout()).Outcome);
+            first = await listener.AcceptAsync().WithTimeout();
+        }
+
+        Assert.Equal(good.LocalEndPoint, first.RemoteEndPoint);
+        await good.SendAsync(new byte[] { 1 }, SocketFlags.None);
+        Assert.Equal(1, await first.ReceiveAsync(new byte[4]).WithTimeout());
+    }
+
+    [Fact]
+    public async Task Start_BadArguments_AndPortInUse()
+    {
+        Assert.Throws<ArgumentNullException>(() => ManagedListener.Start(null!));
+        Assert.Throws<ArgumentException>(() => ManagedListener.Start(new DnsEndPoint("localhost", 0)));
+        await using ManagedListener listener = StartLoopback();
+        var ex = Assert.Throws<SocketException>(() => ManagedListener.Start(listener.LocalEndPoint));
+        Assert.Equal(SocketError.AddressAlreadyInUse, ex.SocketErrorCode);
+        Assert.Throws<ArgumentOutOfRangeException>(() => { _ = listener.StopAsync(TimeSpan.FromSeconds(-2)); });
+
+        var options = new ManagedListenerOptions();
+        Assert.Throws<ArgumentOutOfRangeException>(() => options.Backlog = 0);
+        Assert.Throws<ArgumentOutOfRangeException>(() => options.MaxConnections = 0);
+        Assert.Throws<ArgumentOutOfRangeException>(() => options.MaxDrainingConnections = -1);
+        Assert.Throws<ArgumentNullException>(() => options.Connection = null!);
+    }
+}
