@@ -61,12 +61,7 @@ public sealed class KernelCounterTests
         {
             client.Shutdown(SocketShutdown.Send);
             // The kernel moves the server to CLOSE_WAIT on its own, without any read; wait for it, bounded.
-            using var timeout = new CancellationTokenSource(TestTimeouts.Passing);
-            while (TcpSocketTable.GetState(server.Port(), client.Port()) != TcpState.CloseWait)
-            {
-                await Task.Yield();
-                timeout.Token.ThrowIfCancellationRequested();
-            }
+            await TestTimeouts.WaitUntilAsync(() => TcpSocketTable.GetState(server.Port(), client.Port()) == TcpState.CloseWait, "the server socket is in CLOSE_WAIT");
 
             Assert.Equal(1, TcpSocketTable.Count(TcpState.CloseWait, server.Port()));
         }

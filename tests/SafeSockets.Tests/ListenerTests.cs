@@ -170,6 +170,7 @@ public sealed class ListenerTests
         Assert.Equal(PeerEnd.Fin, seen.End);
         rejected.Shutdown(SocketShutdown.Send);
         Assert.False(third.IsCompleted);
+        await TestTimeouts.WaitUntilAsync(() => listener.ActiveConnections == 2, "the rejected connection is released");
 
         // Once a slot frees, the next client is handed out.
         a.Shutdown(SocketShutdown.Send);

@@ -24,5 +24,21 @@ internal static class TestTimeouts
         return tcs.Task;
     }
 
+    /// <summary>Waits for a condition that no event signals (a kernel table, a count), checking it on every yield,
+    /// bounded by <see cref="Passing"/>. Not a sleep: it returns as soon as the condition holds.</summary>
+    public static async Task WaitUntilAsync(Func<bool> condition, string what)
+    {
+        using var timeout = new CancellationTokenSource(Passing);
+        while (!condition())
+        {
+            if (timeout.IsCancellationRequested)
+            {
+                throw new TimeoutException($"Timed out waiting until {what}.");
+            }
+
+            await Task.Delay(1);
+        }
+    }
+
     public static CancellationToken Token() => new CancellationTokenSource(Passing).Token;
 }
