@@ -247,6 +247,7 @@ public sealed partial class ManagedConnection
         Interlocked.Increment(ref _releaseCount);
         SetState(StateBits.Closed);
         DisposeGuardTimer();
+        _finProbe?.Dispose();
         FirePeerClosed();
     }
 

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
+using SafeSockets.Diagnostics;
 using SafeSockets.Internal;
 
 namespace SafeSockets;
@@ -173,7 +174,10 @@ public sealed partial class ManagedConnection
                 if (Volatile.Read(ref _draining) != 0)
                 {
                     long total = Interlocked.Add(ref _bytesDrained, received);
-                    if (total > _maxDrainBytes)
+
+                    // Once the peer's FIN is known (the kernel saw it behind unread data), what is left is what the kernel
+                    // already buffered: finite, so the byte budget need not cut it and turn the close into a reset.
+                    if (total > _maxDrainBytes && (ReadState() & StateBits.PeerFin) == 0)
                     {
                         return LoopExit.DrainLimitExceeded;
                     }
@@ -188,7 +192,20 @@ public sealed partial class ManagedConnection
                 }
 
                 writer.Advance(received);
-                FlushResult flush = await writer.FlushAsync().ConfigureAwait(false);
+                ValueTask<FlushResult> flushing = writer.FlushAsync();
+                FlushResult flush;
+                if (flushing.IsCompleted)
+                {
+                    flush = flushing.Result;
+                }
+                else
+                {
+                    // Paused: the application is not reading. A FIN behind the unread bytes is invisible to a read, but not to the kernel.
+                    StartFinProbe();
+                    flush = await flushing.ConfigureAwait(false);
+                    StopFinProbe();
+                }
+
                 if (flush.IsCompleted)
                 {
                     // The reader is gone: keep reading to see the FIN, but throw the bytes away.
@@ -220,6 +237,46 @@ public sealed partial class ManagedConnection
         finally
         {
             writer.Complete(pipeError);
+        }
+    }
+
+    // While the loop is paused by backpressure, how often the kernel is asked whether the peer's FIN has arrived.
+    private static readonly TimeSpan s_finProbePeriod = TimeSpan.FromMilliseconds(250);
+    private ITimer? _finProbe;
+
+    private void StartFinProbe()
+    {
+        if (!OperatingSystem.IsLinux() || (ReadState() & StateBits.PeerFin) != 0)
+        {
+            return;
+        }
+
+        ITimer? timer = _finProbe;
+        if (timer is null)
+        {
+            _finProbe = _timeProvider.CreateTimer(static s => ((ManagedConnection)s!).ProbeForFin(), this, s_finProbePeriod, s_finProbePeriod);
+        }
+        else
+        {
+            timer.Change(s_finProbePeriod, s_finProbePeriod);
+        }
+    }
+
+    private void StopFinProbe() => _finProbe?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+
+    private void ProbeForFin()
+    {
+        int state = ReadState();
+        if ((state & (StateBits.PeerFin | StateBits.Closing | StateBits.Closed | StateBits.Aborted)) != 0)
+        {
+            StopFinProbe();
+            return;
+        }
+
+        if (TcpConnectionInfo.Read(_socket).PeerHasClosed)
+        {
+            StopFinProbe();
+            OnPeerClosed(reset: false);
         }
     }
 

@@ -139,6 +139,11 @@ public sealed partial class ManagedConnection : IAsyncDisposable
     internal static ManagedConnection AdoptTracked(Socket accepted, ManagedConnectionOptions options, Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted) =>
         new(accepted, options, completed, drainStarted);
 
+    /// <summary>What the kernel reports about this connection right now (Linux <c>TCP_INFO</c>).</summary>
+    /// <returns>The kernel's view; <see cref="TcpConnectionInfo.IsAvailable"/> is <see langword="false"/> off Linux or once the socket is released.</returns>
+    public TcpConnectionInfo GetKernelInfo() =>
+        (ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0 ? default : TcpConnectionInfo.Read(_socket);
+
     /// <summary>Where the connection is in its lifecycle; see <see cref="ConnectionState"/>.</summary>
     public ConnectionState State => StateBits.ToConnectionState(Volatile.Read(ref _state));
 
