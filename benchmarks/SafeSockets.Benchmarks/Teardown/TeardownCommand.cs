@@ -1,0 +1,324 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using SafeSockets.Diagnostics;
+
+namespace SafeSockets.Benchmarks.Teardown;
+
+/// <summary><c>teardown</c>: high-rate connect → exchange → teardown cycles on loopback for each strategy, interleaved
+/// round by round, counting the kernel's side effects (RSTs, TIME_WAIT, CLOSE_WAIT) as well as time.</summary>
+internal static class TeardownCommand
+{
+    private const string Usage = """
+        teardown [options]
+          --strategies a,b,c   strategies to run (default: all); --list shows them
+          --cycles N           cycles per strategy per round (default 3000)
+          --rounds R           rounds; strategies are interleaved A B C A B C ... (default 3)
+          --concurrency K      cycles in flight at once (default 8)
+          --ports P            listener ports per strategy (default 4; see the TIME_WAIT note)
+          --duration S         stop starting new rounds after S seconds (default 100)
+          --out DIR            output folder (default teardown-results/<utc time>)
+        """;
+
+    public static async Task<int> RunAsync(string[] args)
+    {
+        Settings settings;
+        try
+        {
+            settings = Settings.Parse(args);
+        }
+        catch (ArgumentException ex)
+        {
+            Console.Error.WriteLine(ex.Message);
+            Console.Error.WriteLine(Usage);
+            return 2;
+        }
+
+        if (settings.List)
+        {
+            foreach (Strategy s in Strategies.All())
+            {
+                Console.WriteLine($"{s.Name,-26} {s.Description}");
+            }
+
+            return 0;
+        }
+
+        Console.WriteLine($"SafeSockets teardown comparison: {settings.Strategies.Count} strategies x {settings.Rounds} rounds x {settings.Cycles} cycles, {settings.Concurrency} in flight, {settings.Ports} listener ports each.");
+        Console.WriteLine($"Machine: {Environment.ProcessorCount} cores, {RuntimeInfo()}; DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS={Environment.GetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS") ?? "unset"}.");
+        Console.WriteLine("Note: connections are spread over several listener ports because with one destination ip:port and the client");
+        Console.WriteLine("closing first, TIME_WAIT reuse caps Linux loopback at ~14k cycles/s; rounds are interleaved so TIME_WAIT built up");
+        Console.WriteLine("by one strategy weighs on all alike (TCPTimeWaitOverflow is reported).");
+
+        using var stop = new CancellationTokenSource();
+        var endPoints = new Dictionary<Strategy, IReadOnlyList<EndPoint>>();
+        foreach (Strategy strategy in settings.Strategies)
+        {
+            endPoints[strategy] = strategy.Start(settings.Ports, stop.Token);
+        }
+
+        // Warm-up (not reported): JIT, thread pool growth and connection pools settle before anything is measured.
+        foreach (Strategy strategy in settings.Strategies)
+        {
+            await RunRoundAsync(strategy, endPoints[strategy], 0, settings with { Cycles = Math.Min(settings.Cycles, 300) });
+        }
+
+        var results = settings.Strategies.ToDictionary(s => s, _ => new List<RoundResult>());
+        var deadline = Stopwatch.StartNew();
+        for (int round = 1; round <= settings.Rounds; round++)
+        {
+            if (deadline.Elapsed > settings.Duration)
+            {
+                Console.WriteLine($"Duration limit reached after {round - 1} rounds.");
+                break;
+            }
+
+            foreach (Strategy strategy in settings.Strategies)
+            {
+                results[strategy].Add(await RunRoundAsync(strategy, endPoints[strategy], round, settings));
+            }
+        }
+
+        Console.WriteLine();
+        await stop.CancelAsync();
+
+        RoundResult baseline = Summarize(results.First(r => r.Key.Name == "raw-graceful").Value);
+        var rows = results.Where(r => r.Value.Count > 0).Select(r => Row.From(r.Key, r.Value, results.ContainsKey(r.Key) ? baseline : null)).ToList();
+        string markdown = Report.Markdown(rows, settings);
+        Console.WriteLine(markdown);
+
+        Directory.CreateDirectory(settings.OutputDirectory);
+        await File.WriteAllTextAsync(Path.Combine(settings.OutputDirectory, "teardown.md"), markdown);
+        await File.WriteAllTextAsync(Path.Combine(settings.OutputDirectory, "teardown.csv"), Report.Csv(rows));
+        await File.WriteAllTextAsync(Path.Combine(settings.OutputDirectory, "teardown.svg"), Report.Svg(rows));
+        Console.WriteLine($"Wrote teardown.md, teardown.csv and teardown.svg to {Path.GetFullPath(settings.OutputDirectory)}");
+
+        // A graceful strategy of ours that reset or leaked CLOSE_WAIT is a failure of the library, not a figure.
+        List<Row> broken = [.. rows.Where(r => r.Strategy.Ours && r.Strategy.Graceful && (r.PeerResets > 0 || r.CloseWait > 0 || r.BytesLost > 0))];
+        foreach (Row row in broken)
+        {
+            Console.Error.WriteLine($"FAILED: {row.Strategy.Name} saw {row.PeerResets} resets, {row.CloseWait} CLOSE_WAIT, {row.BytesLost} bytes lost.");
+        }
+
+        return broken.Count == 0 ? 0 : 1;
+    }
+
+    private static string RuntimeInfo() => $".NET {Environment.Version}, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}";
+
+    private static RoundResult Summarize(List<RoundResult> rounds) => rounds.Count == 0 ? default : rounds.OrderBy(r => r.CyclesPerSecond).ElementAt(rounds.Count / 2);
+
+    private static async Task<RoundResult> RunRoundAsync(Strategy strategy, IReadOnlyList<EndPoint> endPoints, int round, Settings settings)
+    {
+        strategy.Observed.Clear();
+        int[] ports = [.. endPoints.Select(e => ((IPEndPoint)e).Port)];
+        double[] latencies = new double[settings.Cycles];
+        int next = -1;
+        int done = 0;
+        int errors = 0;
+
+        GC.Collect();
+        KernelCounters kernelBefore = KernelCounters.Read();
+        long allocatedBefore = GC.GetTotalAllocatedBytes(precise: true);
+        TimeSpan cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
+        var clock = Stopwatch.StartNew();
+
+        async Task WorkerAsync()
+        {
+            int i;
+            while ((i = Interlocked.Increment(ref next)) < settings.Cycles)
+            {
+                long start = Stopwatch.GetTimestamp();
+                try
+                {
+                    using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+                    await strategy.RunClientAsync(endPoints[i % endPoints.Count], timeout.Token).WaitAsync(TimeSpan.FromSeconds(60));
+                }
+                catch (SocketException ex) when (ex.SocketErrorCode == SocketError.ConnectionReset)
+                {
+                    strategy.Observed.Reset();
+                }
+                catch (ConnectionResetException)
+                {
+                    strategy.Observed.Reset();
+                }
+                catch (Exception ex) when (ex is SocketException or IOException or TimeoutException or OperationCanceledException or ObjectDisposedException)
+                {
+                    Interlocked.Increment(ref errors);
+                }
+
+                latencies[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
+                Interlocked.Increment(ref done);
+            }
+        }
+
+        Task all = Task.WhenAll(Enumerable.Range(0, settings.Concurrency).Select(_ => Task.Run(WorkerAsync)));
+        while (!all.IsCompleted)
+        {
+            await Task.WhenAny(all, Task.Delay(250));
+            double rate = Volatile.Read(ref done) / Math.Max(clock.Elapsed.TotalSeconds, 1e-3);
+            Console.Write($"\r{strategy.Name,-26} {(round == 0 ? "warm-up" : $"round {round}/{settings.Rounds}")}  {Volatile.Read(ref done),7}/{settings.Cycles} cycles  {rate,9:N0} cycles/s   ");
+        }
+
+        await all;
+        TimeSpan elapsed = clock.Elapsed;
+        TimeSpan cpu = Process.GetCurrentProcess().TotalProcessorTime - cpuBefore;
+        long allocated = GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore;
+
+        // Let the server side finish its closes (bounded), then ask the kernel what is left on this strategy's ports.
+        var settle = Stopwatch.StartNew();
+        while ((strategy.Serving > 0 || TcpSocketTable.Count(TcpState.CloseWait, ports) > 0) && settle.Elapsed < TimeSpan.FromSeconds(5))
+        {
+            await Task.Delay(10);
+        }
+
+        KernelCounters kernel = KernelCounters.Read() - kernelBefore;
+        Array.Sort(latencies);
+        var result = new RoundResult(
+            settings.Cycles / elapsed.TotalSeconds,
+            Percentile(latencies, 0.50),
+            Percentile(latencies, 0.99),
+            cpu.TotalMicroseconds / settings.Cycles,
+            (double)allocated / settings.Cycles,
+            strategy.Observed.Resets,
+            kernel.OutRsts,
+            kernel.EstabResets,
+            kernel.TimeWaitOverflow,
+            TcpSocketTable.Count(TcpState.TimeWait, ports),
+            TcpSocketTable.Count(TcpState.CloseWait, ports),
+            strategy.Observed.BytesLost,
+            errors);
+        string label = round == 0 ? "warm-up" : $"round {round}/{settings.Rounds}";
+        Console.Write($"\r{strategy.Name,-26} {label}  {result.CyclesPerSecond,9:N0} cycles/s  p99 {result.P99Micros,8:N0} us  RST {result.PeerResets}/{result.OutRsts}  TIME_WAIT {result.TimeWait}  CLOSE_WAIT {result.CloseWait}".PadRight(118));
+        Console.WriteLine();
+        return result;
+    }
+
+    private static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
+
+    internal readonly record struct RoundResult(
+        double CyclesPerSecond,
+        double P50Micros,
+        double P99Micros,
+        double CpuMicrosPerCycle,
+        double AllocatedPerCycle,
+        long PeerResets,
+        long OutRsts,
+        long EstabResets,
+        long TimeWaitOverflow,
+        int TimeWait,
+        int CloseWait,
+        long BytesLost,
+        int Errors);
+
+    internal sealed record Row(
+        Strategy Strategy,
+        double MedianRate,
+        double MinRate,
+        double MaxRate,
+        double P50,
+        double P99,
+        double Cpu,
+        double Allocated,
+        long PeerResets,
+        long OutRsts,
+        long EstabResets,
+        long TimeWaitOverflow,
+        int TimeWait,
+        int CloseWait,
+        long BytesLost,
+        int Errors,
+        double Ratio)
+    {
+        public static Row From(Strategy strategy, List<RoundResult> rounds, RoundResult? baseline)
+        {
+            static double Median(IEnumerable<double> values)
+            {
+                double[] sorted = [.. values.Order()];
+                return sorted[sorted.Length / 2];
+            }
+
+            double median = Median(rounds.Select(r => r.CyclesPerSecond));
+            return new Row(
+                strategy,
+                median,
+                rounds.Min(r => r.CyclesPerSecond),
+                rounds.Max(r => r.CyclesPerSecond),
+                Median(rounds.Select(r => r.P50Micros)),
+                Median(rounds.Select(r => r.P99Micros)),
+                Median(rounds.Select(r => r.CpuMicrosPerCycle)),
+                Median(rounds.Select(r => r.AllocatedPerCycle)),
+                rounds.Sum(r => r.PeerResets),
+                rounds.Sum(r => r.OutRsts),
+                rounds.Sum(r => r.EstabResets),
+                rounds.Sum(r => r.TimeWaitOverflow),
+                rounds[^1].TimeWait,
+                rounds.Max(r => r.CloseWait),
+                rounds.Sum(r => r.BytesLost),
+                rounds.Sum(r => r.Errors),
+                baseline is { CyclesPerSecond: > 0 } b ? median / Median([b.CyclesPerSecond]) : double.NaN);
+        }
+    }
+
+    internal sealed record Settings
+    {
+        public IReadOnlyList<Strategy> Strategies { get; private set; } = SafeSockets.Benchmarks.Teardown.Strategies.All();
+
+        public int Cycles { get; internal set; } = 3000;
+
+        public int Rounds { get; private set; } = 3;
+
+        public int Concurrency { get; private set; } = 8;
+
+        public int Ports { get; private set; } = 4;
+
+        public TimeSpan Duration { get; private set; } = TimeSpan.FromSeconds(100);
+
+        public string OutputDirectory { get; private set; } = Path.Combine("teardown-results", DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture));
+
+        public bool List { get; private set; }
+
+        public static Settings Parse(string[] args)
+        {
+            var settings = new Settings();
+            for (int i = 0; i < args.Length; i++)
+            {
+                string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
+                int Positive(string name)
+                {
+                    string raw = Value();
+                    return int.TryParse(raw, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n > 0
+                        ? n
+                        : throw new ArgumentException($"{name} must be a positive whole number; got '{raw}'.");
+                }
+
+                switch (args[i])
+                {
+                    case "--strategies":
+                        string[] names = Value().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                        IReadOnlyList<Strategy> all = SafeSockets.Benchmarks.Teardown.Strategies.All();
+                        string[] unknown = [.. names.Where(n => all.All(s => s.Name != n))];
+                        if (unknown.Length > 0)
+                        {
+                            throw new ArgumentException($"Unknown strategies: {string.Join(", ", unknown)}. Known: {string.Join(", ", all.Select(s => s.Name))}.");
+                        }
+
+                        // The raw graceful baseline always runs: every ratio is against it.
+                        settings.Strategies = [.. all.Where(s => s.Name == "raw-graceful" || names.Contains(s.Name))];
+                        break;
+                    case "--cycles": settings.Cycles = Positive("--cycles"); break;
+                    case "--rounds": settings.Rounds = Positive("--rounds"); break;
+                    case "--concurrency": settings.Concurrency = Positive("--concurrency"); break;
+                    case "--ports": settings.Ports = Positive("--ports"); break;
+                    case "--duration": settings.Duration = TimeSpan.FromSeconds(Positive("--duration")); break;
+                    case "--out": settings.OutputDirectory = Value(); break;
+                    case "--list": settings.List = true; break;
+                    default: throw new ArgumentException($"Unknown option {args[i]}.");
+                }
+            }
+
+            return settings;
+        }
+    }
+}
