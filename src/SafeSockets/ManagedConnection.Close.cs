@@ -174,7 +174,7 @@ public sealed partial class ManagedConnection
                 loopEnded = true;
             }
 
-            outcome ??= exit switch
+            outcome ??= (ReadState() & StateBits.PeerReset) != 0 && exit != LoopExit.Aborted ? CloseOutcome.PeerReset : exit switch
             {
                 LoopExit.PeerFin => _closeReason == CloseReason.CloseWaitTimeout ? CloseOutcome.CloseWaitTimedOut : CloseOutcome.Graceful,
                 LoopExit.PeerReset => CloseOutcome.PeerReset,
@@ -344,11 +344,40 @@ public sealed partial class ManagedConnection
             return;
         }
 
-        ITimer timer = _timeProvider.CreateTimer(static s => ((ManagedConnection)s!).CloseFromGuard(), this, timeout, Timeout.InfiniteTimeSpan);
+        // One timer does both jobs: it fires at the deadline, and on Linux also every 250 ms before it to ask the
+        // kernel whether the peer has since reset (after a FIN no read can see a reset: recv keeps returning 0).
+        ITimer timer = _timeProvider.CreateTimer(static s => ((ManagedConnection)s!).OnGuardTick(), this, NextGuardWait(timeout), Timeout.InfiniteTimeSpan);
         Volatile.Write(ref _guardTimer, timer);
         if ((ReadState() & StateBits.Closing) != 0)
         {
             DisposeGuardTimer();
+        }
+    }
+
+    private static TimeSpan NextGuardWait(TimeSpan remaining) =>
+        OperatingSystem.IsLinux() && remaining > s_finProbePeriod ? s_finProbePeriod : remaining;
+
+    private void OnGuardTick()
+    {
+        if ((ReadState() & (StateBits.Closing | StateBits.Closed | StateBits.Aborted)) != 0)
+        {
+            return;
+        }
+
+        if (OperatingSystem.IsLinux() && TcpConnectionInfo.Read(_socket) is { IsAvailable: true, State: TcpState.Close })
+        {
+            OnPeerClosed(reset: true);
+            return;
+        }
+
+        TimeSpan remaining = _closeWaitTimeout - _timeProvider.GetElapsedTime(Volatile.Read(ref _peerFinTimestamp));
+        if (remaining <= TimeSpan.Zero)
+        {
+            CloseFromGuard();
+        }
+        else
+        {
+            Volatile.Read(ref _guardTimer)?.Change(NextGuardWait(remaining), Timeout.InfiniteTimeSpan);
         }
     }
 

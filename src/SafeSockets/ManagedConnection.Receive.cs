@@ -161,6 +161,12 @@ public sealed partial class ManagedConnection
                 int received = await _socket.ReceiveAsync(memory, SocketFlags.None, token).ConfigureAwait(false);
                 if (received == 0)
                 {
+                    if ((ReadState() & StateBits.PeerReset) != 0)
+                    {
+                        // The send path consumed the reset's error first (the kernel reports it once); recv then reads as EOF.
+                        return LoopExit.PeerReset;
+                    }
+
                     if (Volatile.Read(ref _drainStopped) != 0)
                     {
                         // Woken by our own shutdown(SHUT_RD): a drain bound, not the peer's FIN.
@@ -217,6 +223,12 @@ public sealed partial class ManagedConnection
         {
             return LoopExit.DrainTimedOut;
         }
+        catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode) && Volatile.Read(ref _drainStopped) != 0)
+        {
+            // We stopped the drain with shutdown(SHUT_RD); Linux aborts a half-closed socket that then receives more
+            // data (TCPAbortOnData). That reset is the bound we hit, not the peer's doing.
+            return LoopExit.DrainTimedOut;
+        }
         catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode) && (ReadState() & StateBits.Aborted) == 0)
         {
             pipeError = ThrowHelper.CreatePeerReset(ex);
@@ -263,6 +275,15 @@ public sealed partial class ManagedConnection
     }
 
     private void StopFinProbe() => _finProbe?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+
+    /// <summary>A send or half-close saw the peer's reset: record it and release the connection, as the receive loop would.</summary>
+    private void OnResetSeenBySend()
+    {
+        if ((ReadState() & StateBits.PeerReset) == 0)
+        {
+            OnPeerClosed(reset: true);
+        }
+    }
 
     private void ProbeForFin()
     {

@@ -69,6 +69,11 @@ public sealed partial class ManagedConnection
         }
         catch (SocketException ex) when (TranslateError(ex) is { } translated)
         {
+            if (translated is ConnectionResetException)
+            {
+                OnResetSeenBySend();
+            }
+
             throw translated;
         }
         catch (ObjectDisposedException) when ((ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0)
@@ -109,10 +114,18 @@ public sealed partial class ManagedConnection
                 ThrowHelper.ThrowPeerReset();
             }
 
-            ShutdownSendOnce();
+            if (ShutdownSendOnce() && (ReadState() & StateBits.PeerReset) != 0)
+            {
+                ThrowHelper.ThrowPeerReset();
+            }
         }
         catch (SocketException ex) when (TranslateError(ex) is { } translated)
         {
+            if (translated is ConnectionResetException)
+            {
+                OnResetSeenBySend();
+            }
+
             throw translated;
         }
         catch (ObjectDisposedException) when ((ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0)

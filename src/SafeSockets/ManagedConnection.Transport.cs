@@ -147,6 +147,10 @@ public sealed partial class ManagedConnection
         catch (SocketException ex)
         {
             error = TranslateError(ex) ?? ex;
+            if (error is ConnectionResetException)
+            {
+                OnResetSeenBySend();
+            }
         }
         catch (ObjectDisposedException ex)
         {
