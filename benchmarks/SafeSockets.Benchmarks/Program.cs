@@ -8,9 +8,16 @@ internal static class Program
 {
     public static int Main(string[] args)
     {
-        if (args.Length > 0 && args[0] == "teardown")
+        switch (args.Length > 0 ? args[0] : "")
         {
-            return Teardown.TeardownCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
+            case "teardown":
+                return Teardown.TeardownCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
+            case "soak":
+                return Teardown.ReliabilityCommands.SoakAsync(args[1..]).GetAwaiter().GetResult();
+            case "idle":
+                return Teardown.ReliabilityCommands.IdleAsync(args[1..]).GetAwaiter().GetResult();
+            case "idle-peers":
+                return Teardown.ReliabilityCommands.IdlePeersAsync(args[1..]).GetAwaiter().GetResult();
         }
 
         IConfig config = DefaultConfig.Instance.AddDiagnoser(MemoryDiagnoser.Default);

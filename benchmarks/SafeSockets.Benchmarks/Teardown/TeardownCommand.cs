@@ -109,7 +109,7 @@ internal static class TeardownCommand
 
     private static RoundResult Summarize(List<RoundResult> rounds) => rounds.Count == 0 ? default : rounds.OrderBy(r => r.CyclesPerSecond).ElementAt(rounds.Count / 2);
 
-    private static async Task<RoundResult> RunRoundAsync(Strategy strategy, IReadOnlyList<EndPoint> endPoints, int round, Settings settings)
+    internal static async Task<RoundResult> RunRoundAsync(Strategy strategy, IReadOnlyList<EndPoint> endPoints, int round, Settings settings)
     {
         strategy.Observed.Clear();
         int[] ports = [.. endPoints.Select(e => ((IPEndPoint)e).Port)];
@@ -267,11 +267,11 @@ internal static class TeardownCommand
 
         public int Cycles { get; internal set; } = 3000;
 
-        public int Rounds { get; private set; } = 3;
+        public int Rounds { get; internal set; } = 3;
 
-        public int Concurrency { get; private set; } = 8;
+        public int Concurrency { get; internal set; } = 8;
 
-        public int Ports { get; private set; } = 4;
+        public int Ports { get; internal set; } = 4;
 
         public TimeSpan Duration { get; private set; } = TimeSpan.FromSeconds(100);
 
