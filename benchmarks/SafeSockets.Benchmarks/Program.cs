@@ -16,6 +16,8 @@ internal static class Program
                 return Teardown.ReliabilityCommands.SoakAsync(args[1..]).GetAwaiter().GetResult();
             case "idle":
                 return Teardown.ReliabilityCommands.IdleAsync(args[1..]).GetAwaiter().GetResult();
+            case "fin-latency":
+                return Teardown.FinLatencyCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
             case "idle-peers":
                 return Teardown.ReliabilityCommands.IdlePeersAsync(args[1..]).GetAwaiter().GetResult();
         }

@@ -14,6 +14,9 @@ public sealed partial class ManagedConnection
     private const int ReadActive = 1;
     private const int ReadClosed = 2;
 
+    private const int MinimumReadSize = 4096;
+    private const int MaximumReadSize = 64 * 1024;
+
     // Socket → _input is the receive loop's job. The application reads from _input, so the loop can keep
     // a read pending at all times and see the peer's FIN while the application is busy elsewhere.
     private readonly Pipe _input;
@@ -154,10 +157,14 @@ public sealed partial class ManagedConnection
             await Task.Yield();
             bool discard = false;
             CancellationToken token = _receiveCts?.Token ?? default;
+
+            // Adaptive read size: an idle connection holds only a small buffer under its pending read, a busy one
+            // grows it (doubling when a read fills it) so bulk transfers take few syscalls.
+            int readSize = MinimumReadSize;
             while (true)
             {
                 // While draining, the same memory is reused and never advanced: the bytes are discarded.
-                Memory<byte> memory = writer.GetMemory();
+                Memory<byte> memory = writer.GetMemory(readSize);
                 int received = await _socket.ReceiveAsync(memory, SocketFlags.None, token).ConfigureAwait(false);
                 if (received == 0)
                 {
@@ -198,6 +205,15 @@ public sealed partial class ManagedConnection
                 }
 
                 writer.Advance(received);
+                if (received >= memory.Length && readSize < MaximumReadSize)
+                {
+                    readSize *= 2;
+                }
+                else if (received < readSize / 4 && readSize > MinimumReadSize)
+                {
+                    readSize /= 2;
+                }
+
                 ValueTask<FlushResult> flushing = writer.FlushAsync();
                 FlushResult flush;
                 if (flushing.IsCompleted)

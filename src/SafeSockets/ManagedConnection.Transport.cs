@@ -1,6 +1,8 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using SafeSockets.Internal;
 
 namespace SafeSockets;
@@ -99,6 +101,7 @@ public sealed partial class ManagedConnection
     private async Task SendLoopAsync(PipeReader reader)
     {
         Exception? error = null;
+        List<ArraySegment<byte>>? segments = null;
         if (!TryBeginSend())
         {
             reader.Complete();
@@ -115,15 +118,7 @@ public sealed partial class ManagedConnection
                 {
                     if (!buffer.IsEmpty && (ReadState() & StateBits.SendShutdown) == 0)
                     {
-                        foreach (ReadOnlyMemory<byte> segment in buffer)
-                        {
-                            ReadOnlyMemory<byte> rest = segment;
-                            while (!rest.IsEmpty)
-                            {
-                                int sent = await _socket.SendAsync(rest, SocketFlags.None).ConfigureAwait(false);
-                                rest = rest.Slice(sent);
-                            }
-                        }
+                        await SendSequenceAsync(buffer, ref segments).ConfigureAwait(false);
                     }
                 }
                 finally
@@ -160,6 +155,60 @@ public sealed partial class ManagedConnection
         {
             reader.Complete(error);
             EndSend();
+        }
+    }
+
+    /// <summary>Sends a buffered sequence: one segment as is, several in one gather write (one syscall, not one per segment).</summary>
+    private ValueTask SendSequenceAsync(ReadOnlySequence<byte> buffer, ref List<ArraySegment<byte>>? segments)
+    {
+        if (buffer.IsSingleSegment)
+        {
+            return SendAllAsync(buffer.First);
+        }
+
+        segments ??= new List<ArraySegment<byte>>(16);
+        segments.Clear();
+        foreach (ReadOnlyMemory<byte> segment in buffer)
+        {
+            if (!MemoryMarshal.TryGetArray(segment, out ArraySegment<byte> array))
+            {
+                // Not array-backed (a custom pool): fall back to one send per segment.
+                return SendSegmentsAsync(buffer);
+            }
+
+            segments.Add(array);
+        }
+
+        return SendGatherAsync(segments, buffer);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SendGatherAsync(List<ArraySegment<byte>> segments, ReadOnlySequence<byte> buffer)
+    {
+        int sent = await _socket.SendAsync(segments, SocketFlags.None).ConfigureAwait(false);
+        if (sent < buffer.Length)
+        {
+            // The runtime completes stream sends whole; this only guards a platform that does not.
+            await SendSegmentsAsync(buffer.Slice(sent)).ConfigureAwait(false);
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SendSegmentsAsync(ReadOnlySequence<byte> buffer)
+    {
+        foreach (ReadOnlyMemory<byte> segment in buffer)
+        {
+            await SendAllAsync(segment).ConfigureAwait(false);
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SendAllAsync(ReadOnlyMemory<byte> data)
+    {
+        while (!data.IsEmpty)
+        {
+            int sent = await _socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false);
+            data = data.Slice(sent);
         }
     }
 
