@@ -1,0 +1,133 @@
+using System.Net.Sockets;
+using Microsoft.Extensions.Time.Testing;
+using SafeSockets.Tests.Infrastructure;
+
+namespace SafeSockets.Tests;
+
+/// <summary>Bounded stress loops for the races between the peer, the CLOSE_WAIT guard and the application.</summary>
+public sealed class RaceTests
+{
+    [Fact]
+    public async Task PeerFinArrivingWhileTheApplicationCloses_EndsGracefullyOnce()
+    {
+        for (int round = 0; round < 200; round++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(new ManagedConnectionOptions { CloseWaitTimeout = TimeSpan.Zero });
+            using (peer)
+            {
+                var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                Task fin = Task.Run(async () => { await start.Task; peer.Shutdown(SocketShutdown.Send); });
+                Task<CloseResult> close = Task.Run(async () => { await start.Task; return await connection.CloseAsync(); });
+                start.SetResult();
+                await fin.WithTimeout();
+                CloseResult result = await close.WithTimeout();
+
+                // Either the application's close or the guard (CloseWaitTimeout 0) won; both end with FIN.
+                Assert.True(result.Outcome is CloseOutcome.Graceful or CloseOutcome.CloseWaitTimedOut or CloseOutcome.AlreadyClosed, $"round {round}: {result.Outcome}");
+                Assert.True((await connection.Completion.WithTimeout()).Outcome is CloseOutcome.Graceful or CloseOutcome.CloseWaitTimedOut);
+                Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+                Assert.Equal(1, connection.ReleaseCount);
+                Assert.Equal(ConnectionState.Closed, connection.State);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task GuardTimerFiringAtTheMomentOfTheApplicationsClose_ReleasesOnce()
+    {
+        for (int round = 0; round < 100; round++)
+        {
+            var clock = new FakeTimeProvider();
+            var options = new ManagedConnectionOptions { TimeProvider = clock, CloseWaitTimeout = TimeSpan.FromSeconds(1) };
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+            using (peer)
+            {
+                peer.Shutdown(SocketShutdown.Send);
+                await connection.PeerClosed.WhenCanceled().WithTimeout();
+
+                // The guard's deadline and the application's close, released together.
+                var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                Task fire = Task.Run(async () => { await start.Task; clock.Advance(TimeSpan.FromSeconds(1)); });
+                Task<CloseResult> close = Task.Run(async () => { await start.Task; return await connection.CloseAsync(); });
+                start.SetResult();
+                await fire.WithTimeout();
+                CloseResult result = await close.WithTimeout();
+
+                CloseOutcome final = (await connection.Completion.WithTimeout()).Outcome;
+                Assert.True(final is CloseOutcome.Graceful or CloseOutcome.CloseWaitTimedOut, $"round {round}: {final}");
+                Assert.True(result.Outcome == final || result.Outcome == CloseOutcome.AlreadyClosed, $"round {round}: close said {result.Outcome}, connection ended {final}");
+                Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+                Assert.Equal(1, connection.ReleaseCount);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task GuardWithAFakeClock_FiresExactlyAtCloseWaitTimeout()
+    {
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions { TimeProvider = clock, CloseWaitTimeout = TimeSpan.FromSeconds(30) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            peer.Shutdown(SocketShutdown.Send);
+            await connection.PeerClosed.WhenCanceled().WithTimeout();
+
+            clock.Advance(TimeSpan.FromSeconds(29));
+            Assert.False(connection.Completion.IsCompleted);
+            Assert.Equal(ConnectionState.PeerShutdown, connection.State);
+
+            clock.Advance(TimeSpan.FromSeconds(1));
+            Assert.Equal(CloseOutcome.CloseWaitTimedOut, (await connection.Completion.WithTimeout()).Outcome);
+        }
+    }
+
+    [Fact]
+    public async Task StressedTeardownPaths_LeaveNoUnobservedTaskException()
+    {
+        int unobserved = 0;
+        void OnUnobserved(object? sender, UnobservedTaskExceptionEventArgs e) => Interlocked.Increment(ref unobserved);
+        TaskScheduler.UnobservedTaskException += OnUnobserved;
+        try
+        {
+            for (int round = 0; round < 100; round++)
+            {
+                (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(new ManagedConnectionOptions { CloseWaitTimeout = TimeSpan.Zero });
+                Task send = connection.SendAsync(new byte[256 * 1024]).AsTask();
+                switch (round % 4)
+                {
+                    case 0:
+                        peer.LingerState = new LingerOption(true, 0);
+                        peer.Dispose();
+                        break;
+                    case 1:
+                        connection.Abort();
+                        peer.Dispose();
+                        break;
+                    case 2:
+                        peer.Shutdown(SocketShutdown.Send);
+                        await Peer.ReadToEndAsync(peer).WithTimeout();
+                        peer.Dispose();
+                        break;
+                    default:
+                        _ = connection.CloseAsync().AsTask();
+                        connection.Abort();
+                        peer.Dispose();
+                        break;
+                }
+
+                await Record.ExceptionAsync(() => send.WithTimeout());
+                await connection.Completion.WithTimeout();
+            }
+
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            GC.Collect();
+            Assert.Equal(0, Volatile.Read(ref unobserved));
+        }
+        finally
+        {
+            TaskScheduler.UnobservedTaskException -= OnUnobserved;
+        }
+    }
+}
