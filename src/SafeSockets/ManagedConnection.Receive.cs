@@ -416,14 +416,16 @@ public sealed partial class ManagedConnection
 
         if ((previous & StateBits.PeerFin) == 0)
         {
-            _peerFinTimestamp = _timeProvider.GetTimestamp();
+            Volatile.Write(ref _peerFinTimestamp, _timeProvider.GetTimestamp());
         }
 
-        FirePeerClosed();
+        // The guard is armed before anyone hears of the FIN, so code that reacts to PeerClosed finds it in place.
         if ((previous & StateBits.Closing) == 0)
         {
             StartCloseWaitGuard(reset ? TimeSpan.Zero : _closeWaitTimeout, reset ? CloseReason.PeerReset : CloseReason.CloseWaitTimeout);
         }
+
+        FirePeerClosed();
     }
 
     private CancellationTokenSource CreatePeerClosedSource()
