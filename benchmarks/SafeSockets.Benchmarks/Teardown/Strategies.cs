@@ -20,6 +20,7 @@ internal static class Strategies
         new ManagedUnread(),
         new ManagedAbort(),
         new PsuGraceful(),
+        new KestrelTransport(),
     ];
 }
 
