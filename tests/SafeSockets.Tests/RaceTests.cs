@@ -130,4 +130,58 @@ public sealed class RaceTests
             TaskScheduler.UnobservedTaskException -= OnUnobserved;
         }
     }
+
+    [Fact]
+    public async Task EveryTeardownCallFromSeveralThreadsAtRandom_ThousandsOfRounds_ReleaseOnceNoHang()
+    {
+        var random = new Random(20261126);
+        for (int round = 0; round < 2000; round++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromSeconds(10) });
+            using (peer)
+            {
+                peer.Shutdown(SocketShutdown.Send);
+                ConnectionLease lease = connection.Acquire();
+                Func<Task>[] calls =
+                [
+                    async () => await connection.CloseAsync(),
+                    async () => await connection.DisposeAsync(),
+                    async () => await lease.DisposeAsync(),
+                    async () => await connection.ShutdownSendAsync(),
+                    () => { connection.Abort(); return Task.CompletedTask; },
+                ];
+
+                // A random subset, in a random order, released together; the close must always happen.
+                int[] order = [.. Enumerable.Range(0, calls.Length).OrderBy(_ => random.Next())];
+                int take = random.Next(1, calls.Length + 1);
+                if (!order.Take(take).Any(i => i is 0 or 4))
+                {
+                    order = [0, .. order];
+                    take++;
+                }
+
+                var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                Task[] running = [.. order.Take(take).Select(i => Task.Run(async () =>
+                {
+                    await start.Task;
+                    try
+                    {
+                        await calls[i]();
+                    }
+                    catch (ObjectDisposedException)
+                    {
+                        // ShutdownSendAsync after the close began: the documented answer.
+                    }
+                }))];
+                start.SetResult();
+                await Task.WhenAll(running).WithTimeout();
+
+                CloseOutcome outcome = (await connection.Completion.WithTimeout()).Outcome;
+                Assert.True(outcome is CloseOutcome.Graceful or CloseOutcome.Aborted, $"round {round}: {outcome}");
+                Assert.Equal(1, connection.ReleaseCount);
+                Assert.True(connection.State is ConnectionState.Closed or ConnectionState.Aborted);
+                await lease.DisposeAsync();
+            }
+        }
+    }
 }
