@@ -67,19 +67,9 @@ public sealed partial class ManagedConnection
             }
             while (!buffer.IsEmpty);
         }
-        catch (SocketException ex) when (TranslateError(ex) is { } translated)
+        catch (Exception ex) when (TranslateSendFailure(ex) is { } translated)
         {
-            if (translated is ConnectionResetException)
-            {
-                OnResetSeenBySend();
-            }
-
             throw translated;
-        }
-        catch (ObjectDisposedException) when ((ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0)
-        {
-            ThrowIfClosing(ReadState());
-            throw;
         }
         finally
         {
@@ -119,19 +109,9 @@ public sealed partial class ManagedConnection
                 ThrowHelper.ThrowPeerReset();
             }
         }
-        catch (SocketException ex) when (TranslateError(ex) is { } translated)
+        catch (Exception ex) when (TranslateSendFailure(ex) is { } translated)
         {
-            if (translated is ConnectionResetException)
-            {
-                OnResetSeenBySend();
-            }
-
             throw translated;
-        }
-        catch (ObjectDisposedException) when ((ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0)
-        {
-            ThrowIfClosing(ReadState());
-            throw;
         }
     }
 
@@ -216,6 +196,34 @@ public sealed partial class ManagedConnection
         {
             ThrowHelper.ThrowSendShutdown();
         }
+    }
+
+    /// <summary>What a failed send or half-close throws instead of the runtime's exception: a reset is recorded (and
+    /// releases the connection); the socket disposed under us by our own close or abort becomes our
+    /// <see cref="ObjectDisposedException"/> with its reason.</summary>
+    /// <returns>The exception to throw, or <see langword="null"/> to let the original propagate.</returns>
+    private Exception? TranslateSendFailure(Exception ex)
+    {
+        if (ex is SocketException socketError)
+        {
+            Exception? translated = TranslateError(socketError);
+            if (translated is ConnectionResetException)
+            {
+                OnResetSeenBySend();
+            }
+
+            return translated;
+        }
+
+        int state = ReadState();
+        if (ex is ObjectDisposedException && (state & (StateBits.Closed | StateBits.Aborted)) != 0)
+        {
+            return (state & StateBits.PeerReset) != 0 && _closeReason == CloseReason.PeerReset
+                ? ThrowHelper.CreatePeerReset(ex)
+                : new ObjectDisposedException(nameof(ManagedConnection), ThrowHelper.DisposedReason(_closeReason));
+        }
+
+        return null;
     }
 
     /// <summary>Maps a socket error from a send or shutdown to the exception a user can act on.</summary>

@@ -139,17 +139,9 @@ public sealed partial class ManagedConnection
                 }
             }
         }
-        catch (SocketException ex)
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
         {
-            error = TranslateError(ex) ?? ex;
-            if (error is ConnectionResetException)
-            {
-                OnResetSeenBySend();
-            }
-        }
-        catch (ObjectDisposedException ex)
-        {
-            error = ex;
+            error = TranslateSendFailure(ex) ?? ex;
         }
         finally
         {
