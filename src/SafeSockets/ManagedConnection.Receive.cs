@@ -41,6 +41,7 @@ public sealed partial class ManagedConnection
     private int _draining;
     private long _bytesDrained;
     private CancellationTokenSource? _peerClosedCts;
+    private int _peerClosedSignaled;
 
     /// <summary>Why the receive loop ended.</summary>
     private enum LoopExit
@@ -438,8 +439,9 @@ public sealed partial class ManagedConnection
             return existing;
         }
 
-        // FirePeerClosed may have run before we published the source.
-        if ((ReadState() & (StateBits.PeerFin | StateBits.Closed | StateBits.Aborted)) != 0)
+        // FirePeerClosed may have run before we published the source. (Not the PeerFin bit itself: it is set before
+        // the CLOSE_WAIT guard is armed, and nobody may hear of the FIN before that.)
+        if (Volatile.Read(ref _peerClosedSignaled) != 0 || (ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0)
         {
             created.Cancel();
         }
@@ -449,6 +451,7 @@ public sealed partial class ManagedConnection
 
     private void FirePeerClosed()
     {
+        Volatile.Write(ref _peerClosedSignaled, 1);
         CancellationTokenSource? cts = Volatile.Read(ref _peerClosedCts);
         if (cts is not null && !cts.IsCancellationRequested)
         {
