@@ -33,16 +33,7 @@ internal sealed class KestrelTransport : Strategy
         return endPoints;
     }
 
-    public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
-    {
-        using Socket client = NewClient();
-        byte[] buffer = new byte[256];
-        await client.ConnectAsync(server, cancellationToken);
-        await client.SendAsync(Request, SocketFlags.None);
-        await ReceiveExactlyAsync(client, ResponseBytes, buffer);
-        client.Shutdown(SocketShutdown.Send);
-        await ReadToEndAsync(client, buffer);
-    }
+    public override Task RunClientAsync(EndPoint server, CancellationToken cancellationToken) => RawGracefulClientAsync(server, cancellationToken);
 
     protected override Task RunServerAsync(Socket accepted) => Task.CompletedTask;
 

@@ -31,16 +31,7 @@ internal sealed class RawGraceful : Strategy
 
     public override string Description => "raw Socket, hand-written graceful: Shutdown(Send), read to EOF, Dispose (both ends)";
 
-    public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
-    {
-        using Socket client = NewClient();
-        byte[] buffer = new byte[256];
-        await client.ConnectAsync(server, cancellationToken);
-        await client.SendAsync(Request, SocketFlags.None);
-        await ReceiveExactlyAsync(client, ResponseBytes, buffer);
-        client.Shutdown(SocketShutdown.Send);
-        await ReadToEndAsync(client, buffer);
-    }
+    public override Task RunClientAsync(EndPoint server, CancellationToken cancellationToken) => RawGracefulClientAsync(server, cancellationToken);
 
     protected override async Task RunServerAsync(Socket accepted)
     {

@@ -132,6 +132,18 @@ internal abstract class Strategy
         }
     }
 
+    /// <summary>The hand-written graceful client: request, answer, Shutdown(Send), read to EOF, Dispose.</summary>
+    protected async Task RawGracefulClientAsync(EndPoint server, CancellationToken cancellationToken)
+    {
+        using Socket client = NewClient();
+        byte[] buffer = new byte[256];
+        await client.ConnectAsync(server, cancellationToken);
+        await client.SendAsync(Request, SocketFlags.None);
+        await ReceiveExactlyAsync(client, ResponseBytes, buffer);
+        client.Shutdown(SocketShutdown.Send);
+        await ReadToEndAsync(client, buffer);
+    }
+
     protected static Socket NewClient() => new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
 
     protected static async Task ReceiveExactlyAsync(Socket socket, int count, byte[] buffer)
