@@ -202,7 +202,6 @@ public sealed partial class ManagedConnection
                     ReturnInputPipe();
                 }
             }
-
         }
 
         Complete(outcome ?? CloseOutcome.DrainTimedOut);
