@@ -138,13 +138,37 @@ public sealed class ManagedListener : IAsyncDisposable
             throw new ArgumentOutOfRangeException(nameof(gracePeriod), gracePeriod, "The grace period must not be negative.");
         }
 
-        if (Interlocked.Exchange(ref _stopping, 1) == 0)
+        if (Volatile.Read(ref _stopTask) is { } running)
         {
-            _socket.Dispose();
-            _stopTask = StopCoreAsync(gracePeriod, cancellationToken);
+            return running;
         }
 
-        return Volatile.Read(ref _stopTask) ?? WaitForStopTaskAsync();
+        // The first caller publishes the stop; a racing caller gets the same task, never a second stop.
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        if (Interlocked.CompareExchange(ref _stopTask, started.Task, null) is { } other)
+        {
+            return other;
+        }
+
+        Volatile.Write(ref _stopping, 1);
+        _socket.Dispose();
+        _ = RunStopAsync(started, gracePeriod, cancellationToken);
+        return started.Task;
+    }
+
+    private async Task RunStopAsync(TaskCompletionSource started, TimeSpan gracePeriod, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await StopCoreAsync(gracePeriod, cancellationToken).ConfigureAwait(false);
+            started.TrySetResult();
+        }
+#pragma warning disable CA1031 // Surfaced through the returned task.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            started.TrySetException(ex);
+        }
     }
 
     /// <summary>Stops with a grace period equal to the connections' <see cref="ManagedConnectionOptions.DrainTimeout"/>.</summary>
@@ -152,17 +176,6 @@ public sealed class ManagedListener : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await StopAsync(_connectionOptions.DrainTimeout).ConfigureAwait(false);
-    }
-
-    private async Task WaitForStopTaskAsync()
-    {
-        // Another caller won the race to stop and is about to publish its task.
-        while (Volatile.Read(ref _stopTask) is null)
-        {
-            await Task.Yield();
-        }
-
-        await _stopTask!.ConfigureAwait(false);
     }
 
     private async Task StopCoreAsync(TimeSpan gracePeriod, CancellationToken cancellationToken)

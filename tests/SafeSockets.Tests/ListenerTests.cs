@@ -204,6 +204,24 @@ public sealed class ListenerTests
     }
 
     [Fact]
+    public async Task StopAsync_CalledConcurrently_IsOneStop_AndDisposeAfterwardsIsHarmless()
+    {
+        ManagedListener listener = StartLoopback();
+        using Socket client = await ConnectAsync(listener);
+        ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
+        Task peer = Task.Run(async () => { await Peer.ReadToEndAsync(client); client.Shutdown(SocketShutdown.Send); });
+
+        var stops = new Task[8];
+        await Task.WhenAll(Enumerable.Range(0, stops.Length).Select(i => Task.Run(() => { stops[i] = listener.StopAsync(TimeSpan.FromSeconds(20)); }))).WithTimeout();
+        Assert.True(stops.All(t => ReferenceEquals(t, stops[0])), "every concurrent StopAsync returns the one stop task");
+        await stops[0].WithTimeout();
+        await peer.WithTimeout();
+        Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+        await listener.DisposeAsync();
+        Assert.Equal(0, listener.ActiveConnections);
+    }
+
+    [Fact]
     public async Task Start_BadArguments_AndPortInUse()
     {
         Assert.Throws<ArgumentNullException>(() => ManagedListener.Start(null!));

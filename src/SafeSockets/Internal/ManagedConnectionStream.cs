@@ -1,3 +1,5 @@
+using System.Buffers;
+
 namespace SafeSockets;
 
 /// <summary>A <see cref="Stream"/> view of a <see cref="ManagedConnection"/>; every call goes to the connection's own methods.</summary>
@@ -33,10 +35,17 @@ internal sealed class ManagedConnectionStream(ManagedConnection connection, bool
     public override int Read(Span<byte> buffer)
     {
         // Synchronous callers block a thread; async callers should use ReadAsync.
-        byte[] temp = new byte[buffer.Length];
-        int n = ReadAsync(temp).AsTask().GetAwaiter().GetResult();
-        temp.AsSpan(0, n).CopyTo(buffer);
-        return n;
+        byte[] temp = ArrayPool<byte>.Shared.Rent(buffer.Length);
+        try
+        {
+            int n = ReadAsync(temp.AsMemory(0, buffer.Length)).AsTask().GetAwaiter().GetResult();
+            temp.AsSpan(0, n).CopyTo(buffer);
+            return n;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(temp);
+        }
     }
 
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
@@ -50,7 +59,19 @@ internal sealed class ManagedConnectionStream(ManagedConnection connection, bool
 
     public override void Write(byte[] buffer, int offset, int count) => WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
 
-    public override void Write(ReadOnlySpan<byte> buffer) => WriteAsync(buffer.ToArray()).AsTask().GetAwaiter().GetResult();
+    public override void Write(ReadOnlySpan<byte> buffer)
+    {
+        byte[] temp = ArrayPool<byte>.Shared.Rent(buffer.Length);
+        try
+        {
+            buffer.CopyTo(temp);
+            WriteAsync(temp.AsMemory(0, buffer.Length)).AsTask().GetAwaiter().GetResult();
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(temp);
+        }
+    }
 
     // Writes are handed to the kernel before WriteAsync completes: there is nothing to flush.
     public override void Flush()
