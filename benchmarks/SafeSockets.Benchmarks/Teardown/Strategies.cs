@@ -101,15 +101,7 @@ internal sealed class RawUnread : Strategy
 
     public override bool Graceful => false;
 
-    public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
-    {
-        using Socket client = NewClient();
-        byte[] buffer = new byte[64 * 1024];
-        await client.ConnectAsync(server, cancellationToken);
-        await client.SendAsync(RequestWithUnread, SocketFlags.None);
-        long received = await ReadToEndAsync(client, buffer);
-        Observed.Lost(LargeResponseBytes - received);
-    }
+    public override Task RunClientAsync(EndPoint server, CancellationToken cancellationToken) => UnreadClientAsync(server, cancellationToken);
 
     protected override async Task RunServerAsync(Socket accepted)
     {
@@ -283,15 +275,7 @@ internal sealed class ManagedUnread : ManagedStrategy
 
     public override string Description => "ManagedConnection server closing with unread request data (same scenario as raw-unread)";
 
-    public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
-    {
-        using Socket client = NewClient();
-        byte[] buffer = new byte[64 * 1024];
-        await client.ConnectAsync(server, cancellationToken);
-        await client.SendAsync(RequestWithUnread, SocketFlags.None);
-        long received = await ReadToEndAsync(client, buffer);
-        Observed.Lost(LargeResponseBytes - received);
-    }
+    public override Task RunClientAsync(EndPoint server, CancellationToken cancellationToken) => UnreadClientAsync(server, cancellationToken);
 
     protected override async Task RunManagedServerAsync(ManagedConnection connection)
     {

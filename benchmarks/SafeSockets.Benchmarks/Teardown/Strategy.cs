@@ -144,6 +144,18 @@ internal abstract class Strategy
         await ReadToEndAsync(client, buffer);
     }
 
+    /// <summary>The unread-data client: sends more than the server will read, then reads the large answer to its end
+    /// and counts what never arrived.</summary>
+    protected async Task UnreadClientAsync(EndPoint server, CancellationToken cancellationToken)
+    {
+        using Socket client = NewClient();
+        byte[] buffer = new byte[64 * 1024];
+        await client.ConnectAsync(server, cancellationToken);
+        await client.SendAsync(RequestWithUnread, SocketFlags.None);
+        long received = await ReadToEndAsync(client, buffer);
+        Observed.Lost(LargeResponseBytes - received);
+    }
+
     protected static Socket NewClient() => new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
 
     protected static async Task ReceiveExactlyAsync(Socket socket, int count, byte[] buffer)
