@@ -1,3 +1,4 @@
+using System.IO.Pipelines;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
@@ -12,21 +13,18 @@ public sealed partial class ManagedConnection
     // shut down (shutdown wakes it with EPIPE at once; this only bounds a misbehaving platform).
     private static readonly TimeSpan s_stuckSendGrace = TimeSpan.FromSeconds(1);
 
-    // Completion is rarely observed: its task is created on demand. _closeResult is written once, before _closeCompleted.
-    private TaskCompletionSource<CloseResult>? _closeCompletion;
+    // _closeResult is written once, before FlagCompleted is set; Completion's task is made on demand (Extras).
     private CloseResult _closeResult;
-    private int _closeCompleted;
     private CloseReason _closeReason;
     private CloseReason _guardReason;
     private long _closeStart;
-    private int _released;
-    private int _applicationSawClose;
-    private ITimer? _guardTimer;
-    private int _releaseCount;
-    private int _peerFinishedByProtocol;
+
+    // This connection's place in its DeadlineQueue (-1: none) and its due time; changed only under the queue's lock.
+    private int _deadlineIndex = -1;
+    private long _deadlineDue;
 
     /// <summary>How many times the socket was released; tests assert it is exactly one.</summary>
-    internal int ReleaseCount => Volatile.Read(ref _releaseCount);
+    internal int ReleaseCount => HasFlag(FlagReleasedTwice) ? 2 : HasFlag(FlagReleaseObserved) ? 1 : 0;
 
     /// <summary>Closes gracefully: flush, FIN, read and discard until the peer's FIN (within the drain bounds), then release the socket.</summary>
     /// <param name="cancellationToken">Cuts the close short: the socket is still released (possibly with a reset if
@@ -38,7 +36,7 @@ public sealed partial class ManagedConnection
     {
         if (TryBeginClose(CloseReason.Application))
         {
-            Volatile.Write(ref _applicationSawClose, 1);
+            TrySetFlag(FlagApplicationSawClose);
             return CloseCoreAsync(cancellationToken);
         }
 
@@ -50,8 +48,8 @@ public sealed partial class ManagedConnection
     /// Calling it after the connection was released does nothing.</remarks>
     public void Abort()
     {
-        Volatile.Write(ref _applicationSawClose, 1);
-        if (Interlocked.CompareExchange(ref _released, 1, 0) != 0)
+        TrySetFlag(FlagApplicationSawClose);
+        if (!TrySetFlag(FlagReleased))
         {
             return;
         }
@@ -60,8 +58,7 @@ public sealed partial class ManagedConnection
         int previous = SetState(StateBits.Closing | StateBits.Aborted);
         if ((previous & StateBits.Closing) == 0)
         {
-            _closeReason = CloseReason.Abort;
-            _closeStart = _timeProvider.GetTimestamp();
+            OnCloseStarted(CloseReason.Abort);
         }
 
         try
@@ -84,7 +81,7 @@ public sealed partial class ManagedConnection
     /// <remarks>Calling it more than once releases the creator's reference only once.</remarks>
     public ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _creatorReleased, 1) != 0)
+        if (!TrySetFlag(FlagCreatorReleased))
         {
             // Already released: behave like a second close and wait until the socket is gone, if it is going.
             return (ReadState() & StateBits.Closing) != 0 ? IgnoreResult(Completion) : default;
@@ -108,13 +105,13 @@ public sealed partial class ManagedConnection
     private void OnCloseStarted(CloseReason reason)
     {
         _closeReason = reason;
-        _closeStart = _timeProvider.GetTimestamp();
+        _closeStart = _settings.TimeProvider.GetTimestamp();
     }
 
     private async ValueTask<CloseResult> WaitForOtherCloseAsync(CancellationToken cancellationToken)
     {
         CloseResult result = await Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
-        return Interlocked.Exchange(ref _applicationSawClose, 1) == 0
+        return TrySetFlag(FlagApplicationSawClose)
             ? result
             : new CloseResult(CloseOutcome.AlreadyClosed, 0, TimeSpan.Zero);
     }
@@ -123,18 +120,17 @@ public sealed partial class ManagedConnection
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<CloseResult> CloseCoreAsync(CancellationToken cancellationToken)
     {
-        DisposeGuardTimer();
+        _settings.Deadlines.Cancel(this);
         CompleteInputForClose();
-        long start = _closeStart;
-        Volatile.Write(ref _drainDeadline, start + (long)(_drainTimeout.TotalSeconds * _timeProvider.TimestampFrequency));
 
         CloseOutcome? outcome = null;
+        LoopExit exit = LoopExit.Aborted;
         bool loopEnded = false;
         try
         {
             // 1. Flush: wait until every send in flight (or what Transport.Output has flushed) is handed to the kernel.
             StopSendLoop();
-            bool flushed = await WaitForSendsAsync(_drainTimeout, cancellationToken).ConfigureAwait(false);
+            bool flushed = await WaitForSendsAsync(_settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
             if (!flushed)
             {
                 outcome = CloseOutcome.DrainTimedOut;
@@ -148,7 +144,6 @@ public sealed partial class ManagedConnection
             }
 
             // 3. Drain: the receive loop reads and discards until the peer's FIN, within the bounds.
-            LoopExit exit;
             if (_receiveLoop.IsCompleted)
             {
                 exit = await _receiveLoop.ConfigureAwait(false);
@@ -156,16 +151,17 @@ public sealed partial class ManagedConnection
             }
             else
             {
-                Volatile.Write(ref _draining, 1);
-                DrainStarted?.Invoke(this);
-                if (Volatile.Read(ref _peerFinishedByProtocol) != 0)
+                Volatile.Write(ref _drainActivity, _settings.TimeProvider.GetTimestamp());
+                TrySetFlag(FlagDraining);
+                _settings.DrainStarted?.Invoke(this);
+                if (HasFlag(FlagPeerFinishedByProtocol))
                 {
                     // The protocol above already saw the peer's end (TLS close_notify): nothing more is due, so do not wait for the TCP FIN.
                     StopDrain();
                 }
                 else
                 {
-                    ArmDrainTimer();
+                    ScheduleDrainBound();
                 }
 
                 _input.Writer.CancelPendingFlush();
@@ -178,8 +174,8 @@ public sealed partial class ManagedConnection
             {
                 LoopExit.PeerFin => _closeReason == CloseReason.CloseWaitTimeout ? CloseOutcome.CloseWaitTimedOut : CloseOutcome.Graceful,
                 LoopExit.PeerReset => CloseOutcome.PeerReset,
-                LoopExit.DrainTimedOut when Volatile.Read(ref _drainCutShort) != 0 => CloseOutcome.DrainBudgetExceeded,
-                LoopExit.DrainTimedOut when Volatile.Read(ref _peerFinishedByProtocol) != 0 && Interlocked.Read(ref _bytesDrained) == 0 => CloseOutcome.Graceful,
+                LoopExit.DrainTimedOut when HasFlag(FlagDrainCutShort) => CloseOutcome.DrainBudgetExceeded,
+                LoopExit.DrainTimedOut when HasFlag(FlagPeerFinishedByProtocol) && Interlocked.Read(ref _bytesDrained) == 0 => CloseOutcome.Graceful,
                 LoopExit.DrainTimedOut => CloseOutcome.DrainTimedOut,
                 LoopExit.DrainLimitExceeded => CloseOutcome.DrainLimitExceeded,
                 _ => CloseOutcome.Aborted,
@@ -191,16 +187,16 @@ public sealed partial class ManagedConnection
         }
         finally
         {
-            if (Interlocked.CompareExchange(ref _released, 1, 0) == 0)
+            if (TrySetFlag(FlagReleased))
             {
                 _socket.Dispose();
                 OnReleased();
-                _drainTimer?.Dispose();
                 if (loopEnded)
                 {
-                    _receiveCts?.Dispose();
-                    ReturnInputPipe();
+                    Volatile.Read(ref _extras)?.ReceiveCts?.Dispose();
                 }
+
+                ReleaseInput(loopEnded, exit);
             }
         }
 
@@ -209,11 +205,33 @@ public sealed partial class ManagedConnection
         return _closeResult;
     }
 
-    /// <summary>Hands the input pipe back to the pool when no one else can touch it: the loop has ended (the writer is
-    /// complete) and the close path itself completed the reader while no ReceiveAsync held it.</summary>
-    private void ReturnInputPipe()
+    /// <summary>Completes the input's reader if the close path owns it (it took it while no ReceiveAsync held it), so the
+    /// pipe gives its buffers back; and once the loop has ended (the writer is complete) hands a pooled pipe back.</summary>
+    private void ReleaseInput(bool loopEnded, LoopExit exit)
     {
-        if (_inputPooled && Volatile.Read(ref _inputReturnable) != 0 && !UsesPipe)
+        if ((Volatile.Read(ref _flags) & (FlagInputReturnable | FlagIoPipe)) != FlagInputReturnable)
+        {
+            // A ReceiveAsync or the application's Transport reader owns the reader; they complete it.
+            return;
+        }
+
+        PipeReader reader = _input.Reader;
+        if (!loopEnded)
+        {
+            // The loop is still stopping (the close was cancelled): its writes are discarded, and the pipe is not reused.
+            reader.Complete();
+            return;
+        }
+
+        // Unread data is discarded. The reader is completed after the writer, so the pooled pipe keeps its buffer segment
+        // for the next connection. After an error the writer's exception would be thrown by reading: just complete.
+        if (exit != LoopExit.PeerReset && reader.TryRead(out ReadResult rest))
+        {
+            reader.AdvanceTo(rest.Buffer.End);
+        }
+
+        reader.Complete();
+        if (HasFlag(FlagInputPooled))
         {
             s_inputPipePool.Return(_input);
         }
@@ -243,27 +261,32 @@ public sealed partial class ManagedConnection
     /// <summary>The socket is gone: set the state, stop the guard, wake <see cref="PeerClosed"/> waiters.</summary>
     private void OnReleased()
     {
-        Interlocked.Increment(ref _releaseCount);
+        if (!TrySetFlag(FlagReleaseObserved))
+        {
+            TrySetFlag(FlagReleasedTwice);
+        }
+
         SetState(StateBits.Closed);
-        DisposeGuardTimer();
-        _finProbe?.Dispose();
+        ReturnSendArgs();
+        _settings.Deadlines.Cancel(this);
+        Volatile.Read(ref _extras)?.FinProbe?.Dispose();
         FirePeerClosed();
     }
 
     /// <summary>Records how the connection ended; the first caller wins.</summary>
     private void Complete(CloseOutcome outcome)
     {
-        if (Interlocked.CompareExchange(ref _closeCompleted, 1, 0) != 0)
+        if (!TrySetFlag(FlagCompleting))
         {
             return;
         }
 
-        TimeSpan elapsed = _timeProvider.GetElapsedTime(_closeStart);
+        TimeSpan elapsed = _settings.TimeProvider.GetElapsedTime(_closeStart);
         _closeResult = new CloseResult(outcome, Interlocked.Read(ref _bytesDrained), elapsed);
-        Volatile.Write(ref _closeCompleted, 2);
+        TrySetFlag(FlagCompleted);
         Report(_closeResult);
-        Completed?.Invoke(this);
-        Volatile.Read(ref _closeCompletion)?.TrySetResult(_closeResult);
+        _settings.Completed?.Invoke(this);
+        Volatile.Read(ref _extras)?.CloseCompletion?.TrySetResult(_closeResult);
     }
 
     /// <summary>Metrics and logs for a finished connection.</summary>
@@ -280,51 +303,45 @@ public sealed partial class ManagedConnection
         long peerFin = Volatile.Read(ref _peerFinTimestamp);
         if (peerFin != 0 && Metrics.PeerFinToClose.Enabled)
         {
-            Metrics.PeerFinToClose.Record(_timeProvider.GetElapsedTime(peerFin).TotalSeconds);
+            Metrics.PeerFinToClose.Record(_settings.TimeProvider.GetElapsedTime(peerFin).TotalSeconds);
         }
 
         switch (result.Outcome)
         {
             case CloseOutcome.CloseWaitTimedOut:
                 Metrics.ForcedCloses.Add(1);
-                if (_logger.IsEnabled(LogLevel.Warning))
+                if (_settings.Logger.IsEnabled(LogLevel.Warning))
                 {
-                    Log.ForcedCloseAfterPeerFin(_logger, _localEndPoint?.ToString(), RemoteEndPoint?.ToString(), _closeWaitTimeout);
+                    Log.ForcedCloseAfterPeerFin(_settings.Logger, Volatile.Read(ref _extras)?.LocalEndPoint?.ToString(), RemoteEndPoint?.ToString(), _settings.CloseWaitTimeout);
                 }
 
                 break;
             case CloseOutcome.Aborted:
                 Metrics.Aborts.Add(1);
-                Log.Aborted(_logger, RemoteEndPoint?.ToString());
+                Log.Aborted(_settings.Logger, RemoteEndPoint?.ToString());
                 break;
             case CloseOutcome.PeerReset:
-                Log.ResetByPeer(_logger, RemoteEndPoint?.ToString());
+                Log.ResetByPeer(_settings.Logger, RemoteEndPoint?.ToString());
                 break;
             case CloseOutcome.DrainTimedOut or CloseOutcome.DrainLimitExceeded or CloseOutcome.DrainBudgetExceeded:
-                Log.DrainBoundHit(_logger, RemoteEndPoint?.ToString(), result.Outcome, result.BytesDrained, result.Elapsed);
+                Log.DrainBoundHit(_settings.Logger, RemoteEndPoint?.ToString(), result.Outcome, result.BytesDrained, result.Elapsed);
                 break;
         }
     }
 
-    /// <summary>Set by a listener before the receive loop starts: told once, when the connection is finished.</summary>
-    internal Action<ManagedConnection>? Completed { get; }
-
-    /// <summary>Set by a listener before the receive loop starts: told when this connection starts draining (for the draining budget).</summary>
-    internal Action<ManagedConnection>? DrainStarted { get; }
-
     /// <summary>The result, once the connection is finished.</summary>
-    internal CloseResult? FinalResult => Volatile.Read(ref _closeCompleted) == 2 ? _closeResult : null;
+    internal CloseResult? FinalResult => HasFlag(FlagCompleted) ? _closeResult : null;
 
     private Task<CloseResult> GetCompletionTask()
     {
-        if (Volatile.Read(ref _closeCompleted) == 2)
+        if (HasFlag(FlagCompleted))
         {
             return Task.FromResult(_closeResult);
         }
 
         var created = new TaskCompletionSource<CloseResult>(TaskCreationOptions.RunContinuationsAsynchronously);
-        TaskCompletionSource<CloseResult> source = Interlocked.CompareExchange(ref _closeCompletion, created, null) ?? created;
-        if (Volatile.Read(ref _closeCompleted) == 2)
+        TaskCompletionSource<CloseResult> source = Interlocked.CompareExchange(ref GetExtras().CloseCompletion, created, null) ?? created;
+        if (HasFlag(FlagCompleted))
         {
             // Complete ran before the source was published.
             source.TrySetResult(_closeResult);
@@ -334,49 +351,106 @@ public sealed partial class ManagedConnection
     }
 
     /// <summary>After the peer's FIN or reset: close by ourselves unless the application does first.</summary>
-    private void StartCloseWaitGuard(TimeSpan timeout, CloseReason reason)
+    /// <remarks>The guard is a deadline in the shared <see cref="DeadlineQueue"/>. On Linux it also comes due every 250 ms
+    /// before the end to ask the kernel whether the peer has since reset (after a FIN no read can see a reset: recv keeps
+    /// returning 0).</remarks>
+    private void StartCloseWaitGuard(bool reset)
     {
-        _guardReason = reason;
-        if (timeout == TimeSpan.Zero)
+        _guardReason = reset ? CloseReason.PeerReset : CloseReason.CloseWaitTimeout;
+        if (reset || _settings.CloseWaitTimeoutTicks == 0)
         {
             ThreadPool.UnsafeQueueUserWorkItem(static s => s.CloseFromGuard(), this, preferLocal: false);
             return;
         }
 
-        // One timer does both jobs: it fires at the deadline, and on Linux also every 250 ms before it to ask the
-        // kernel whether the peer has since reset (after a FIN no read can see a reset: recv keeps returning 0).
-        ITimer timer = _timeProvider.CreateTimer(static s => ((ManagedConnection)s!).OnGuardTick(), this, NextGuardWait(timeout), Timeout.InfiniteTimeSpan);
-        Volatile.Write(ref _guardTimer, timer);
+        ScheduleGuard(_settings.TimeProvider.GetTimestamp());
         if ((ReadState() & StateBits.Closing) != 0)
         {
-            DisposeGuardTimer();
+            // The close started meanwhile and may already have cleared the deadlines: do not leave this one behind.
+            _settings.Deadlines.Cancel(this);
         }
     }
 
-    private static TimeSpan NextGuardWait(TimeSpan remaining) =>
-        OperatingSystem.IsLinux() && remaining > s_finProbePeriod ? s_finProbePeriod : remaining;
-
-    private void OnGuardTick()
+    private void ScheduleGuard(long now)
     {
-        if ((ReadState() & (StateBits.Closing | StateBits.Closed | StateBits.Aborted)) != 0)
+        long deadline = Volatile.Read(ref _peerFinTimestamp) + _settings.CloseWaitTimeoutTicks;
+        long due = OperatingSystem.IsLinux() ? Math.Min(deadline, now + _settings.ToTicks(s_finProbePeriod)) : deadline;
+        _settings.Deadlines.Schedule(this, due);
+    }
+
+    /// <summary>Starts the drain's time bounds: the total from the close's start, the idle one from the last drained byte.</summary>
+    private void ScheduleDrainBound()
+    {
+        long due = DrainDue();
+        if (due <= _settings.TimeProvider.GetTimestamp())
+        {
+            StopDrain();
+            return;
+        }
+
+        _settings.Deadlines.Schedule(this, due);
+        if ((ReadState() & StateBits.Closed) != 0)
+        {
+            _settings.Deadlines.Cancel(this);
+        }
+    }
+
+    private long DrainDue() => Math.Min(
+        _closeStart + _settings.DrainTimeoutTicks,
+        Volatile.Read(ref _drainActivity) + _settings.DrainIdleTimeoutTicks);
+
+    int IDeadlineOwner.DeadlineIndex
+    {
+        get => Volatile.Read(ref _deadlineIndex);
+        set => _deadlineIndex = value;
+    }
+
+    long IDeadlineOwner.DeadlineDue
+    {
+        get => _deadlineDue;
+        set => _deadlineDue = value;
+    }
+
+    /// <summary>Called by the <see cref="DeadlineQueue"/> when this connection's deadline comes due (on a timer thread).</summary>
+    void IDeadlineOwner.OnDeadline()
+    {
+        int state = ReadState();
+        if ((state & (StateBits.Closed | StateBits.Aborted)) != 0)
         {
             return;
         }
 
+        long now = _settings.TimeProvider.GetTimestamp();
+        if ((state & StateBits.Closing) != 0)
+        {
+            // The drain's bounds. Drained bytes move the idle bound on without touching the queue: it is re-read here.
+            if ((Volatile.Read(ref _flags) & (FlagDraining | FlagDrainStopped)) == FlagDraining)
+            {
+                ScheduleDrainBound();
+            }
+
+            return;
+        }
+
+        if ((state & StateBits.PeerFin) == 0)
+        {
+            return;
+        }
+
+        // The CLOSE_WAIT guard.
         if (OperatingSystem.IsLinux() && TcpConnectionInfo.Read(_socket) is { IsAvailable: true, State: TcpState.Close })
         {
             OnPeerClosed(reset: true);
             return;
         }
 
-        TimeSpan remaining = _closeWaitTimeout - _timeProvider.GetElapsedTime(Volatile.Read(ref _peerFinTimestamp));
-        if (remaining <= TimeSpan.Zero)
+        if (now - Volatile.Read(ref _peerFinTimestamp) >= _settings.CloseWaitTimeoutTicks)
         {
             CloseFromGuard();
         }
         else
         {
-            Volatile.Read(ref _guardTimer)?.Change(NextGuardWait(remaining), Timeout.InfiniteTimeSpan);
+            ScheduleGuard(now);
         }
     }
 
@@ -389,15 +463,13 @@ public sealed partial class ManagedConnection
     }
 
     /// <summary>A protocol above TCP (TLS close_notify) saw the peer's orderly end: the close need not wait for the TCP FIN.</summary>
-    internal void MarkPeerFinishedByProtocol() => Volatile.Write(ref _peerFinishedByProtocol, 1);
+    internal void MarkPeerFinishedByProtocol() => TrySetFlag(FlagPeerFinishedByProtocol);
 
-    internal TimeSpan DrainTimeout => _drainTimeout;
+    internal TimeSpan DrainTimeout => _settings.DrainTimeout;
 
-    internal TimeSpan DrainIdleTimeout => _drainIdleTimeout;
+    internal TimeSpan DrainIdleTimeout => _settings.DrainIdleTimeout;
 
-    internal long MaxDrainBytes => _maxDrainBytes;
+    internal long MaxDrainBytes => _settings.MaxDrainBytes;
 
-    internal TimeProvider TimeProvider => _timeProvider;
-
-    private void DisposeGuardTimer() => Interlocked.Exchange(ref _guardTimer, null)?.Dispose();
+    internal TimeProvider TimeProvider => _settings.TimeProvider;
 }

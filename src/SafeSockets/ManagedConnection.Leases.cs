@@ -1,11 +1,10 @@
+using System.Runtime.CompilerServices;
 using SafeSockets.Internal;
 
 namespace SafeSockets;
 
 public sealed partial class ManagedConnection
 {
-    private int _creatorReleased;
-
     /// <summary>How many owners hold a reference: the creator's (until <see cref="DisposeAsync"/>) plus each unreleased <see cref="ConnectionLease"/>.</summary>
     public int LeaseCount => StateBits.LeaseCount(ReadState());
 
@@ -68,7 +67,7 @@ public sealed partial class ManagedConnection
             {
                 Diagnostics.Metrics.StateChanged(current, next);
                 OnCloseStarted(CloseReason.Application);
-                Volatile.Write(ref _applicationSawClose, 1);
+                TrySetFlag(FlagApplicationSawClose);
                 return IgnoreResult(CloseCoreAsync(CancellationToken.None));
             }
 
@@ -77,7 +76,10 @@ public sealed partial class ManagedConnection
         }
     }
 
+    // DisposeAsync (`await using`) is the most common way to close: its wrapper must not cost a fresh box each time.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private static async ValueTask IgnoreResult(ValueTask<CloseResult> close) => await close.ConfigureAwait(false);
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private static async ValueTask IgnoreResult(Task<CloseResult> close) => await close.ConfigureAwait(false);
 }

@@ -9,39 +9,24 @@ namespace SafeSockets;
 
 public sealed partial class ManagedConnection
 {
-    // Values of _readState: who may complete the input pipe's reader.
-    private const int ReadIdle = 0;
-    private const int ReadActive = 1;
-    private const int ReadClosed = 2;
-
     private const int MinimumReadSize = 4096;
     private const int MaximumReadSize = 64 * 1024;
 
     // Socket → _input is the receive loop's job. The application reads from _input, so the loop can keep
     // a read pending at all times and see the peer's FIN while the application is busy elsewhere.
     private readonly Pipe _input;
-    private readonly bool _inputPooled;
-    private int _inputReturnable;
 
     // How a drain bound stops the loop's pending read without disposing the socket under it (which would reset):
     // on Linux and macOS, shutdown(SHUT_RD) wakes the read with 0 and sends nothing to the peer; reads then need no
     // cancellation token, and a token costs three allocations per pending read in the runtime. Windows does not wake
-    // a pending receive on SD_RECEIVE, so there every read carries _receiveCts's token instead.
+    // a pending receive on SD_RECEIVE, so there every read carries a token (Extras.ReceiveCts) that the bound cancels.
     private static readonly bool s_stopDrainWithShutdown = !OperatingSystem.IsWindows();
-    private readonly CancellationTokenSource? _receiveCts;
-    private ITimer? _drainTimer;
-    private int _drainStopped;
-    private int _drainCutShort;
     private long _peerFinTimestamp;
     private readonly ValueTask<LoopExit> _receiveLoop;
-    private int _readState;
 
-    // Written by the close path before it sets _draining; read by the loop.
-    private long _drainDeadline;
-    private int _draining;
+    // The drain: bytes read and discarded, and when the last of them arrived (the idle bound counts from there).
     private long _bytesDrained;
-    private CancellationTokenSource? _peerClosedCts;
-    private int _peerClosedSignaled;
+    private long _drainActivity;
 
     /// <summary>Why the receive loop ended.</summary>
     private enum LoopExit
@@ -57,7 +42,7 @@ public sealed partial class ManagedConnection
     /// <remarks>Callbacks run on the thread pool, never on the connection's receive loop. After the peer's FIN the
     /// application may still send (a half-close protocol answers now) and should then close; otherwise the
     /// connection closes itself after <see cref="ManagedConnectionOptions.CloseWaitTimeout"/>.</remarks>
-    public CancellationToken PeerClosed => (Volatile.Read(ref _peerClosedCts) ?? CreatePeerClosedSource()).Token;
+    public CancellationToken PeerClosed => (Volatile.Read(ref _extras)?.PeerClosedCts ?? CreatePeerClosedSource()).Token;
 
     /// <summary>Receives bytes the peer sent.</summary>
     /// <param name="buffer">Where to copy the bytes. An empty buffer waits until data or the FIN is available and returns 0 without consuming anything.</param>
@@ -70,15 +55,9 @@ public sealed partial class ManagedConnection
     public async ValueTask<int> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         ThrowIfClosing(ReadState());
-        EnsureIoMode(IoDirect);
-        int previous = Interlocked.CompareExchange(ref _readState, ReadActive, ReadIdle);
-        if (previous != ReadIdle)
+        EnsureIoMode(FlagIoDirect);
+        if (!TryTakeReader())
         {
-            if (previous == ReadClosed)
-            {
-                ThrowIfClosing(ReadState() | StateBits.Closing);
-            }
-
             ThrowHelper.ThrowConcurrentReceive();
         }
 
@@ -117,11 +96,38 @@ public sealed partial class ManagedConnection
         }
         finally
         {
-            if (Interlocked.CompareExchange(ref _readState, ReadIdle, ReadActive) != ReadActive)
+            if ((Interlocked.And(ref _flags, ~FlagReadActive) & FlagReadClosed) != 0)
             {
                 // The close path asked for the reader while we held it: we complete it.
                 _input.Reader.Complete();
             }
+        }
+    }
+
+    /// <summary>Marks the input's reader as held by a ReceiveAsync.</summary>
+    /// <returns><see langword="false"/> if another ReceiveAsync holds it; throws if the close path took it away.</returns>
+    private bool TryTakeReader()
+    {
+        int current = Volatile.Read(ref _flags);
+        while (true)
+        {
+            if ((current & FlagReadClosed) != 0)
+            {
+                ThrowIfClosing(ReadState() | StateBits.Closing);
+            }
+
+            if ((current & FlagReadActive) != 0)
+            {
+                return false;
+            }
+
+            int seen = Interlocked.CompareExchange(ref _flags, current | FlagReadActive, current);
+            if (seen == current)
+            {
+                return true;
+            }
+
+            current = seen;
         }
     }
 
@@ -135,16 +141,26 @@ public sealed partial class ManagedConnection
             return;
         }
 
-        int previous = Interlocked.Exchange(ref _readState, ReadClosed);
-        if (previous == ReadIdle)
+        int previous = Interlocked.Or(ref _flags, FlagReadClosed);
+        if ((previous & FlagReadClosed) != 0)
         {
-            _input.Reader.Complete();
-            _inputReturnable = 1;
+            return;
         }
-        else if (previous == ReadActive)
+
+        if ((previous & FlagReadActive) == 0)
         {
+            // The reader is ours now. It is completed after the loop has completed the writer (ReturnInputPipe): in that
+            // order the pipe keeps its buffer segment for the next connection; reader first, it would drop it.
+            TrySetFlag(FlagInputReturnable);
+        }
+        else
+        {
+            // A ReceiveAsync holds the reader: wake it; it throws and completes the reader on its way out.
             _input.Reader.CancelPendingRead();
         }
+
+        // From now on the loop discards what arrives; if it is paused behind unread data, let it go on.
+        _input.Writer.CancelPendingFlush();
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
@@ -152,12 +168,17 @@ public sealed partial class ManagedConnection
     {
         PipeWriter writer = _input.Writer;
         Exception? pipeError = null;
+        SocketIoArgs? receiveArgs = null;
+        bool dropArgs = false;
         try
         {
             // Yield so the constructor returns before the first read is issued.
             await Task.Yield();
             bool discard = false;
-            CancellationToken token = _receiveCts?.Token ?? default;
+            CancellationToken token = s_stopDrainWithShutdown ? default : _extras!.ReceiveCts!.Token;
+
+            // Reads need no token where shutdown(SHUT_RD) stops them, so a pooled operation object can do them.
+            receiveArgs = s_stopDrainWithShutdown && PoolingEnabled ? SocketIoArgs.Rent() : null;
 
             // Adaptive read size: an idle connection holds only a small buffer under its pending read, a busy one
             // grows it (doubling when a read fills it) so bulk transfers take few syscalls.
@@ -166,7 +187,9 @@ public sealed partial class ManagedConnection
             {
                 // While draining, the same memory is reused and never advanced: the bytes are discarded.
                 Memory<byte> memory = writer.GetMemory(readSize);
-                int received = await _socket.ReceiveAsync(memory, SocketFlags.None, token).ConfigureAwait(false);
+                int received = receiveArgs is null
+                    ? await _socket.ReceiveAsync(memory, SocketFlags.None, token).ConfigureAwait(false)
+                    : await receiveArgs.ReceiveAsync(_socket, memory).ConfigureAwait(false);
                 if (received == 0)
                 {
                     if ((ReadState() & StateBits.PeerReset) != 0)
@@ -175,7 +198,7 @@ public sealed partial class ManagedConnection
                         return LoopExit.PeerReset;
                     }
 
-                    if (Volatile.Read(ref _drainStopped) != 0)
+                    if (HasFlag(FlagDrainStopped))
                     {
                         // Woken by our own shutdown(SHUT_RD): a drain bound, not the peer's FIN.
                         return LoopExit.DrainTimedOut;
@@ -185,23 +208,25 @@ public sealed partial class ManagedConnection
                     return LoopExit.PeerFin;
                 }
 
-                if (Volatile.Read(ref _draining) != 0)
+                if (HasFlag(FlagDraining))
                 {
                     long total = Interlocked.Add(ref _bytesDrained, received);
 
                     // Once the peer's FIN is known (the kernel saw it behind unread data), what is left is what the kernel
                     // already buffered: finite, so the byte budget need not cut it and turn the close into a reset.
-                    if (total > _maxDrainBytes && (ReadState() & StateBits.PeerFin) == 0)
+                    if (total > _settings.MaxDrainBytes && (ReadState() & StateBits.PeerFin) == 0)
                     {
                         return LoopExit.DrainLimitExceeded;
                     }
 
-                    ArmDrainTimer();
+                    // The idle bound now counts from here; the queued deadline is moved when it comes due.
+                    Volatile.Write(ref _drainActivity, _settings.TimeProvider.GetTimestamp());
                     continue;
                 }
 
-                if (discard)
+                if (discard || HasFlag(FlagReadClosed))
                 {
+                    // Nobody can read any more (the application's reader is gone, or the close took it): keep reading to see the FIN.
                     continue;
                 }
 
@@ -236,11 +261,11 @@ public sealed partial class ManagedConnection
                 }
             }
         }
-        catch (OperationCanceledException) when (Volatile.Read(ref _draining) != 0)
+        catch (OperationCanceledException) when (HasFlag(FlagDraining))
         {
             return LoopExit.DrainTimedOut;
         }
-        catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode) && Volatile.Read(ref _drainStopped) != 0)
+        catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode) && HasFlag(FlagDrainStopped))
         {
             // We stopped the drain with shutdown(SHUT_RD); Linux aborts a half-closed socket that then receives more
             // data (TCPAbortOnData). That reset is the bound we hit, not the peer's doing.
@@ -254,11 +279,14 @@ public sealed partial class ManagedConnection
         }
         catch (Exception ex) when (ex is SocketException or ObjectDisposedException && (ReadState() & (StateBits.Aborted | StateBits.Closed)) != 0)
         {
+            // The socket went under a read that may never have started: the operation object's state is not known.
+            dropArgs = true;
             return LoopExit.Aborted;
         }
         catch (Exception ex)
         {
             // Unexpected: surface it to the reader and treat the connection as reset; never let it escape.
+            dropArgs = true;
             pipeError = ex;
             OnPeerClosed(reset: true);
             return LoopExit.PeerReset;
@@ -266,12 +294,23 @@ public sealed partial class ManagedConnection
         finally
         {
             writer.Complete(pipeError);
+            if (receiveArgs is not null)
+            {
+                if (dropArgs)
+                {
+                    SocketIoArgs.Drop(receiveArgs);
+                }
+                else
+                {
+                    // Its last read has completed: nobody can touch it any more.
+                    SocketIoArgs.Return(receiveArgs);
+                }
+            }
         }
     }
 
     // While the loop is paused by backpressure, how often the kernel is asked whether the peer's FIN has arrived.
     private static readonly TimeSpan s_finProbePeriod = TimeSpan.FromMilliseconds(250);
-    private ITimer? _finProbe;
 
     private void StartFinProbe()
     {
@@ -280,10 +319,11 @@ public sealed partial class ManagedConnection
             return;
         }
 
-        ITimer? timer = _finProbe;
+        Extras extras = GetExtras();
+        ITimer? timer = extras.FinProbe;
         if (timer is null)
         {
-            _finProbe = _timeProvider.CreateTimer(static s => ((ManagedConnection)s!).ProbeForFin(), this, s_finProbePeriod, s_finProbePeriod);
+            extras.FinProbe = _settings.TimeProvider.CreateTimer(static s => ((ManagedConnection)s!).ProbeForFin(), this, s_finProbePeriod, s_finProbePeriod);
         }
         else
         {
@@ -291,7 +331,7 @@ public sealed partial class ManagedConnection
         }
     }
 
-    private void StopFinProbe() => _finProbe?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+    private void StopFinProbe() => Volatile.Read(ref _extras)?.FinProbe?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
 
     /// <summary>A send or half-close saw the peer's reset: record it and release the connection, as the receive loop would.</summary>
     private void OnResetSeenBySend()
@@ -318,58 +358,16 @@ public sealed partial class ManagedConnection
         }
     }
 
-    /// <summary>(Re)arms the drain's idle bound, capped by the total deadline.</summary>
-    private void ArmDrainTimer()
-    {
-        TimeSpan remaining = _timeProvider.GetElapsedTime(_timeProvider.GetTimestamp(), Volatile.Read(ref _drainDeadline));
-        TimeSpan wait = remaining < _drainIdleTimeout ? remaining : _drainIdleTimeout;
-        if (wait <= TimeSpan.Zero)
-        {
-            StopDrain();
-            return;
-        }
-
-        if (_receiveCts is { } cts)
-        {
-            try
-            {
-                cts.CancelAfter(wait);
-            }
-            catch (ObjectDisposedException)
-            {
-                // Released concurrently by Abort.
-            }
-
-            return;
-        }
-
-        // The close path arms it first; the loop re-arms it after each drained read, possibly at the same moment.
-        ITimer? timer = Volatile.Read(ref _drainTimer);
-        if (timer is null)
-        {
-            ITimer created = _timeProvider.CreateTimer(static s => ((ManagedConnection)s!).StopDrain(), this, wait, Timeout.InfiniteTimeSpan);
-            timer = Interlocked.CompareExchange(ref _drainTimer, created, null);
-            if (timer is null)
-            {
-                return;
-            }
-
-            created.Dispose();
-        }
-
-        timer.Change(wait, Timeout.InfiniteTimeSpan);
-    }
-
     /// <summary>A listener's draining budget is exhausted: end this drain now (outcome <see cref="CloseOutcome.DrainBudgetExceeded"/>).</summary>
     /// <returns><see langword="true"/> if the drain was still running and is now being cut.</returns>
     internal bool CutDrainShort()
     {
-        if ((ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0 || Volatile.Read(ref _drainStopped) != 0)
+        if ((ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0 || HasFlag(FlagDrainStopped))
         {
             return false;
         }
 
-        Volatile.Write(ref _drainCutShort, 1);
+        TrySetFlag(FlagDrainCutShort);
         StopDrain();
         return true;
     }
@@ -377,12 +375,12 @@ public sealed partial class ManagedConnection
     /// <summary>A drain bound was hit (or the close was cancelled): end the loop's pending read now, without a reset.</summary>
     private void StopDrain()
     {
-        if (Interlocked.Exchange(ref _drainStopped, 1) != 0)
+        if (!TrySetFlag(FlagDrainStopped))
         {
             return;
         }
 
-        if (_receiveCts is { } cts)
+        if (Volatile.Read(ref _extras)?.ReceiveCts is { } cts)
         {
             try
             {
@@ -417,13 +415,13 @@ public sealed partial class ManagedConnection
 
         if ((previous & StateBits.PeerFin) == 0)
         {
-            Volatile.Write(ref _peerFinTimestamp, _timeProvider.GetTimestamp());
+            Volatile.Write(ref _peerFinTimestamp, _settings.TimeProvider.GetTimestamp());
         }
 
         // The guard is armed before anyone hears of the FIN, so code that reacts to PeerClosed finds it in place.
         if ((previous & StateBits.Closing) == 0)
         {
-            StartCloseWaitGuard(reset ? TimeSpan.Zero : _closeWaitTimeout, reset ? CloseReason.PeerReset : CloseReason.CloseWaitTimeout);
+            StartCloseWaitGuard(reset);
         }
 
         FirePeerClosed();
@@ -432,7 +430,7 @@ public sealed partial class ManagedConnection
     private CancellationTokenSource CreatePeerClosedSource()
     {
         var created = new CancellationTokenSource();
-        CancellationTokenSource? existing = Interlocked.CompareExchange(ref _peerClosedCts, created, null);
+        CancellationTokenSource? existing = Interlocked.CompareExchange(ref GetExtras().PeerClosedCts, created, null);
         if (existing is not null)
         {
             created.Dispose();
@@ -441,7 +439,7 @@ public sealed partial class ManagedConnection
 
         // FirePeerClosed may have run before we published the source. (Not the PeerFin bit itself: it is set before
         // the CLOSE_WAIT guard is armed, and nobody may hear of the FIN before that.)
-        if (Volatile.Read(ref _peerClosedSignaled) != 0 || (ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0)
+        if (HasFlag(FlagPeerClosedSignaled) || (ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0)
         {
             created.Cancel();
         }
@@ -451,8 +449,8 @@ public sealed partial class ManagedConnection
 
     private void FirePeerClosed()
     {
-        Volatile.Write(ref _peerClosedSignaled, 1);
-        CancellationTokenSource? cts = Volatile.Read(ref _peerClosedCts);
+        TrySetFlag(FlagPeerClosedSignaled);
+        CancellationTokenSource? cts = Volatile.Read(ref _extras)?.PeerClosedCts;
         if (cts is not null && !cts.IsCancellationRequested)
         {
             // Application callbacks must not run on the receive loop or a timer thread.

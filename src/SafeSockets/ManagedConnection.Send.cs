@@ -13,7 +13,9 @@ public sealed partial class ManagedConnection
     private const int SendGateClosed = 1 << 30;
     private const int SendCountMask = SendGateClosed - 1;
     private int _sendGate;
-    private TaskCompletionSource? _sendsDrained;
+
+    // A pooled send operation, taken by one send at a time (others use the socket's own); null while in use.
+    private SocketIoArgs? _sendArgs;
 
     /// <summary>Sends all of <paramref name="buffer"/>; completes once every byte has been handed to the kernel.</summary>
     /// <param name="buffer">The bytes to send.</param>
@@ -26,7 +28,7 @@ public sealed partial class ManagedConnection
     public ValueTask SendAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         ThrowIfCannotSend(ReadState());
-        EnsureIoMode(IoDirect);
+        EnsureIoMode(FlagIoDirect);
         return buffer.IsEmpty ? default : SendCoreAsync(buffer, cancellationToken);
     }
 
@@ -58,21 +60,46 @@ public sealed partial class ManagedConnection
             ThrowHelper.ThrowSendShutdown();
         }
 
+        // The pooled operation cannot be cancelled, so a send with a token uses the socket's own.
+        SocketIoArgs? args = cancellationToken.CanBeCanceled ? null : TakeSendArgs();
+        bool argsReusable = true;
         try
         {
             do
             {
-                int sent = await _socket.SendAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false);
+                int sent = args is null
+                    ? await _socket.SendAsync(buffer, SocketFlags.None, cancellationToken).ConfigureAwait(false)
+                    : await args.SendAsync(_socket, buffer).ConfigureAwait(false);
                 buffer = buffer.Slice(sent);
             }
             while (!buffer.IsEmpty);
         }
-        catch (Exception ex) when (TranslateSendFailure(ex) is { } translated)
+        catch (Exception ex)
         {
-            throw translated;
+            // A SocketException is a completed operation's error; anything else (the socket disposed before the operation
+            // started) leaves the pooled operation's state unknown, so it is not reused.
+            argsReusable = ex is SocketException;
+            if (TranslateSendFailure(ex) is { } translated)
+            {
+                throw translated;
+            }
+
+            throw;
         }
         finally
         {
+            if (args is not null)
+            {
+                if (argsReusable)
+                {
+                    PutBackSendArgs(args);
+                }
+                else
+                {
+                    SocketIoArgs.Drop(args);
+                }
+            }
+
             EndSend();
         }
     }
@@ -115,6 +142,50 @@ public sealed partial class ManagedConnection
         }
     }
 
+    private SocketIoArgs? TakeSendArgs()
+    {
+        if (!PoolingEnabled || !s_stopDrainWithShutdown)
+        {
+            return null;
+        }
+
+        // The first send rents it; later sends reuse it unless another send holds it.
+        SocketIoArgs? args = Interlocked.Exchange(ref _sendArgs, null);
+        if (args is null && !HasFlag(FlagSendArgsRented) && TrySetFlag(FlagSendArgsRented))
+        {
+            args = SocketIoArgs.Rent();
+        }
+
+        return args;
+    }
+
+    /// <summary>A send finished with the pooled operation: keep it for the next send, or return it to the pool if the
+    /// connection has been released meanwhile (whoever takes it out of the field last returns it).</summary>
+    private void PutBackSendArgs(SocketIoArgs args)
+    {
+        if (!HasFlag(FlagReleased))
+        {
+            Volatile.Write(ref _sendArgs, args);
+            if (!HasFlag(FlagReleased) || Interlocked.Exchange(ref _sendArgs, null) is not { } again)
+            {
+                return;
+            }
+
+            args = again;
+        }
+
+        SocketIoArgs.Return(args);
+    }
+
+    /// <summary>At release: the pooled send operation goes back to the pool unless a send still holds it (that send returns it).</summary>
+    private void ReturnSendArgs()
+    {
+        if (Interlocked.Exchange(ref _sendArgs, null) is { } args)
+        {
+            SocketIoArgs.Return(args);
+        }
+    }
+
     private bool TryBeginSend()
     {
         int current = Volatile.Read(ref _sendGate);
@@ -139,7 +210,7 @@ public sealed partial class ManagedConnection
     {
         if (Interlocked.Decrement(ref _sendGate) == SendGateClosed)
         {
-            Volatile.Read(ref _sendsDrained)?.TrySetResult();
+            Volatile.Read(ref _extras)?.SendsDrained?.TrySetResult();
         }
     }
 
@@ -153,7 +224,7 @@ public sealed partial class ManagedConnection
         }
 
         var created = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        TaskCompletionSource drained = Interlocked.CompareExchange(ref _sendsDrained, created, null) ?? created;
+        TaskCompletionSource drained = Interlocked.CompareExchange(ref GetExtras().SendsDrained, created, null) ?? created;
         if ((Volatile.Read(ref _sendGate) & SendCountMask) == 0)
         {
             return true;
@@ -161,7 +232,7 @@ public sealed partial class ManagedConnection
 
         try
         {
-            await drained.Task.WaitAsync(timeout, _timeProvider, cancellationToken).ConfigureAwait(false);
+            await drained.Task.WaitAsync(timeout, _settings.TimeProvider, cancellationToken).ConfigureAwait(false);
             return true;
         }
         catch (TimeoutException)

@@ -9,17 +9,6 @@ namespace SafeSockets;
 
 public sealed partial class ManagedConnection
 {
-    // Which I/O surface the connection uses; chosen by the first use and fixed from then on.
-    private const int IoUnset = 0;
-    private const int IoDirect = 1;   // ReceiveAsync / SendAsync / GetStream (a stream calls the same methods)
-    private const int IoPipe = 2;     // Transport
-
-    private int _ioMode;
-    private DuplexPipe? _transport;
-    private Pipe? _output;
-    private Task? _sendLoop;
-    private int _outputStop;
-
     /// <summary>The connection as a duplex pipe: <see cref="IDuplexPipe.Input"/> is filled by the receive loop and completes at the
     /// peer's FIN; what is flushed to <see cref="IDuplexPipe.Output"/> is sent by a send loop, and completing the output
     /// sends FIN once the last byte is handed to the kernel (half-close).</summary>
@@ -37,24 +26,26 @@ public sealed partial class ManagedConnection
     {
         get
         {
-            if (_transport is { } existing)
+            if (Volatile.Read(ref _extras)?.Transport is { } existing)
             {
                 return existing;
             }
 
             ThrowIfClosing(ReadState());
-            EnsureIoMode(IoPipe);
-            lock (_input)
+            EnsureIoMode(FlagIoPipe);
+            Extras extras = GetExtras();
+            lock (extras)
             {
-                // Guarded by _input's monitor: only the first caller creates the output pipe and its send loop.
-                if (_transport is null)
+                // Only the first caller creates the output pipe and its send loop.
+                if (extras.Transport is null)
                 {
-                    _output = new Pipe(_outputPipeOptions);
-                    _sendLoop = SendLoopAsync(_output.Reader);
-                    _transport = new DuplexPipe(_input.Reader, _output.Writer);
+                    var output = new Pipe(_settings.OutputPipeOptions);
+                    Volatile.Write(ref extras.Output, output);
+                    extras.SendLoop = SendLoopAsync(output.Reader);
+                    Volatile.Write(ref extras.Transport, new DuplexPipe(_input.Reader, output.Writer));
                 }
 
-                return _transport;
+                return extras.Transport;
             }
         }
     }
@@ -68,33 +59,35 @@ public sealed partial class ManagedConnection
     public Stream GetStream(bool ownsConnection = false)
     {
         ThrowIfClosing(ReadState());
-        EnsureIoMode(IoDirect);
+        EnsureIoMode(FlagIoDirect);
         return new ManagedConnectionStream(this, ownsConnection);
     }
 
     private void EnsureIoMode(int mode)
     {
-        int current = Volatile.Read(ref _ioMode);
-        if (current == mode)
+        int current = Volatile.Read(ref _flags);
+        while ((current & (FlagIoDirect | FlagIoPipe)) == 0)
+        {
+            int seen = Interlocked.CompareExchange(ref _flags, current | mode, current);
+            if (seen == current)
+            {
+                return;
+            }
+
+            current = seen;
+        }
+
+        if ((current & mode) != 0)
         {
             return;
         }
 
-        if (current == IoUnset)
-        {
-            current = Interlocked.CompareExchange(ref _ioMode, mode, IoUnset);
-            if (current == IoUnset || current == mode)
-            {
-                return;
-            }
-        }
-
-        throw new InvalidOperationException(mode == IoPipe
+        throw new InvalidOperationException(mode == FlagIoPipe
             ? "This connection already uses ReceiveAsync/SendAsync/GetStream; Transport cannot be used on the same connection."
             : "This connection's I/O goes through Transport; ReceiveAsync, SendAsync and GetStream cannot be used on the same connection.");
     }
 
-    private bool UsesPipe => Volatile.Read(ref _ioMode) == IoPipe;
+    private bool UsesPipe => HasFlag(FlagIoPipe);
 
     /// <summary>Output pipe → socket. Counts as one send in flight for its whole life, so a flush (close or half-close)
     /// is "ask the loop to stop after what is buffered, then wait for sends in flight", as for direct sends.</summary>
@@ -133,7 +126,7 @@ public sealed partial class ManagedConnection
                     break;
                 }
 
-                if (result.IsCanceled && Volatile.Read(ref _outputStop) != 0)
+                if (result.IsCanceled && HasFlag(FlagOutputStop))
                 {
                     break;
                 }
@@ -207,9 +200,9 @@ public sealed partial class ManagedConnection
     /// <summary>Asks the send loop to send what is already flushed and stop (before a half-close or close).</summary>
     private void StopSendLoop()
     {
-        if (_output is { } output)
+        if (Volatile.Read(ref _extras)?.Output is { } output)
         {
-            Volatile.Write(ref _outputStop, 1);
+            TrySetFlag(FlagOutputStop);
             output.Reader.CancelPendingRead();
         }
     }

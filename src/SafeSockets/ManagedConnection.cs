@@ -21,51 +21,43 @@ namespace SafeSockets;
 /// and are sent one after another; <see cref="CloseAsync"/>, <see cref="Abort"/> and
 /// <see cref="DisposeAsync"/> may be called from any thread at any time.</para>
 /// </remarks>
-public sealed partial class ManagedConnection : IAsyncDisposable
+public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
 {
     private static readonly PipeOptions s_defaultInputPipeOptions = CreateInputPipeOptions(ManagedConnectionOptions.DefaultBufferSize);
-    private static readonly PipeOptions s_defaultOutputPipeOptions = CreateOutputPipeOptions(ManagedConnectionOptions.DefaultBufferSize);
+    internal static readonly PipeOptions DefaultOutputPipeOptions = CreateOutputPipeOptions(ManagedConnectionOptions.DefaultBufferSize);
     private static readonly InputPipePool s_inputPipePool = new(s_defaultInputPipeOptions);
 
     private readonly Socket _socket;
-    private readonly TimeProvider _timeProvider;
-    private readonly TimeSpan _drainTimeout;
-    private readonly TimeSpan _drainIdleTimeout;
-    private readonly long _maxDrainBytes;
-    private readonly TimeSpan _closeWaitTimeout;
-    private readonly PipeOptions _outputPipeOptions;
-    private readonly ILogger _logger;
+    private readonly ConnectionSettings _settings;
 
-    private EndPoint? _localEndPoint;
-
-    // The state word; see Internal/StateBits for the layout.
+    // The state word (see Internal/StateBits) is what the application can observe; _flags holds the internal one-shot
+    // steps of the lifecycle (see the Flag constants). Both change only through Interlocked operations.
     private int _state;
+    private int _flags;
 
-    private ManagedConnection(Socket socket, ManagedConnectionOptions? options, Action<ManagedConnection>? completed = null, Action<ManagedConnection>? drainStarted = null)
+    // What most connections never need (Completion's task, PeerClosed's source, Transport, the local end point...) lives
+    // in one object made on first use, so a connection that is only opened, used and closed stays small.
+    private Extras? _extras;
+
+    private ManagedConnection(Socket socket, ConnectionSettings settings, EndPoint? remoteEndPoint)
     {
-        Completed = completed;
-        DrainStarted = drainStarted;
-        options ??= ManagedConnectionOptions.Default;
         _socket = socket;
-        _timeProvider = options.TimeProvider;
-        _drainTimeout = options.DrainTimeout;
-        _drainIdleTimeout = options.DrainIdleTimeout;
-        _maxDrainBytes = options.MaxDrainBytes;
-        _closeWaitTimeout = options.CloseWaitTimeout;
-        _logger = options.Logger;
+        _settings = settings;
         _state = StateBits.LeaseOne;
 
-        // The remote end point is already cached by the socket (connect or accept set it), so keeping it costs nothing;
-        // the local one needs getsockname and allocations, so it is read on first use.
-        RemoteEndPoint = socket.RemoteEndPoint;
+        // An accepted socket already holds its remote end point; ConnectAsync passes the one it connected to. Either way
+        // keeping it costs nothing, whereas asking the socket after a connect means getpeername and three allocations.
+        RemoteEndPoint = remoteEndPoint ?? socket.RemoteEndPoint;
 
-        _outputPipeOptions = options.MaxOutputBufferSize == ManagedConnectionOptions.DefaultBufferSize
-            ? s_defaultOutputPipeOptions
-            : CreateOutputPipeOptions(options.MaxOutputBufferSize);
-        _inputPooled = PoolingEnabled && options.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
-        _input = _inputPooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(options.MaxInputBufferSize));
+        bool pooled = PoolingEnabled && settings.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
+        _flags = pooled ? FlagInputPooled : 0;
+        _input = pooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(settings.MaxInputBufferSize));
         Metrics.ConnectionOpened();
-        _receiveCts = s_stopDrainWithShutdown ? null : new CancellationTokenSource(Timeout.InfiniteTimeSpan, _timeProvider);
+        if (!s_stopDrainWithShutdown)
+        {
+            GetExtras().ReceiveCts = new CancellationTokenSource();
+        }
+
         // Consumed exactly once, by the close path (which checks IsCompleted just before its single await); after
         // that the pooled box may serve another connection, so nothing else may look at it. Abort never awaits it.
 #pragma warning disable CA2012
@@ -95,7 +87,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable
         {
             socket.NoDelay = true;
             await socket.ConnectAsync(remoteEndPoint, cancellationToken).ConfigureAwait(false);
-            return new ManagedConnection(socket, options);
+            return new ManagedConnection(socket, (options ?? ManagedConnectionOptions.Default).Settings, remoteEndPoint as IPEndPoint);
         }
         catch
         {
@@ -132,12 +124,12 @@ public sealed partial class ManagedConnection : IAsyncDisposable
             throw new ArgumentException("The socket is not connected (or its send side was already shut down); connect it before adopting it.", nameof(connectedSocket));
         }
 
-        return new ManagedConnection(connectedSocket, options);
+        return new ManagedConnection(connectedSocket, (options ?? ManagedConnectionOptions.Default).Settings, null);
     }
 
     /// <summary>Adopt for a listener: its callbacks are in place before the receive loop can finish the connection.</summary>
-    internal static ManagedConnection AdoptTracked(Socket accepted, ManagedConnectionOptions options, Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted) =>
-        new(accepted, options, completed, drainStarted);
+    internal static ManagedConnection AdoptTracked(Socket accepted, ConnectionSettings listenerSettings) =>
+        new(accepted, listenerSettings, null);
 
     /// <summary>What the kernel reports about this connection right now (Linux <c>TCP_INFO</c>).</summary>
     /// <returns>The kernel's view; <see cref="TcpConnectionInfo.IsAvailable"/> is <see langword="false"/> off Linux or once the socket is released.</returns>
@@ -153,18 +145,27 @@ public sealed partial class ManagedConnection : IAsyncDisposable
     {
         get
         {
-            if (_localEndPoint is null && Volatile.Read(ref _released) == 0)
+            Extras? extras = Volatile.Read(ref _extras);
+            if (extras?.LocalEndPoint is { } known)
             {
-                try
-                {
-                    _localEndPoint = _socket.LocalEndPoint;
-                }
-                catch (ObjectDisposedException)
-                {
-                }
+                return known;
             }
 
-            return _localEndPoint;
+            if (HasFlag(FlagReleased))
+            {
+                return null;
+            }
+
+            try
+            {
+                EndPoint? local = _socket.LocalEndPoint;
+                GetExtras().LocalEndPoint = local;
+                return local;
+            }
+            catch (ObjectDisposedException)
+            {
+                return null;
+            }
         }
     }
 
@@ -196,6 +197,19 @@ public sealed partial class ManagedConnection : IAsyncDisposable
 
     private int ReadState() => Volatile.Read(ref _state);
 
+    private bool HasFlag(int flag) => (Volatile.Read(ref _flags) & flag) != 0;
+
+    /// <summary>Sets <paramref name="flag"/>; <see langword="true"/> if this call set it (it was clear before).</summary>
+    private bool TrySetFlag(int flag) => (Interlocked.Or(ref _flags, flag) & flag) == 0;
+
+    private Extras GetExtras() => Volatile.Read(ref _extras) ?? CreateExtras();
+
+    private Extras CreateExtras()
+    {
+        var created = new Extras();
+        return Interlocked.CompareExchange(ref _extras, created, null) ?? created;
+    }
+
     /// <summary>Sets state bits atomically and keeps the state metrics in step.</summary>
     /// <returns>The state word before the change.</returns>
     private int SetState(int bits)
@@ -214,7 +228,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable
         useSynchronizationContext: false);
 
     // The send loop reads inline; the application's flushes resume on the pool.
-    private static PipeOptions CreateOutputPipeOptions(int pause) => new(
+    internal static PipeOptions CreateOutputPipeOptions(int pause) => new(
         readerScheduler: PipeScheduler.Inline,
         writerScheduler: PipeScheduler.ThreadPool,
         pauseWriterThreshold: pause,
@@ -233,5 +247,41 @@ public sealed partial class ManagedConnection : IAsyncDisposable
 
             ThrowHelper.ThrowDisposed(ThrowHelper.DisposedReason(_closeReason));
         }
+    }
+
+    // The bits of _flags. Each is set once (except the read bits, which ReceiveAsync toggles).
+    private const int FlagInputPooled = 1 << 0;         // _input came from the pool
+    private const int FlagInputReturnable = 1 << 1;     // the close path completed the input's reader itself
+    private const int FlagReleased = 1 << 2;            // the socket has been (or is being) disposed: close or abort won
+    private const int FlagReleaseObserved = 1 << 3;     // OnReleased ran ...
+    private const int FlagReleasedTwice = 1 << 4;       // ... and ran again (a bug; tests assert it never happens)
+    private const int FlagCreatorReleased = 1 << 5;     // DisposeAsync released the creator's reference
+    private const int FlagApplicationSawClose = 1 << 6; // the application was told how the connection ended
+    private const int FlagCompleting = 1 << 7;          // Complete won the race to record the result ...
+    private const int FlagCompleted = 1 << 8;           // ... and _closeResult is written
+    private const int FlagDraining = 1 << 9;            // the close path is draining through the receive loop
+    private const int FlagDrainStopped = 1 << 10;       // a drain bound (or a cancelled close) stopped the drain
+    private const int FlagDrainCutShort = 1 << 11;      // ... because a listener's draining budget ran out
+    private const int FlagPeerFinishedByProtocol = 1 << 12; // TLS close_notify was received
+    private const int FlagPeerClosedSignaled = 1 << 13; // PeerClosed has been (or is being) fired
+    private const int FlagOutputStop = 1 << 14;         // the Transport send loop must stop after what is flushed
+    private const int FlagIoDirect = 1 << 15;           // ReceiveAsync/SendAsync/GetStream in use
+    private const int FlagIoPipe = 1 << 16;             // Transport in use
+    private const int FlagReadActive = 1 << 17;         // a ReceiveAsync holds the input's reader
+    private const int FlagReadClosed = 1 << 18;         // the close path took the reader away
+    private const int FlagSendArgsRented = 1 << 19;     // a pooled send operation was rented for this connection
+
+    /// <summary>The rarely needed parts of a connection, allocated on first use.</summary>
+    private sealed class Extras
+    {
+        public TaskCompletionSource<CloseResult>? CloseCompletion;
+        public CancellationTokenSource? PeerClosedCts;
+        public TaskCompletionSource? SendsDrained;
+        public ITimer? FinProbe;
+        public EndPoint? LocalEndPoint;
+        public CancellationTokenSource? ReceiveCts;
+        public DuplexPipe? Transport;
+        public Pipe? Output;
+        public Task? SendLoop;
     }
 }

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
+using SafeSockets.Internal;
 
 namespace SafeSockets;
 
@@ -49,7 +50,11 @@ public sealed class ManagedConnectionOptions
     public TimeSpan DrainTimeout
     {
         get => _drainTimeout;
-        set => _drainTimeout = CheckPositive(value, nameof(DrainTimeout));
+        set
+        {
+            _drainTimeout = CheckPositive(value, nameof(DrainTimeout));
+            _settings = null;
+        }
     }
 
     /// <summary>Bound on one wait for the peer during the drain: a peer that goes quiet this long without sending FIN ends the drain.</summary>
@@ -58,7 +63,11 @@ public sealed class ManagedConnectionOptions
     public TimeSpan DrainIdleTimeout
     {
         get => _drainIdleTimeout;
-        set => _drainIdleTimeout = CheckPositive(value, nameof(DrainIdleTimeout));
+        set
+        {
+            _drainIdleTimeout = CheckPositive(value, nameof(DrainIdleTimeout));
+            _settings = null;
+        }
     }
 
     /// <summary>The most bytes a close reads and discards while waiting for the peer's FIN.</summary>
@@ -72,6 +81,7 @@ public sealed class ManagedConnectionOptions
         {
             ArgumentOutOfRangeException.ThrowIfNegative(value, nameof(MaxDrainBytes));
             _maxDrainBytes = value;
+            _settings = null;
         }
     }
 
@@ -88,6 +98,7 @@ public sealed class ManagedConnectionOptions
         {
             CheckRange(value, nameof(CloseWaitTimeout));
             _closeWaitTimeout = value;
+            _settings = null;
         }
     }
 
@@ -101,6 +112,7 @@ public sealed class ManagedConnectionOptions
         {
             ArgumentNullException.ThrowIfNull(value, nameof(TimeProvider));
             _timeProvider = value;
+            _settings = null;
         }
     }
 
@@ -115,6 +127,7 @@ public sealed class ManagedConnectionOptions
         {
             ArgumentOutOfRangeException.ThrowIfLessThan(value, 1, nameof(MaxInputBufferSize));
             _maxInputBufferSize = value;
+            _settings = null;
         }
     }
 
@@ -129,6 +142,7 @@ public sealed class ManagedConnectionOptions
         {
             ArgumentOutOfRangeException.ThrowIfLessThan(value, 1, nameof(MaxOutputBufferSize));
             _maxOutputBufferSize = value;
+            _settings = null;
         }
     }
 
@@ -143,10 +157,17 @@ public sealed class ManagedConnectionOptions
         {
             ArgumentNullException.ThrowIfNull(value, nameof(Logger));
             _logger = value;
+            _settings = null;
         }
     }
 
     internal static ManagedConnectionOptions Default { get; } = new();
+
+    // The immutable snapshot connections share; rebuilt on first use after a setter ran.
+    private ConnectionSettings? _settings;
+
+    /// <summary>These options as the immutable settings a connection keeps (made once, shared by every connection).</summary>
+    internal ConnectionSettings Settings => _settings ??= new ConnectionSettings(this, ManagedConnection.DefaultOutputPipeOptions);
 
     private static TimeSpan CheckPositive(TimeSpan value, string name)
     {

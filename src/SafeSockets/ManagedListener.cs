@@ -18,7 +18,6 @@ namespace SafeSockets;
 public sealed class ManagedListener : IAsyncDisposable
 {
     private readonly Socket _socket;
-    private readonly ManagedConnectionOptions _connectionOptions;
     private readonly int _maxConnections;
     private readonly int _maxDraining;
     private readonly ILogger _logger;
@@ -27,8 +26,7 @@ public sealed class ManagedListener : IAsyncDisposable
     private readonly ConcurrentQueue<ManagedConnection> _drainingQueue = new();
     private readonly ConcurrentDictionary<ManagedConnection, byte> _drainCounted = new(ReferenceEqualityComparer.Instance);
     private readonly TaskCompletionSource _allReleased = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly Action<ManagedConnection> _onCompleted;
-    private readonly Action<ManagedConnection> _onDrainStarted;
+    private readonly ConnectionSettings _connectionSettings;
     private int _active;
     private int _draining;
     private int _stopping;
@@ -37,14 +35,13 @@ public sealed class ManagedListener : IAsyncDisposable
     private ManagedListener(Socket socket, ManagedListenerOptions options)
     {
         _socket = socket;
-        _connectionOptions = Copy(options.Connection);
         _maxConnections = options.MaxConnections;
         _maxDraining = options.MaxDrainingConnections;
         _logger = options.Connection.Logger;
         _timeProvider = options.Connection.TimeProvider;
         LocalEndPoint = socket.LocalEndPoint!;
-        _onCompleted = OnConnectionCompleted;
-        _onDrainStarted = OnDrainStarted;
+        // A snapshot: later changes to the options object do not reach this listener's connections.
+        _connectionSettings = options.Connection.Settings.WithCallbacks(OnConnectionCompleted, OnDrainStarted);
     }
 
     /// <summary>Binds to <paramref name="localEndPoint"/> and starts listening.</summary>
@@ -175,7 +172,7 @@ public sealed class ManagedListener : IAsyncDisposable
     /// <returns>A task that completes when every connection is released.</returns>
     public async ValueTask DisposeAsync()
     {
-        await StopAsync(_connectionOptions.DrainTimeout).ConfigureAwait(false);
+        await StopAsync(_connectionSettings.DrainTimeout).ConfigureAwait(false);
     }
 
     private async Task StopCoreAsync(TimeSpan gracePeriod, CancellationToken cancellationToken)
@@ -236,7 +233,7 @@ public sealed class ManagedListener : IAsyncDisposable
         try
         {
             accepted.NoDelay = true;
-            connection = ManagedConnection.AdoptTracked(accepted, _connectionOptions, _onCompleted, _onDrainStarted);
+            connection = ManagedConnection.AdoptTracked(accepted, _connectionSettings);
         }
         catch (Exception ex) when (ex is SocketException or ArgumentException or ObjectDisposedException)
         {
@@ -325,16 +322,4 @@ public sealed class ManagedListener : IAsyncDisposable
             throw new ObjectDisposedException(nameof(ManagedListener), "The listener is stopped (StopAsync or DisposeAsync was called); it accepts no more connections.");
         }
     }
-
-    private static ManagedConnectionOptions Copy(ManagedConnectionOptions source) => new()
-    {
-        DrainTimeout = source.DrainTimeout,
-        DrainIdleTimeout = source.DrainIdleTimeout,
-        MaxDrainBytes = source.MaxDrainBytes,
-        CloseWaitTimeout = source.CloseWaitTimeout,
-        TimeProvider = source.TimeProvider,
-        MaxInputBufferSize = source.MaxInputBufferSize,
-        MaxOutputBufferSize = source.MaxOutputBufferSize,
-        Logger = source.Logger,
-    };
 }

@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using SafeSockets.Internal;
 using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
@@ -73,5 +74,55 @@ public sealed class PoolingTests
                 }
             }
         }
+    }
+
+    [Fact]
+    public async Task PooledSocketOperations_AreReused_AndNeverServeTwoConnectionsAtOnce()
+    {
+        (long createdBefore, long rentedBefore, _) = SocketIoArgs.Counters;
+        var random = new Random(42);
+        for (int round = 0; round < 20; round++)
+        {
+            var batch = new List<(Socket Peer, ManagedConnection Connection, bool Abort)>();
+            for (int i = 0; i < 16; i++)
+            {
+                (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+                batch.Add((peer, connection, random.Next(4) == 0));
+            }
+
+            // Every connection sends with overlapping sends (one takes the pooled operation, the others the socket's own)
+            // while its receive loop reads; a quarter are aborted in the middle. Any sharing would mix bytes between
+            // connections or throw "operation already in progress".
+            await Task.WhenAll(batch.Select(async item =>
+            {
+                (Socket peer, ManagedConnection connection, bool abort) = item;
+                byte[] tag = [(byte)(round * 16 + batch.IndexOf(item))];
+                Task<PeerReadResult> peerRead = Peer.ReadToEndAsync(peer, keepData: true);
+                Task[] sends = Enumerable.Range(0, 8).Select(_ => connection.SendAsync(tag).AsTask()).ToArray();
+                if (abort)
+                {
+                    connection.Abort();
+                    await Task.WhenAll(sends.Select(s => s.ContinueWith(_ => { }, TaskScheduler.Default))).WithTimeout();
+                    await peerRead.WithTimeout();
+                }
+                else
+                {
+                    await Task.WhenAll(sends).WithTimeout();
+                    await Peer.SendPatternAsync(peer, 3000);
+                    peer.Shutdown(SocketShutdown.Send);
+                    Assert.Equal(Peer.Pattern(3000), await Peer.ReadAllAsync(connection).WithTimeout());
+                    await connection.CloseAsync().AsTask().WithTimeout();
+                    PeerReadResult read = await peerRead.WithTimeout();
+                    Assert.Equal(PeerEnd.Fin, read.End);
+                    Assert.Equal(Enumerable.Repeat(tag[0], 8), read.Data);
+                }
+
+                peer.Dispose();
+            })).WithTimeout();
+        }
+
+        (long created, long rented, long misuses) = SocketIoArgs.Counters;
+        Assert.Equal(0, misuses);
+        Assert.True(rented - rentedBefore > created - createdBefore, $"no pooled operation was reused ({rented - rentedBefore} rents, {created - createdBefore} created)");
     }
 }

@@ -33,7 +33,7 @@ internal static class ThrowHelper
 }
 
 /// <summary>Who started the close; the first one wins.</summary>
-internal enum CloseReason
+internal enum CloseReason : byte
 {
     None,
     Application,

@@ -1,0 +1,85 @@
+using System.IO.Pipelines;
+using Microsoft.Extensions.Logging;
+
+namespace SafeSockets.Internal;
+
+/// <summary>An immutable snapshot of <see cref="ManagedConnectionOptions"/>, made once per options instance (and again only
+/// after a setter changed them) and shared by every connection created with those options. A connection keeps one
+/// reference to it instead of a copy of each setting, which keeps the per-connection object small.</summary>
+internal sealed class ConnectionSettings
+{
+    public ConnectionSettings(ManagedConnectionOptions options, PipeOptions defaultOutputPipeOptions)
+    {
+        TimeProvider = options.TimeProvider;
+        DrainTimeout = options.DrainTimeout;
+        DrainIdleTimeout = options.DrainIdleTimeout;
+        MaxDrainBytes = options.MaxDrainBytes;
+        CloseWaitTimeout = options.CloseWaitTimeout;
+        Logger = options.Logger;
+        MaxInputBufferSize = options.MaxInputBufferSize;
+        OutputPipeOptions = options.MaxOutputBufferSize == ManagedConnectionOptions.DefaultBufferSize
+            ? defaultOutputPipeOptions
+            : ManagedConnection.CreateOutputPipeOptions(options.MaxOutputBufferSize);
+        Deadlines = DeadlineQueue.For(TimeProvider);
+        DrainTimeoutTicks = ToTicks(DrainTimeout);
+        DrainIdleTimeoutTicks = ToTicks(DrainIdleTimeout);
+        CloseWaitTimeoutTicks = ToTicks(CloseWaitTimeout);
+    }
+
+    private ConnectionSettings(ConnectionSettings source, Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted)
+    {
+        TimeProvider = source.TimeProvider;
+        DrainTimeout = source.DrainTimeout;
+        DrainIdleTimeout = source.DrainIdleTimeout;
+        MaxDrainBytes = source.MaxDrainBytes;
+        CloseWaitTimeout = source.CloseWaitTimeout;
+        Logger = source.Logger;
+        MaxInputBufferSize = source.MaxInputBufferSize;
+        OutputPipeOptions = source.OutputPipeOptions;
+        Deadlines = source.Deadlines;
+        DrainTimeoutTicks = source.DrainTimeoutTicks;
+        DrainIdleTimeoutTicks = source.DrainIdleTimeoutTicks;
+        CloseWaitTimeoutTicks = source.CloseWaitTimeoutTicks;
+        Completed = completed;
+        DrainStarted = drainStarted;
+    }
+
+    public TimeProvider TimeProvider { get; }
+
+    public TimeSpan DrainTimeout { get; }
+
+    public TimeSpan DrainIdleTimeout { get; }
+
+    public long MaxDrainBytes { get; }
+
+    public TimeSpan CloseWaitTimeout { get; }
+
+    public ILogger Logger { get; }
+
+    public int MaxInputBufferSize { get; }
+
+    public PipeOptions OutputPipeOptions { get; }
+
+    /// <summary>The one timer queue for every connection on this settings' <see cref="TimeProvider"/>: drain bounds and the CLOSE_WAIT guard.</summary>
+    public DeadlineQueue Deadlines { get; }
+
+    /// <summary>The bounds in <see cref="TimeProvider"/> timestamp units.</summary>
+    public long DrainTimeoutTicks { get; }
+
+    public long DrainIdleTimeoutTicks { get; }
+
+    public long CloseWaitTimeoutTicks { get; }
+
+    /// <summary>A listener's callback: told once, when a connection is finished.</summary>
+    public Action<ManagedConnection>? Completed { get; }
+
+    /// <summary>A listener's callback: told when a connection starts draining (for the draining budget).</summary>
+    public Action<ManagedConnection>? DrainStarted { get; }
+
+    /// <summary>The same settings with a listener's callbacks; made once per listener.</summary>
+    public ConnectionSettings WithCallbacks(Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted) =>
+        new(this, completed, drainStarted);
+
+    /// <summary>A duration in this settings' timestamp units (options cap every bound, so this cannot overflow).</summary>
+    public long ToTicks(TimeSpan duration) => (long)((Int128)duration.Ticks * TimeProvider.TimestampFrequency / TimeSpan.TicksPerSecond);
+}

@@ -1,0 +1,253 @@
+using System.Runtime.CompilerServices;
+
+namespace SafeSockets.Internal;
+
+/// <summary>One timer for all connections on a <see cref="TimeProvider"/>: each connection has at most one deadline at a
+/// time (its drain bound while closing, its CLOSE_WAIT guard after the peer's FIN), kept in a binary min-heap indexed
+/// by the owner itself, and the single timer is armed for the earliest.</summary>
+/// <remarks>A timer per connection costs two objects per close and a timer-queue insert and remove; here a deadline costs
+/// a heap insert under a lock, no allocation. Removal is eager (a finished connection is never kept alive by the heap).
+/// The timer may fire early (a removed earliest entry is not disarmed); it then simply re-arms for the current earliest.</remarks>
+internal sealed class DeadlineQueue
+{
+    private static readonly ConditionalWeakTable<TimeProvider, DeadlineQueue> s_queues = [];
+    private static readonly DeadlineQueue s_system = new(TimeProvider.System);
+
+    private readonly TimeProvider _timeProvider;
+    private readonly Lock _lock = new();
+    private ITimer? _timer;
+    private IDeadlineOwner[] _heap = new IDeadlineOwner[16];
+    private int _count;
+
+    // The due time the timer is armed for; long.MaxValue when disarmed.
+    private long _armedFor = long.MaxValue;
+
+    private DeadlineQueue(TimeProvider timeProvider) => _timeProvider = timeProvider;
+
+    /// <summary>The queue shared by every owner on <paramref name="timeProvider"/>.</summary>
+    public static DeadlineQueue For(TimeProvider timeProvider) =>
+        ReferenceEquals(timeProvider, TimeProvider.System) ? s_system : s_queues.GetValue(timeProvider, static t => new DeadlineQueue(t));
+
+    /// <summary>How many deadlines are queued; for tests.</summary>
+    public int Count
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _count;
+            }
+        }
+    }
+
+    /// <summary>Sets (or moves) <paramref name="owner"/>'s deadline to <paramref name="due"/> (a timestamp of the time provider).</summary>
+    public void Schedule(IDeadlineOwner owner, long due)
+    {
+        lock (_lock)
+        {
+            int index = owner.DeadlineIndex;
+            if (index < 0)
+            {
+                if (_count == _heap.Length)
+                {
+                    Array.Resize(ref _heap, _count * 2);
+                }
+
+                index = _count++;
+                _heap[index] = owner;
+            }
+
+            long previous = owner.DeadlineDue;
+            owner.DeadlineDue = due;
+            if (index == owner.DeadlineIndex && due > previous)
+            {
+                SiftDown(index);
+            }
+            else
+            {
+                owner.DeadlineIndex = index;
+                SiftUp(index);
+            }
+
+            if (due < _armedFor)
+            {
+                ArmLocked(due);
+            }
+        }
+    }
+
+    /// <summary>Removes <paramref name="owner"/>'s deadline, if it has one.</summary>
+    public void Cancel(IDeadlineOwner owner)
+    {
+        if (owner.DeadlineIndex < 0)
+        {
+            return;
+        }
+
+        lock (_lock)
+        {
+            RemoveLocked(owner);
+        }
+    }
+
+    private void OnTimer()
+    {
+        while (true)
+        {
+            IDeadlineOwner? due;
+            lock (_lock)
+            {
+                long now = _timeProvider.GetTimestamp();
+                if (_count > 0 && _heap[0].DeadlineDue <= now)
+                {
+                    due = _heap[0];
+                    RemoveLocked(due);
+                }
+                else
+                {
+                    _armedFor = long.MaxValue;
+                    if (_count > 0)
+                    {
+                        ArmLocked(_heap[0].DeadlineDue);
+                    }
+
+                    return;
+                }
+            }
+
+            // Outside the lock: the owner may schedule its next deadline (or close) from here.
+            due.OnDeadline();
+        }
+    }
+
+    private void ArmLocked(long due)
+    {
+        _armedFor = due;
+        TimeSpan wait = _timeProvider.GetElapsedTime(_timeProvider.GetTimestamp(), due);
+        if (wait < TimeSpan.Zero)
+        {
+            wait = TimeSpan.Zero;
+        }
+
+        if (_timer is null)
+        {
+            // Created on first use without the caller's execution context: the callback belongs to no caller.
+            bool restore = !ExecutionContext.IsFlowSuppressed();
+            if (restore)
+            {
+                ExecutionContext.SuppressFlow();
+            }
+
+            try
+            {
+                _timer = _timeProvider.CreateTimer(static s => ((DeadlineQueue)s!).OnTimer(), this, wait, Timeout.InfiniteTimeSpan);
+            }
+            finally
+            {
+                if (restore)
+                {
+                    ExecutionContext.RestoreFlow();
+                }
+            }
+        }
+        else
+        {
+            _timer.Change(wait, Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    private void RemoveLocked(IDeadlineOwner owner)
+    {
+        int index = owner.DeadlineIndex;
+        if (index < 0)
+        {
+            return;
+        }
+
+        owner.DeadlineIndex = -1;
+        int last = --_count;
+        IDeadlineOwner moved = _heap[last];
+        _heap[last] = null!;
+        if (index == last)
+        {
+            return;
+        }
+
+        _heap[index] = moved;
+        moved.DeadlineIndex = index;
+        if (index > 0 && moved.DeadlineDue < _heap[(index - 1) / 2].DeadlineDue)
+        {
+            SiftUp(index);
+        }
+        else
+        {
+            SiftDown(index);
+        }
+    }
+
+    private void SiftUp(int index)
+    {
+        IDeadlineOwner item = _heap[index];
+        while (index > 0)
+        {
+            int parent = (index - 1) / 2;
+            IDeadlineOwner above = _heap[parent];
+            if (above.DeadlineDue <= item.DeadlineDue)
+            {
+                break;
+            }
+
+            _heap[index] = above;
+            above.DeadlineIndex = index;
+            index = parent;
+        }
+
+        _heap[index] = item;
+        item.DeadlineIndex = index;
+    }
+
+    private void SiftDown(int index)
+    {
+        IDeadlineOwner item = _heap[index];
+        while (true)
+        {
+            int child = (2 * index) + 1;
+            if (child >= _count)
+            {
+                break;
+            }
+
+            if (child + 1 < _count && _heap[child + 1].DeadlineDue < _heap[child].DeadlineDue)
+            {
+                child++;
+            }
+
+            if (item.DeadlineDue <= _heap[child].DeadlineDue)
+            {
+                break;
+            }
+
+            _heap[index] = _heap[child];
+            _heap[index].DeadlineIndex = index;
+            index = child;
+        }
+
+        _heap[index] = item;
+        item.DeadlineIndex = index;
+    }
+}
+
+/// <summary>What a <see cref="DeadlineQueue"/> keeps: the owner stores its own place in the heap, so removal needs no search
+/// and no allocation. Both properties are read and written only under the queue's lock (the index also racily outside it,
+/// as a hint).</summary>
+internal interface IDeadlineOwner
+{
+    /// <summary>The owner's index in the heap; -1 when it has no deadline.</summary>
+    int DeadlineIndex { get; set; }
+
+    /// <summary>The due time, a timestamp of the queue's time provider.</summary>
+    long DeadlineDue { get; set; }
+
+    /// <summary>The deadline came due; called on a timer thread, outside the queue's lock, once per due entry.</summary>
+    void OnDeadline();
+}

@@ -1,0 +1,106 @@
+using Microsoft.Extensions.Time.Testing;
+using SafeSockets.Internal;
+
+namespace SafeSockets.Tests;
+
+/// <summary>The shared timer queue behind drain bounds and the CLOSE_WAIT guard: order, removal, moves, re-arming from a callback.</summary>
+public sealed class DeadlineQueueTests
+{
+    [Fact]
+    public void DeadlinesFireInOrder_OnlyOnce_AndNeverAfterCancel()
+    {
+        var clock = new FakeTimeProvider();
+        DeadlineQueue queue = DeadlineQueue.For(clock);
+        var random = new Random(1234);
+        var fired = new List<(Owner Owner, long At)>();
+        var owners = new List<Owner>();
+        for (int i = 0; i < 500; i++)
+        {
+            var owner = new Owner(clock, fired);
+            owners.Add(owner);
+            queue.Schedule(owner, Ticks(clock, random.Next(1, 10_000)));
+        }
+
+        // Move some later, some earlier, cancel some: the heap must stay ordered through every kind of change.
+        var cancelled = new HashSet<Owner>();
+        foreach (Owner owner in owners.Where((_, i) => i % 3 == 0))
+        {
+            queue.Schedule(owner, Ticks(clock, random.Next(1, 10_000)));
+        }
+
+        foreach (Owner owner in owners.Where((_, i) => i % 5 == 1))
+        {
+            queue.Cancel(owner);
+            cancelled.Add(owner);
+        }
+
+        Assert.Equal(owners.Count - cancelled.Count, queue.Count);
+        for (int ms = 0; ms < 10_000; ms += 7)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(7));
+        }
+
+        Assert.Equal(0, queue.Count);
+        Assert.Equal(owners.Count - cancelled.Count, fired.Count);
+        Assert.DoesNotContain(fired, f => cancelled.Contains(f.Owner));
+        Assert.Equal(fired.Count, fired.Select(f => f.Owner).Distinct().Count());
+        Assert.All(fired, f => Assert.True(f.At >= f.Owner.LastDue, "fired before its due time"));
+        Assert.Equal(fired.Select(f => f.Owner.LastDue).Order(), fired.Select(f => f.Owner.LastDue));
+        Assert.All(owners, o => Assert.Equal(-1, ((IDeadlineOwner)o).DeadlineIndex));
+    }
+
+    [Fact]
+    public void AnOwnerMayScheduleItsNextDeadlineFromTheCallback()
+    {
+        var clock = new FakeTimeProvider();
+        DeadlineQueue queue = DeadlineQueue.For(clock);
+        var fired = new List<(Owner Owner, long At)>();
+        var periodic = new Owner(clock, fired) { Reschedule = TimeSpan.FromMilliseconds(250), Remaining = 3 };
+        queue.Schedule(periodic, Ticks(clock, 250));
+
+        clock.Advance(TimeSpan.FromMilliseconds(249));
+        Assert.Empty(fired);
+        clock.Advance(TimeSpan.FromMilliseconds(1));
+        Assert.Single(fired);
+        clock.Advance(TimeSpan.FromMilliseconds(250));
+        clock.Advance(TimeSpan.FromMilliseconds(250));
+        clock.Advance(TimeSpan.FromMilliseconds(250));
+        Assert.Equal(4, fired.Count);
+        Assert.Equal(0, queue.Count);
+
+        // A deadline already in the past fires on the next timer callback, not never.
+        var late = new Owner(clock, fired);
+        queue.Schedule(late, clock.GetTimestamp() - 1);
+        clock.Advance(TimeSpan.Zero);
+        Assert.Equal(5, fired.Count);
+    }
+
+    private static long Ticks(FakeTimeProvider clock, int milliseconds) =>
+        clock.GetTimestamp() + (milliseconds * clock.TimestampFrequency / 1000);
+
+    private sealed class Owner(FakeTimeProvider clock, List<(Owner Owner, long At)> fired) : IDeadlineOwner
+    {
+        public int DeadlineIndex { get; set; } = -1;
+
+        public long DeadlineDue
+        {
+            get => LastDue;
+            set => LastDue = value;
+        }
+
+        public long LastDue { get; private set; }
+
+        public TimeSpan Reschedule { get; init; }
+
+        public int Remaining { get; set; }
+
+        public void OnDeadline()
+        {
+            fired.Add((this, clock.GetTimestamp()));
+            if (Remaining-- > 0)
+            {
+                DeadlineQueue.For(clock).Schedule(this, clock.GetTimestamp() + (long)(Reschedule.TotalSeconds * clock.TimestampFrequency));
+            }
+        }
+    }
+}
