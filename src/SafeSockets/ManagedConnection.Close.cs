@@ -359,7 +359,7 @@ public sealed partial class ManagedConnection
         _guardReason = reset ? CloseReason.PeerReset : CloseReason.CloseWaitTimeout;
         if (reset || _settings.CloseWaitTimeoutTicks == 0)
         {
-            ThreadPool.UnsafeQueueUserWorkItem(static s => s.CloseFromGuard(), this, preferLocal: false);
+            QueueCloseFromGuard();
             return;
         }
 
@@ -446,13 +446,17 @@ public sealed partial class ManagedConnection
 
         if (now - Volatile.Read(ref _peerFinTimestamp) >= _settings.CloseWaitTimeoutTicks)
         {
-            CloseFromGuard();
+            QueueCloseFromGuard();
         }
         else
         {
             ScheduleGuard(now);
         }
     }
+
+    /// <summary>The guard's close runs on the pool, never on the thread that noticed (the receive loop, or the deadline
+    /// queue's one timer thread, which stays free for other connections' deadlines however many come due at once).</summary>
+    private void QueueCloseFromGuard() => ThreadPool.UnsafeQueueUserWorkItem(static s => s.CloseFromGuard(), this, preferLocal: false);
 
     private void CloseFromGuard()
     {
