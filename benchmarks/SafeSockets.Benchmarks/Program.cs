@@ -18,6 +18,8 @@ internal static class Program
                 return Teardown.ReliabilityCommands.IdleAsync(args[1..]).GetAwaiter().GetResult();
             case "fin-latency":
                 return Teardown.FinLatencyCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
+            case "alloc":
+                return Teardown.AllocCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
             case "idle-peers":
                 return Teardown.ReliabilityCommands.IdlePeersAsync(args[1..]).GetAwaiter().GetResult();
         }

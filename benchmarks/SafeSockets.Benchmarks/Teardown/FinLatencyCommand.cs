@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 
@@ -11,9 +10,9 @@ internal static class FinLatencyCommand
 {
     public static async Task<int> RunAsync(string[] args)
     {
-        int reacting = Arg(args, "--connections", 2000);
-        int idle = Arg(args, "--idle-connections", 200);
-        TimeSpan closeWait = TimeSpan.FromMilliseconds(Arg(args, "--close-wait-ms", 100));
+        int reacting = ReliabilityCommands.IntArg(args, "--connections", 2000);
+        int idle = ReliabilityCommands.IntArg(args, "--idle-connections", 200);
+        TimeSpan closeWait = TimeSpan.FromMilliseconds(ReliabilityCommands.IntArg(args, "--close-wait-ms", 100));
         Console.WriteLine($"fin-latency: {reacting} connections whose application closes on PeerClosed (4 at a time), then {idle} whose application never reacts (CloseWaitTimeout {closeWait.TotalMilliseconds:0} ms, 8 at a time).");
 
         double[] reactive = await MeasureAsync(reacting, 4, new ManagedConnectionOptions(), react: true);
@@ -85,10 +84,4 @@ internal static class FinLatencyCommand
     }
 
     private static double P(double[] sorted, double p) => sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
-
-    private static int Arg(string[] args, string name, int fallback)
-    {
-        int i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length && int.TryParse(args[i + 1], NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) && v > 0 ? v : fallback;
-    }
 }

@@ -176,7 +176,8 @@ internal static class ReliabilityCommands
         return Process.Start(info)!;
     }
 
-    private static int IntArg(string[] args, string name, int fallback)
+    /// <summary>A positive whole-number option (<c>--name N</c>); a bad value is an error, not silently the default.</summary>
+    internal static int IntArg(string[] args, string name, int fallback)
     {
         int i = Array.IndexOf(args, name);
         if (i < 0)
