@@ -149,7 +149,7 @@ public sealed partial class ManagedConnection
 
         if ((previous & FlagReadActive) == 0)
         {
-            // The reader is ours now. It is completed after the loop has completed the writer (ReturnInputPipe): in that
+            // The reader is ours now. It is completed after the loop has completed the writer (ReleaseInput): in that
             // order the pipe keeps its buffer segment for the next connection; reader first, it would drop it.
             TrySetFlag(FlagInputReturnable);
         }
