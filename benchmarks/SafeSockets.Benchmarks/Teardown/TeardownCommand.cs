@@ -15,7 +15,7 @@ internal static class TeardownCommand
         teardown [options]
           --strategies a,b,c   strategies to run (default: all); --list shows them
           --cycles N           cycles per strategy per round (default 3000)
-          --rounds R           rounds; strategies are interleaved A B C A B C ... (default 3)
+          --rounds R           rounds; strategies are interleaved A B C A B C ... (default 5)
           --concurrency K      cycles in flight at once (default 8)
           --ports P            listener ports per strategy (default 4; see the TIME_WAIT note)
           --duration S         stop starting new rounds after S seconds (default 100)
@@ -267,7 +267,7 @@ internal static class TeardownCommand
 
         public int Cycles { get; internal set; } = 3000;
 
-        public int Rounds { get; internal set; } = 3;
+        public int Rounds { get; internal set; } = 5;
 
         public int Concurrency { get; internal set; } = 8;
 
