@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using Microsoft.Extensions.Time.Testing;
 using SafeSockets.Diagnostics;
 using SafeSockets.Tests.Infrastructure;
 
@@ -76,6 +77,34 @@ public sealed class PeerFinDetectionTests
             Assert.Equal(CloseOutcome.AlreadyClosed, (await connection.CloseAsync().WithTimeout()).Outcome);
             var ex = await Assert.ThrowsAsync<ObjectDisposedException>(() => connection.SendAsync(new byte[1]).AsTask());
             Assert.Contains("CloseWaitTimeout", ex.Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task OptionsChangedAfterAConnectionWasCreated_ApplyToLaterConnectionsOnly()
+    {
+        // Connections share one snapshot of their options object; a setter makes a new one for later connections.
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions { TimeProvider = clock, CloseWaitTimeout = TimeSpan.FromSeconds(10) };
+        (Socket firstPeer, ManagedConnection first) = await Loopback.CreateManagedServerAsync(options);
+        options.CloseWaitTimeout = TimeSpan.FromSeconds(1);
+        (Socket secondPeer, ManagedConnection second) = await Loopback.CreateManagedServerAsync(options);
+        using (firstPeer)
+        using (secondPeer)
+        {
+            firstPeer.Shutdown(SocketShutdown.Send);
+            secondPeer.Shutdown(SocketShutdown.Send);
+            await first.PeerClosed.WhenCanceled().WithTimeout();
+            await second.PeerClosed.WhenCanceled().WithTimeout();
+
+            clock.Advance(TimeSpan.FromSeconds(1));
+            Assert.Equal(CloseOutcome.CloseWaitTimedOut, (await second.Completion.WithTimeout()).Outcome);
+            Assert.Equal(ConnectionState.PeerShutdown, first.State);
+
+            clock.Advance(TimeSpan.FromSeconds(9));
+            Assert.Equal(CloseOutcome.CloseWaitTimedOut, (await first.Completion.WithTimeout()).Outcome);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(firstPeer).WithTimeout()).End);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(secondPeer).WithTimeout()).End);
         }
     }
 
