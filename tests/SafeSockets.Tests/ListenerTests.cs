@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Microsoft.Extensions.Time.Testing;
 using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
@@ -30,6 +31,23 @@ public sealed class ListenerTests
         Assert.Equal(10, (await Peer.ReadAllAsync(connection).WithTimeout()).Length);
         Assert.Equal(CloseOutcome.Graceful, (await connection.CloseAsync().WithTimeout()).Outcome);
         Assert.Equal(0, listener.ActiveConnections);
+    }
+
+    [Fact]
+    public async Task ConnectionOptionsChangedAfterStart_DoNotReachTheListenersConnections()
+    {
+        var clock = new FakeTimeProvider();
+        var connectionOptions = new ManagedConnectionOptions { TimeProvider = clock, CloseWaitTimeout = TimeSpan.FromSeconds(1) };
+        await using ManagedListener listener = StartLoopback(new ManagedListenerOptions { Connection = connectionOptions });
+        connectionOptions.CloseWaitTimeout = TimeSpan.FromSeconds(30);
+
+        using Socket client = await ConnectAsync(listener);
+        ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
+        client.Shutdown(SocketShutdown.Send);
+        await connection.PeerClosed.WhenCanceled().WithTimeout();
+        clock.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(CloseOutcome.CloseWaitTimedOut, (await connection.Completion.WithTimeout()).Outcome);
+        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
     }
 
     [Fact]
