@@ -180,16 +180,25 @@ public sealed partial class ManagedConnection
             // Reads need no token where shutdown(SHUT_RD) stops them, so a pooled operation object can do them.
             receiveArgs = s_stopDrainWithShutdown && PoolingEnabled ? SocketIoArgs.Rent() : null;
 
-            // Adaptive read size: an idle connection holds only a small buffer under its pending read, a busy one
-            // grows it (doubling when a read fills it) so bulk transfers take few syscalls.
+            // Adaptive read size: reads start small, and a busy connection grows the buffer (doubling when a read fills it)
+            // so bulk transfers take few syscalls.
             int readSize = MinimumReadSize;
+
+            // Whether the socket is probably drained: then the loop first waits for data with a zero-byte read, which holds
+            // no buffer, so an idle connection costs no receive memory (Kestrel does the same). After a read that filled
+            // its buffer more is likely waiting, so it reads at once; while draining it reuses one buffer anyway.
+            bool waitForData = true;
             while (true)
             {
+                if (waitForData)
+                {
+                    await ReceiveOnceAsync(_socket, receiveArgs, Memory<byte>.Empty, token).ConfigureAwait(false);
+                }
+
                 // While draining, the same memory is reused and never advanced: the bytes are discarded.
                 Memory<byte> memory = writer.GetMemory(readSize);
-                int received = receiveArgs is null
-                    ? await _socket.ReceiveAsync(memory, SocketFlags.None, token).ConfigureAwait(false)
-                    : await receiveArgs.ReceiveAsync(_socket, memory).ConfigureAwait(false);
+                int received = await ReceiveOnceAsync(_socket, receiveArgs, memory, token).ConfigureAwait(false);
+                waitForData = received < memory.Length && !HasFlag(FlagDraining);
                 if (received == 0)
                 {
                     if ((ReadState() & StateBits.PeerReset) != 0)
@@ -308,6 +317,10 @@ public sealed partial class ManagedConnection
             }
         }
     }
+
+    /// <summary>One read: through the pooled operation when the loop has one, else through the socket's own (with the token).</summary>
+    private static ValueTask<int> ReceiveOnceAsync(Socket socket, SocketIoArgs? args, Memory<byte> buffer, CancellationToken token) =>
+        args is null ? socket.ReceiveAsync(buffer, SocketFlags.None, token) : args.ReceiveAsync(socket, buffer);
 
     // While the loop is paused by backpressure, how often the kernel is asked whether the peer's FIN has arrived.
     private static readonly TimeSpan s_finProbePeriod = TimeSpan.FromMilliseconds(250);
