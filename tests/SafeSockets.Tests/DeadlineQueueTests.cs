@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Time.Testing;
 using SafeSockets.Internal;
+using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
 
@@ -73,6 +74,48 @@ public sealed class DeadlineQueueTests
         queue.Schedule(late, clock.GetTimestamp() - 1);
         clock.Advance(TimeSpan.Zero);
         Assert.Equal(5, fired.Count);
+    }
+
+    [Fact]
+    public async Task OnTheSystemClock_DeadlinesFireInOrder_NeverEarly_AndCancelledOnesNever()
+    {
+        // The system clock's queue (shared with every connection in the process): .NET timers may fire a few milliseconds
+        // early, and a deadline must still never run before its time.
+        TimeProvider clock = TimeProvider.System;
+        DeadlineQueue queue = DeadlineQueue.For(clock);
+        var owners = new List<SystemOwner>();
+        long start = clock.GetTimestamp();
+        for (int i = 0; i < 40; i++)
+        {
+            var owner = new SystemOwner(clock);
+            owners.Add(owner);
+            queue.Schedule(owner, start + ((5 + (i * 7 % 40)) * clock.TimestampFrequency / 1000));
+        }
+
+        // A later, earlier-due deadline must re-arm the timer; cancelled ones must never fire.
+        var early = new SystemOwner(clock);
+        queue.Schedule(early, start + (clock.TimestampFrequency / 1000));
+        List<SystemOwner> cancelled = [.. owners.Where((_, i) => i % 4 == 0)];
+        cancelled.ForEach(queue.Cancel);
+
+        List<SystemOwner> expected = [.. owners.Except(cancelled), early];
+        await Task.WhenAll(expected.Select(o => o.Fired.Task)).WithTimeout();
+        Assert.All(expected, o => Assert.True(o.Fired.Task.Result >= o.Due, "fired before its due time"));
+        Assert.All(cancelled, o => Assert.False(o.Fired.Task.IsCompleted));
+        Assert.All(expected, o => Assert.Equal(-1, ((IDeadlineOwner)o).DeadlineIndex));
+    }
+
+    private sealed class SystemOwner(TimeProvider clock) : IDeadlineOwner
+    {
+        public TaskCompletionSource<long> Fired { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public int DeadlineIndex { get; set; } = -1;
+
+        public long DeadlineDue { get; set; }
+
+        public long Due => DeadlineDue;
+
+        public void OnDeadline() => Fired.TrySetResult(clock.GetTimestamp());
     }
 
     private static long Ticks(FakeTimeProvider clock, int milliseconds) =>
