@@ -33,8 +33,8 @@ internal static class ReliabilityCommands
         {
             int n = (int)Math.Min(chunk, cycles - done);
             TeardownCommand.RoundResult r = await TeardownCommand.RunRoundAsync(strategy, endPoints, (int)(done / chunk) + 1, settings with { Cycles = n });
-            resets += r.PeerResets;
-            errors += r.Errors;
+            resets += r.Effects.PeerResets;
+            errors += r.Effects.Errors;
             done += n;
             rates.Add(r.CyclesPerSecond);
         }

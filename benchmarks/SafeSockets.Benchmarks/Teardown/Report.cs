@@ -17,11 +17,11 @@ internal static class Report
         sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (Row r in rows)
         {
-            sb.AppendLine(s_inv, $"| {r.Strategy.Name} | {r.MedianRate:N0} ({r.MinRate:N0}-{r.MaxRate:N0}) | {r.Ratio:F2} | {r.P50:N0} | {r.P99:N0} | {r.Cpu:N0} | {r.Allocated:N0} | {r.PeerResets} | {r.OutRsts} | {r.EstabResets} | {r.TimeWait} | {r.CloseWait} | {r.BytesLost:N0} | {r.Errors} |");
+            sb.AppendLine(s_inv, $"| {r.Strategy.Name} | {r.MedianRate:N0} ({r.MinRate:N0}-{r.MaxRate:N0}) | {r.Ratio:F2} | {r.P50:N0} | {r.P99:N0} | {r.Cpu:N0} | {r.Allocated:N0} | {r.Effects.PeerResets} | {r.Effects.OutRsts} | {r.Effects.EstabResets} | {r.Effects.TimeWait} | {r.Effects.CloseWait} | {r.Effects.BytesLost:N0} | {r.Effects.Errors} |");
         }
 
         sb.AppendLine();
-        sb.AppendLine(s_inv, $"TCPTimeWaitOverflow during the run: {rows.Sum(r => r.TimeWaitOverflow)}. Kernel counters (OutRsts, EstabResets) are system-wide deltas over each strategy's rounds; TIME_WAIT and CLOSE_WAIT are counted on the strategy's own ports after its last round. Ratio: median cycles/s over raw-graceful's.");
+        sb.AppendLine(s_inv, $"TCPTimeWaitOverflow during the run: {rows.Sum(r => r.Effects.TimeWaitOverflow)}. Kernel counters (OutRsts, EstabResets) are system-wide deltas over each strategy's rounds; TIME_WAIT and CLOSE_WAIT are counted on the strategy's own ports after its last round. Ratio: median cycles/s over raw-graceful's.");
         sb.AppendLine();
         foreach (Row r in rows)
         {
@@ -40,8 +40,8 @@ internal static class Report
             sb.AppendLine(string.Join(',',
                 r.Strategy.Name,
                 F(r.MedianRate), F(r.MinRate), F(r.MaxRate), F(r.Ratio), F(r.P50), F(r.P99), F(r.Cpu), F(r.Allocated),
-                r.PeerResets.ToString(s_inv), r.OutRsts.ToString(s_inv), r.EstabResets.ToString(s_inv), r.TimeWaitOverflow.ToString(s_inv),
-                r.TimeWait.ToString(s_inv), r.CloseWait.ToString(s_inv), r.BytesLost.ToString(s_inv), r.Errors.ToString(s_inv)));
+                r.Effects.PeerResets.ToString(s_inv), r.Effects.OutRsts.ToString(s_inv), r.Effects.EstabResets.ToString(s_inv), r.Effects.TimeWaitOverflow.ToString(s_inv),
+                r.Effects.TimeWait.ToString(s_inv), r.Effects.CloseWait.ToString(s_inv), r.Effects.BytesLost.ToString(s_inv), r.Effects.Errors.ToString(s_inv)));
         }
 
         return sb.ToString();
@@ -63,7 +63,7 @@ internal static class Report
             Row r = rows[i];
             int y = top + i * (barHeight + gap);
             int w = (int)(r.MedianRate / max * width);
-            string color = r.PeerResets > 0 ? "#d9534f" : r.Strategy.Ours ? "#2e7d32" : "#5b7db1";
+            string color = r.Effects.PeerResets > 0 ? "#d9534f" : r.Strategy.Ours ? "#2e7d32" : "#5b7db1";
             sb.AppendLine(s_inv, $"<text x=\"{left - 8}\" y=\"{y + 15}\" text-anchor=\"end\">{r.Strategy.Name}</text>");
             sb.AppendLine(s_inv, $"<rect x=\"{left}\" y=\"{y}\" width=\"{Math.Max(w, 1)}\" height=\"{barHeight}\" fill=\"{color}\"/>");
             sb.AppendLine(s_inv, $"<text x=\"{left + Math.Max(w, 1) + 6}\" y=\"{y + 15}\">{r.MedianRate:N0}</text>");

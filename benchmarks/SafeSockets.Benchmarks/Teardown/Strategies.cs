@@ -36,8 +36,7 @@ internal sealed class RawGraceful : Strategy
     protected override async Task RunServerAsync(Socket accepted)
     {
         byte[] buffer = new byte[256];
-        await ReceiveExactlyAsync(accepted, RequestBytes, buffer);
-        await accepted.SendAsync(Response, SocketFlags.None);
+        await AnswerAsync(accepted, Response, buffer);
         await ReadToEndAsync(accepted, buffer);
         accepted.Shutdown(SocketShutdown.Send);
     }
@@ -52,18 +51,15 @@ internal sealed class RawDisposeClientFirst : Strategy
 
     public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
-        using Socket client = NewClient();
+        using Socket client = await ConnectAndSendAsync(server, Request, cancellationToken);
         byte[] buffer = new byte[256];
-        await client.ConnectAsync(server, cancellationToken);
-        await client.SendAsync(Request, SocketFlags.None);
         await ReceiveExactlyAsync(client, ResponseBytes, buffer);
     }
 
     protected override async Task RunServerAsync(Socket accepted)
     {
         byte[] buffer = new byte[256];
-        await ReceiveExactlyAsync(accepted, RequestBytes, buffer);
-        await accepted.SendAsync(Response, SocketFlags.None);
+        await AnswerAsync(accepted, Response, buffer);
         await ReadToEndAsync(accepted, buffer);
     }
 }
@@ -77,18 +73,15 @@ internal sealed class RawDisposeServerFirst : Strategy
 
     public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
-        using Socket client = NewClient();
+        using Socket client = await ConnectAndSendAsync(server, Request, cancellationToken);
         byte[] buffer = new byte[256];
-        await client.ConnectAsync(server, cancellationToken);
-        await client.SendAsync(Request, SocketFlags.None);
         await ReadToEndAsync(client, buffer);
     }
 
     protected override async Task RunServerAsync(Socket accepted)
     {
         byte[] buffer = new byte[256];
-        await ReceiveExactlyAsync(accepted, RequestBytes, buffer);
-        await accepted.SendAsync(Response, SocketFlags.None);
+        await AnswerAsync(accepted, Response, buffer);
     }
 }
 
@@ -106,8 +99,7 @@ internal sealed class RawUnread : Strategy
     protected override async Task RunServerAsync(Socket accepted)
     {
         byte[] buffer = new byte[256];
-        await ReceiveExactlyAsync(accepted, RequestBytes, buffer);
-        await accepted.SendAsync(LargeResponse, SocketFlags.None);
+        await AnswerAsync(accepted, LargeResponse, buffer);
     }
 }
 
@@ -122,10 +114,8 @@ internal sealed class RawAbort : Strategy
 
     public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
-        using Socket client = NewClient();
+        using Socket client = await ConnectAndSendAsync(server, Request, cancellationToken);
         byte[] buffer = new byte[256];
-        await client.ConnectAsync(server, cancellationToken);
-        await client.SendAsync(Request, SocketFlags.None);
         await ReceiveExactlyAsync(client, ResponseBytes, buffer);
         client.LingerState = new LingerOption(true, 0);
     }
@@ -133,8 +123,7 @@ internal sealed class RawAbort : Strategy
     protected override async Task RunServerAsync(Socket accepted)
     {
         byte[] buffer = new byte[256];
-        await ReceiveExactlyAsync(accepted, RequestBytes, buffer);
-        await accepted.SendAsync(Response, SocketFlags.None);
+        await AnswerAsync(accepted, Response, buffer);
         await ReadToEndAsync(accepted, buffer);
     }
 }

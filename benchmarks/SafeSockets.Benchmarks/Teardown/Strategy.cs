@@ -135,10 +135,8 @@ internal abstract class Strategy
     /// <summary>The hand-written graceful client: request, answer, Shutdown(Send), read to EOF, Dispose.</summary>
     protected async Task RawGracefulClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
-        using Socket client = NewClient();
+        using Socket client = await ConnectAndSendAsync(server, Request, cancellationToken);
         byte[] buffer = new byte[256];
-        await client.ConnectAsync(server, cancellationToken);
-        await client.SendAsync(Request, SocketFlags.None);
         await ReceiveExactlyAsync(client, ResponseBytes, buffer);
         client.Shutdown(SocketShutdown.Send);
         await ReadToEndAsync(client, buffer);
@@ -148,15 +146,37 @@ internal abstract class Strategy
     /// and counts what never arrived.</summary>
     protected async Task UnreadClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
-        using Socket client = NewClient();
+        using Socket client = await ConnectAndSendAsync(server, RequestWithUnread, cancellationToken);
         byte[] buffer = new byte[64 * 1024];
-        await client.ConnectAsync(server, cancellationToken);
-        await client.SendAsync(RequestWithUnread, SocketFlags.None);
         long received = await ReadToEndAsync(client, buffer);
         Observed.Lost(LargeResponseBytes - received);
     }
 
-    protected static Socket NewClient() => new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+    private static Socket NewClient() => new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+
+    /// <summary>Every raw client's start: connect, send the request. The caller owns (and disposes) the socket.</summary>
+    protected static async Task<Socket> ConnectAndSendAsync(EndPoint server, byte[] request, CancellationToken cancellationToken)
+    {
+        Socket client = NewClient();
+        try
+        {
+            await client.ConnectAsync(server, cancellationToken);
+            await client.SendAsync(request, SocketFlags.None);
+            return client;
+        }
+        catch
+        {
+            client.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Every raw server's start: read the request (only its first <see cref="RequestBytes"/>), send the answer.</summary>
+    protected static async Task AnswerAsync(Socket accepted, byte[] response, byte[] buffer)
+    {
+        await ReceiveExactlyAsync(accepted, RequestBytes, buffer);
+        await accepted.SendAsync(response, SocketFlags.None);
+    }
 
     protected static async Task ReceiveExactlyAsync(Socket socket, int count, byte[] buffer)
     {

@@ -96,10 +96,10 @@ internal static class TeardownCommand
         Console.WriteLine($"Wrote teardown.md, teardown.csv and teardown.svg to {Path.GetFullPath(settings.OutputDirectory)}");
 
         // A graceful strategy of ours that reset or leaked CLOSE_WAIT is a failure of the library, not a figure.
-        List<Row> broken = [.. rows.Where(r => r.Strategy.Ours && r.Strategy.Graceful && (r.PeerResets > 0 || r.CloseWait > 0 || r.BytesLost > 0))];
+        List<Row> broken = [.. rows.Where(r => r.Strategy.Ours && r.Strategy.Graceful && (r.Effects.PeerResets > 0 || r.Effects.CloseWait > 0 || r.Effects.BytesLost > 0))];
         foreach (Row row in broken)
         {
-            Console.Error.WriteLine($"FAILED: {row.Strategy.Name} saw {row.PeerResets} resets, {row.CloseWait} CLOSE_WAIT, {row.BytesLost} bytes lost.");
+            Console.Error.WriteLine($"FAILED: {row.Strategy.Name} saw {row.Effects.PeerResets} resets, {row.Effects.CloseWait} CLOSE_WAIT, {row.Effects.BytesLost} bytes lost.");
         }
 
         return broken.Count == 0 ? 0 : 1;
@@ -181,28 +181,25 @@ internal static class TeardownCommand
             Percentile(latencies, 0.99),
             cpu.TotalMicroseconds / settings.Cycles,
             (double)allocated / settings.Cycles,
-            strategy.Observed.Resets,
-            kernel.OutRsts,
-            kernel.EstabResets,
-            kernel.TimeWaitOverflow,
-            TcpSocketTable.Count(TcpState.TimeWait, ports),
-            TcpSocketTable.Count(TcpState.CloseWait, ports),
-            strategy.Observed.BytesLost,
-            errors);
+            new SideEffects(
+                strategy.Observed.Resets,
+                kernel.OutRsts,
+                kernel.EstabResets,
+                kernel.TimeWaitOverflow,
+                TcpSocketTable.Count(TcpState.TimeWait, ports),
+                TcpSocketTable.Count(TcpState.CloseWait, ports),
+                strategy.Observed.BytesLost,
+                errors));
         string label = round == 0 ? "warm-up" : $"round {round}/{settings.Rounds}";
-        Console.Write($"\r{strategy.Name,-26} {label}  {result.CyclesPerSecond,9:N0} cycles/s  p99 {result.P99Micros,8:N0} us  RST {result.PeerResets}/{result.OutRsts}  TIME_WAIT {result.TimeWait}  CLOSE_WAIT {result.CloseWait}".PadRight(118));
+        Console.Write($"\r{strategy.Name,-26} {label}  {result.CyclesPerSecond,9:N0} cycles/s  p99 {result.P99Micros,8:N0} us  RST {result.Effects.PeerResets}/{result.Effects.OutRsts}  TIME_WAIT {result.Effects.TimeWait}  CLOSE_WAIT {result.Effects.CloseWait}".PadRight(118));
         Console.WriteLine();
         return result;
     }
 
     private static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
 
-    internal readonly record struct RoundResult(
-        double CyclesPerSecond,
-        double P50Micros,
-        double P99Micros,
-        double CpuMicrosPerCycle,
-        double AllocatedPerCycle,
+    /// <summary>What a run left behind, besides time: resets, TIME_WAIT and CLOSE_WAIT, bytes lost, errors.</summary>
+    internal readonly record struct SideEffects(
         long PeerResets,
         long OutRsts,
         long EstabResets,
@@ -210,7 +207,27 @@ internal static class TeardownCommand
         int TimeWait,
         int CloseWait,
         long BytesLost,
-        int Errors);
+        int Errors)
+    {
+        /// <summary>Over several rounds: counts add up; TIME_WAIT is what the last round left, CLOSE_WAIT the worst.</summary>
+        public static SideEffects Over(IReadOnlyList<RoundResult> rounds) => new(
+            rounds.Sum(r => r.Effects.PeerResets),
+            rounds.Sum(r => r.Effects.OutRsts),
+            rounds.Sum(r => r.Effects.EstabResets),
+            rounds.Sum(r => r.Effects.TimeWaitOverflow),
+            rounds[^1].Effects.TimeWait,
+            rounds.Max(r => r.Effects.CloseWait),
+            rounds.Sum(r => r.Effects.BytesLost),
+            rounds.Sum(r => r.Effects.Errors));
+    }
+
+    internal readonly record struct RoundResult(
+        double CyclesPerSecond,
+        double P50Micros,
+        double P99Micros,
+        double CpuMicrosPerCycle,
+        double AllocatedPerCycle,
+        SideEffects Effects);
 
     internal sealed record Row(
         Strategy Strategy,
@@ -221,14 +238,7 @@ internal static class TeardownCommand
         double P99,
         double Cpu,
         double Allocated,
-        long PeerResets,
-        long OutRsts,
-        long EstabResets,
-        long TimeWaitOverflow,
-        int TimeWait,
-        int CloseWait,
-        long BytesLost,
-        int Errors,
+        SideEffects Effects,
         double Ratio)
     {
         public static Row From(Strategy strategy, List<RoundResult> rounds, RoundResult? baseline)
@@ -249,14 +259,7 @@ internal static class TeardownCommand
                 Median(rounds.Select(r => r.P99Micros)),
                 Median(rounds.Select(r => r.CpuMicrosPerCycle)),
                 Median(rounds.Select(r => r.AllocatedPerCycle)),
-                rounds.Sum(r => r.PeerResets),
-                rounds.Sum(r => r.OutRsts),
-                rounds.Sum(r => r.EstabResets),
-                rounds.Sum(r => r.TimeWaitOverflow),
-                rounds[^1].TimeWait,
-                rounds.Max(r => r.CloseWait),
-                rounds.Sum(r => r.BytesLost),
-                rounds.Sum(r => r.Errors),
+                SideEffects.Over(rounds),
                 baseline is { CyclesPerSecond: > 0 } b ? median / Median([b.CyclesPerSecond]) : double.NaN);
         }
     }
