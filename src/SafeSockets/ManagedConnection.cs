@@ -220,17 +220,15 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     }
 
     // The receive loop writes inline (it is already on a pool thread); the application's reads resume on the pool.
-    private static PipeOptions CreateInputPipeOptions(int pause) => new(
-        readerScheduler: PipeScheduler.ThreadPool,
-        writerScheduler: PipeScheduler.Inline,
-        pauseWriterThreshold: pause,
-        resumeWriterThreshold: Math.Max(1, pause / 2),
-        useSynchronizationContext: false);
+    private static PipeOptions CreateInputPipeOptions(int pause) => CreatePipeOptions(pause, reader: PipeScheduler.ThreadPool, writer: PipeScheduler.Inline);
 
     // The send loop reads inline; the application's flushes resume on the pool.
-    internal static PipeOptions CreateOutputPipeOptions(int pause) => new(
-        readerScheduler: PipeScheduler.Inline,
-        writerScheduler: PipeScheduler.ThreadPool,
+    internal static PipeOptions CreateOutputPipeOptions(int pause) => CreatePipeOptions(pause, reader: PipeScheduler.Inline, writer: PipeScheduler.ThreadPool);
+
+    // Backpressure: the writer pauses at `pause` buffered bytes and resumes below half of it.
+    private static PipeOptions CreatePipeOptions(int pause, PipeScheduler reader, PipeScheduler writer) => new(
+        readerScheduler: reader,
+        writerScheduler: writer,
         pauseWriterThreshold: pause,
         resumeWriterThreshold: Math.Max(1, pause / 2),
         useSynchronizationContext: false);
