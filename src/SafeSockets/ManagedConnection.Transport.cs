@@ -41,7 +41,7 @@ public sealed partial class ManagedConnection
                 {
                     var output = new Pipe(_settings.OutputPipeOptions);
                     Volatile.Write(ref extras.Output, output);
-                    extras.SendLoop = SendLoopAsync(output.Reader);
+                    _ = SendLoopAsync(output.Reader); // nothing awaits it: it reports socket errors through the output's reader
                     Volatile.Write(ref extras.Transport, new DuplexPipe(_input.Reader, output.Writer));
                 }
 

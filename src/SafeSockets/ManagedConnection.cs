@@ -280,6 +280,5 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         public CancellationTokenSource? ReceiveCts;
         public DuplexPipe? Transport;
         public Pipe? Output;
-        public Task? SendLoop;
     }
 }
