@@ -77,31 +77,45 @@ public sealed class DeadlineQueueTests
     }
 
     [Fact]
-    public async Task OnTheSystemClock_DeadlinesFireInOrder_NeverEarly_AndCancelledOnesNever()
+    public async Task OnTheSystemClock_DeadlinesFire_NeverEarly_AndCancelledOnesNever()
     {
         // The system clock's queue (shared with every connection in the process): .NET timers may fire a few milliseconds
         // early, and a deadline must still never run before its time.
         TimeProvider clock = TimeProvider.System;
         DeadlineQueue queue = DeadlineQueue.For(clock);
-        var owners = new List<SystemOwner>();
         long start = clock.GetTimestamp();
+        long At(int milliseconds) => start + (milliseconds * clock.TimestampFrequency / 1000);
+
+        // Cancelled ones are due at 200 ms, long after they are cancelled (microseconds from now) and before the last
+        // expected ones (250 ms), so by the end their time has passed: had the cancel not taken, they would have fired.
+        var expected = new List<SystemOwner>();
+        var cancelled = new List<SystemOwner>();
         for (int i = 0; i < 40; i++)
         {
             var owner = new SystemOwner(clock);
-            owners.Add(owner);
-            queue.Schedule(owner, start + ((5 + (i * 7 % 40)) * clock.TimestampFrequency / 1000));
+            if (i % 4 == 0)
+            {
+                cancelled.Add(owner);
+                queue.Schedule(owner, At(200));
+            }
+            else
+            {
+                expected.Add(owner);
+                queue.Schedule(owner, At(i % 8 == 1 ? 250 : 5 + (i * 7 % 40)));
+            }
         }
 
-        // A later, earlier-due deadline must re-arm the timer; cancelled ones must never fire.
-        var early = new SystemOwner(clock);
-        queue.Schedule(early, start + (clock.TimestampFrequency / 1000));
-        List<SystemOwner> cancelled = [.. owners.Where((_, i) => i % 4 == 0)];
         cancelled.ForEach(queue.Cancel);
 
-        List<SystemOwner> expected = [.. owners.Except(cancelled), early];
+        // A later, earlier-due deadline must re-arm the timer.
+        var early = new SystemOwner(clock);
+        expected.Add(early);
+        queue.Schedule(early, At(1));
+
         await Task.WhenAll(expected.Select(o => o.Fired.Task)).WithTimeout();
+        Assert.True(clock.GetTimestamp() > At(200));
         Assert.All(expected, o => Assert.True(o.Fired.Task.Result >= o.Due, "fired before its due time"));
-        Assert.All(cancelled, o => Assert.False(o.Fired.Task.IsCompleted));
+        Assert.All(cancelled, o => Assert.False(o.Fired.Task.IsCompleted, "a cancelled deadline fired"));
         Assert.All(expected, o => Assert.Equal(-1, ((IDeadlineOwner)o).DeadlineIndex));
     }
 
