@@ -6,14 +6,21 @@ namespace SafeSockets.Benchmarks.Teardown;
 
 /// <summary><c>fin-latency</c>: time from the peer's FIN to ours, as the peer measures it, for an application that closes
 /// as soon as <see cref="ManagedConnection.PeerClosed"/> fires, and for one that never reacts (the CLOSE_WAIT guard).</summary>
+/// <remarks>The application greets each connection it accepts and the peer sends its FIN only after the greeting, so the
+/// FIN reaches a connection the application holds (time in the listener's accept queue is not a FIN latency; the teardown
+/// command covers accepting). Each phase starts with 16 uncounted connections per peer thread (tiered JIT of the close
+/// path, thread pool growth: with fewer, bursts of recompilation on 2 cores made the tail).</remarks>
 internal static class FinLatencyCommand
 {
+    private static readonly byte[] Greeting = [1];
+    private static readonly byte[] Request = [2];
+
     public static async Task<int> RunAsync(string[] args)
     {
         int reacting = ReliabilityCommands.IntArg(args, "--connections", 2000);
-        int idle = ReliabilityCommands.IntArg(args, "--idle-connections", 200);
+        int idle = ReliabilityCommands.IntArg(args, "--idle-connections", 400);
         TimeSpan closeWait = TimeSpan.FromMilliseconds(ReliabilityCommands.IntArg(args, "--close-wait-ms", 100));
-        Console.WriteLine($"fin-latency: {reacting} connections whose application closes on PeerClosed (4 at a time), then {idle} whose application never reacts (CloseWaitTimeout {closeWait.TotalMilliseconds:0} ms, 8 at a time).");
+        Console.WriteLine($"fin-latency: {reacting} connections whose application closes on PeerClosed (4 at a time), then {idle} whose application never reacts (CloseWaitTimeout {closeWait.TotalMilliseconds:0} ms, 8 at a time); each peer sends its FIN after the application's greeting.");
 
         double[] reactive = await MeasureAsync(reacting, 4, new ManagedConnectionOptions(), react: true);
         double[] guarded = await MeasureAsync(idle, 8, new ManagedConnectionOptions { CloseWaitTimeout = closeWait }, react: false);
@@ -32,8 +39,9 @@ internal static class FinLatencyCommand
     private static async Task<double[]> MeasureAsync(int count, int parallel, ManagedConnectionOptions options, bool react)
     {
         await using ManagedListener listener = ManagedListener.Start(new IPEndPoint(IPAddress.Loopback, 0), new ManagedListenerOptions { Connection = options, Backlog = 1024 });
+        int warmUp = parallel * 16;
         var latencies = new double[count];
-        int next = -1;
+        int next = -1 - warmUp;
         using var stop = new CancellationTokenSource();
         Task server = Task.Run(async () =>
         {
@@ -49,6 +57,7 @@ internal static class FinLatencyCommand
                     return;
                 }
 
+                await connection.SendAsync(Greeting);
                 if (react)
                 {
                     // The application's reaction: close as soon as the peer has closed.
@@ -67,14 +76,22 @@ internal static class FinLatencyCommand
             {
                 using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveTimeout = 30_000 };
                 client.Connect(listener.LocalEndPoint);
-                client.Send(new byte[1]); // make sure the server side exists and is reading
+                client.Send(Request); // unread by the application: the close must not turn it into a reset
+                if (client.Receive(buffer) == 0)
+                {
+                    throw new InvalidOperationException("The server closed before greeting.");
+                }
+
                 long start = Stopwatch.GetTimestamp();
                 client.Shutdown(SocketShutdown.Send);
                 while (client.Receive(buffer) > 0)
                 {
                 }
 
-                latencies[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
+                if (i >= 0)
+                {
+                    latencies[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
+                }
             }
         }
 
