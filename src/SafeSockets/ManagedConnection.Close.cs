@@ -411,7 +411,7 @@ public sealed partial class ManagedConnection
         set => _deadlineDue = value;
     }
 
-    /// <summary>Called by the <see cref="DeadlineQueue"/> when this connection's deadline comes due (on a timer thread).</summary>
+    /// <summary>Called by the <see cref="DeadlineQueue"/> when this connection's deadline comes due (on its waiter thread).</summary>
     void IDeadlineOwner.OnDeadline()
     {
         int state = ReadState();
@@ -455,7 +455,7 @@ public sealed partial class ManagedConnection
     }
 
     /// <summary>The guard's close runs on the pool, never on the thread that noticed (the receive loop, or the deadline
-    /// queue's one timer thread, which stays free for other connections' deadlines however many come due at once).</summary>
+    /// queue's one waiter thread, which stays free for other connections' deadlines however many come due at once).</summary>
     private void QueueCloseFromGuard() => ThreadPool.UnsafeQueueUserWorkItem(static s => s.CloseFromGuard(), this, preferLocal: false);
 
     private void CloseFromGuard()

@@ -119,6 +119,29 @@ public sealed class DeadlineQueueTests
         Assert.All(expected, o => Assert.Equal(-1, ((IDeadlineOwner)o).DeadlineIndex));
     }
 
+    [Fact]
+    public async Task OnTheSystemClock_AnEarlierDeadlineWakesTheSleepingWaiter()
+    {
+        // A queue of its own, so no other test's deadlines wake its waiter and hide a missing wake-up.
+        DeadlineQueue queue = DeadlineQueue.CreateSystemForTest();
+        TimeProvider clock = TimeProvider.System;
+        var far = new SystemOwner(clock);
+        queue.Schedule(far, clock.GetTimestamp() + (600 * clock.TimestampFrequency));
+        Assert.True(
+            SpinWait.SpinUntil(() => queue.WaiterAsleepFor == far.Due, TestTimeouts.Passing),
+            "the waiter never went to sleep for the far deadline");
+
+        // Due in 20 ms; without a wake-up it would run ten minutes from now, long after the test's timeout.
+        var near = new SystemOwner(clock);
+        queue.Schedule(near, clock.GetTimestamp() + (clock.TimestampFrequency / 50));
+        long fired = await near.Fired.Task.WithTimeout();
+        Assert.True(fired >= near.Due, "fired before its due time");
+
+        queue.Cancel(far);
+        Assert.Equal(0, queue.Count);
+        Assert.False(far.Fired.Task.IsCompleted);
+    }
+
     private sealed class SystemOwner(TimeProvider clock) : IDeadlineOwner
     {
         public TaskCompletionSource<long> Fired { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);

@@ -4,29 +4,62 @@ namespace SafeSockets.Internal;
 
 /// <summary>One timer for all connections on a <see cref="TimeProvider"/>: each connection has at most one deadline at a
 /// time (its drain bound while closing, its CLOSE_WAIT guard after the peer's FIN), kept in a binary min-heap indexed
-/// by the owner itself, and the single timer is armed for the earliest.</summary>
-/// <remarks>A timer per connection costs two objects per close and a timer-queue insert and remove; here a deadline costs
+/// by the owner itself, and one waiter sleeps until the earliest.</summary>
+/// <remarks>
+/// <para>A timer per connection costs two objects per close and a timer-queue insert and remove; here a deadline costs
 /// a heap insert under a lock, no allocation. Removal is eager (a finished connection is never kept alive by the heap).
-/// The timer may fire early (a removed earliest entry is not disarmed); it then simply re-arms for the current earliest.</remarks>
+/// The waiter may wake early (a removed earliest entry does not disarm it); it then simply waits for the current earliest.
+/// A deadline never runs early.</para>
+/// <para>On the system clock the waiter is one background thread of our own that sleeps on the queue's monitor. .NET's
+/// timers are not used there because on Linux they run on the kernel's coarse clock (4 ms ticks at HZ=250): a 100 ms
+/// deadline ran up to 6 ms late, p99 4.5 ms, against p99 1.2-1.9 ms for the monitor wait (benchmarks/README.md, "FIN
+/// latency"), which spent most of <see cref="ManagedConnectionOptions.CloseWaitTimeout"/>'s 5 ms budget. Any other time
+/// provider (a test's fake clock) drives the queue through its own <see cref="ITimer"/>.</para>
+/// </remarks>
 internal sealed class DeadlineQueue
 {
     private static readonly ConditionalWeakTable<TimeProvider, DeadlineQueue> s_queues = [];
     private static readonly DeadlineQueue s_system = new(TimeProvider.System);
 
     private readonly TimeProvider _timeProvider;
-    private readonly Lock _lock = new();
+
+    // A monitor, not a Lock: the system clock's waiter thread sleeps on it (Monitor.Wait).
+    private readonly object _lock = new();
+    private readonly bool _ownThread;
     private ITimer? _timer;
+    private Thread? _thread;
+    private long _asleepFor;
     private IDeadlineOwner[] _heap = new IDeadlineOwner[16];
     private int _count;
 
     // The due time the timer is armed for; long.MaxValue when disarmed.
     private long _armedFor = long.MaxValue;
 
-    private DeadlineQueue(TimeProvider timeProvider) => _timeProvider = timeProvider;
+    private DeadlineQueue(TimeProvider timeProvider)
+    {
+        _timeProvider = timeProvider;
+        _ownThread = ReferenceEquals(timeProvider, TimeProvider.System);
+    }
 
     /// <summary>The queue shared by every owner on <paramref name="timeProvider"/>.</summary>
     public static DeadlineQueue For(TimeProvider timeProvider) =>
         ReferenceEquals(timeProvider, TimeProvider.System) ? s_system : s_queues.GetValue(timeProvider, static t => new DeadlineQueue(t));
+
+    /// <summary>A queue on the system clock with a waiter thread of its own, apart from the shared one; for tests.</summary>
+    internal static DeadlineQueue CreateSystemForTest() => new(TimeProvider.System);
+
+    /// <summary>The due time the system clock's waiter is asleep for (long.MaxValue: for a Schedule); 0 while it is
+    /// awake. For tests.</summary>
+    internal long WaiterAsleepFor
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _asleepFor;
+            }
+        }
+    }
 
     /// <summary>How many deadlines are queued; for tests.</summary>
     public int Count
@@ -120,9 +153,69 @@ internal sealed class DeadlineQueue
         }
     }
 
+    /// <summary>The system clock's waiter: sleeps on the monitor until the earliest deadline (a Schedule that moves the
+    /// earliest forward pulses it) and runs each due deadline on this thread, outside the lock.</summary>
+    private void RunWaiter()
+    {
+        while (true)
+        {
+            IDeadlineOwner due;
+            lock (_lock)
+            {
+                while (true)
+                {
+                    _asleepFor = 0;
+                    long now = _timeProvider.GetTimestamp();
+                    if (_count > 0 && _heap[0].DeadlineDue <= now)
+                    {
+                        due = _heap[0];
+                        RemoveLocked(due);
+                        break;
+                    }
+
+                    if (_count == 0)
+                    {
+                        _armedFor = long.MaxValue;
+                        _asleepFor = long.MaxValue;
+                        Monitor.Wait(_lock);
+                    }
+                    else
+                    {
+                        // Whole milliseconds, rounded up: waking before the due time only costs another wait.
+                        _armedFor = _heap[0].DeadlineDue;
+                        double milliseconds = Math.Ceiling(_timeProvider.GetElapsedTime(now, _armedFor).TotalMilliseconds);
+                        _asleepFor = _armedFor;
+                        Monitor.Wait(_lock, (int)Math.Min(milliseconds, MaxWaitMilliseconds));
+                    }
+                }
+            }
+
+            due.OnDeadline();
+        }
+    }
+
+    // A far deadline is waited for in steps (it is re-read on every wake anyway).
+    private const double MaxWaitMilliseconds = 60_000;
+
     private void ArmLocked(long due)
     {
         _armedFor = due;
+        if (_ownThread)
+        {
+            if (_thread is null)
+            {
+                // Started without the caller's execution context: the deadlines belong to no caller.
+                _thread = new Thread(RunWaiter) { IsBackground = true, Name = "SafeSockets deadlines" };
+                _thread.UnsafeStart();
+            }
+            else
+            {
+                Monitor.Pulse(_lock);
+            }
+
+            return;
+        }
+
         TimeSpan wait = _timeProvider.GetElapsedTime(_timeProvider.GetTimestamp(), due);
         if (wait < TimeSpan.Zero)
         {
@@ -248,6 +341,7 @@ internal interface IDeadlineOwner
     /// <summary>The due time, a timestamp of the queue's time provider.</summary>
     long DeadlineDue { get; set; }
 
-    /// <summary>The deadline came due; called on a timer thread, outside the queue's lock, once per due entry.</summary>
+    /// <summary>The deadline came due; called on the queue's waiter thread (or the time provider's timer callback), outside
+    /// the queue's lock, once per due entry. It must not block: every later deadline waits behind it.</summary>
     void OnDeadline();
 }
