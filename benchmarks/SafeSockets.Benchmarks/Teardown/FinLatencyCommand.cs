@@ -5,7 +5,8 @@ using System.Net.Sockets;
 namespace SafeSockets.Benchmarks.Teardown;
 
 /// <summary><c>fin-latency</c>: time from the peer's FIN to ours, as the peer measures it, for an application that closes
-/// as soon as <see cref="ManagedConnection.PeerClosed"/> fires, and for one that never reacts (the CLOSE_WAIT guard).</summary>
+/// as soon as <see cref="ManagedConnection.PeerClosed"/> fires, and for one that never reacts (the CLOSE_WAIT guard);
+/// beside them the floor of this machine: raw sockets, a thread per connection blocked in Receive, closing at once.</summary>
 /// <remarks>The application greets each connection it accepts and the peer sends its FIN only after the greeting, so the
 /// FIN reaches a connection the application holds (time in the listener's accept queue is not a FIN latency; the teardown
 /// command covers accepting). Each phase starts with 16 uncounted connections per peer thread (tiered JIT of the close
@@ -20,28 +21,30 @@ internal static class FinLatencyCommand
         int reacting = ReliabilityCommands.IntArg(args, "--connections", 2000);
         int idle = ReliabilityCommands.IntArg(args, "--idle-connections", 400);
         TimeSpan closeWait = TimeSpan.FromMilliseconds(ReliabilityCommands.IntArg(args, "--close-wait-ms", 100));
-        Console.WriteLine($"fin-latency: {reacting} connections whose application closes on PeerClosed (4 at a time), then {idle} whose application never reacts (CloseWaitTimeout {closeWait.TotalMilliseconds:0} ms, 8 at a time); each peer sends its FIN after the application's greeting.");
+        Console.WriteLine($"fin-latency: {reacting} connections whose application closes on PeerClosed (4 at a time), the same with raw sockets, then {idle} whose application never reacts (CloseWaitTimeout {closeWait.TotalMilliseconds:0} ms, 8 at a time); each peer sends its FIN after the application's greeting.");
 
-        double[] reactive = await MeasureAsync(reacting, 4, new ManagedConnectionOptions(), react: true);
-        double[] guarded = await MeasureAsync(idle, 8, new ManagedConnectionOptions { CloseWaitTimeout = closeWait }, react: false);
+        double[] reactive = await MeasureManagedAsync(reacting, 4, new ManagedConnectionOptions(), react: true);
+        double[] raw = await MeasureRawAsync(reacting, 4);
+        double[] guarded = await MeasureManagedAsync(idle, 8, new ManagedConnectionOptions { CloseWaitTimeout = closeWait }, react: false);
         double[] overshoot = [.. guarded.Select(us => us - closeWait.TotalMicroseconds)];
 
         Console.WriteLine();
         Console.WriteLine("| application | n | p50 | p99 | max | target |");
         Console.WriteLine("|---|---:|---:|---:|---:|---|");
-        Console.WriteLine($"| closes when PeerClosed fires: peer FIN -> our FIN | {reactive.Length} | {P(reactive, 0.5):N0} us | {P(reactive, 0.99):N0} us | {reactive[^1]:N0} us | p99 <= 1 ms |");
-        Console.WriteLine($"| never reacts: our FIN after CloseWaitTimeout + | {overshoot.Length} | {P(overshoot, 0.5):N0} us | {P(overshoot, 0.99):N0} us | {overshoot[^1]:N0} us | <= 5 ms |");
+        Row("closes when PeerClosed fires: peer FIN -> our FIN", reactive, "p99 <= 1 ms");
+        Row("(floor) raw Socket, thread blocked in Receive, closes on 0", raw, "-");
+        Row("never reacts: our FIN after CloseWaitTimeout +", overshoot, "<= 5 ms");
         bool ok = P(reactive, 0.99) <= 1000 && P(overshoot, 0.99) <= 5000;
-        Console.WriteLine(ok ? "fin-latency: targets met" : "fin-latency: a target was missed on this run");
+        Console.WriteLine(ok ? "fin-latency: targets met" : "fin-latency: a target was missed on this run (see the raw floor for the machine's own share)");
         return 0;
     }
 
-    private static async Task<double[]> MeasureAsync(int count, int parallel, ManagedConnectionOptions options, bool react)
+    private static void Row(string name, double[] sorted, string target) =>
+        Console.WriteLine($"| {name} | {sorted.Length} | {P(sorted, 0.5):N0} us | {P(sorted, 0.99):N0} us | {sorted[^1]:N0} us | {target} |");
+
+    private static async Task<double[]> MeasureManagedAsync(int count, int parallel, ManagedConnectionOptions options, bool react)
     {
         await using ManagedListener listener = ManagedListener.Start(new IPEndPoint(IPAddress.Loopback, 0), new ManagedListenerOptions { Connection = options, Backlog = 1024 });
-        int warmUp = parallel * 16;
-        var latencies = new double[count];
-        int next = -1 - warmUp;
         using var stop = new CancellationTokenSource();
         Task server = Task.Run(async () =>
         {
@@ -66,16 +69,74 @@ internal static class FinLatencyCommand
             }
         });
 
-        // The peers are plain blocking sockets on their own threads: the kernel wakes a blocked recv the moment our FIN
-        // arrives, so the figure is our latency, not the peers' own thread-pool scheduling.
-        void Client()
+        double[] latencies = await RunPeersAsync(listener.LocalEndPoint, count, parallel);
+        await stop.CancelAsync();
+        await server;
+        return latencies;
+    }
+
+    /// <summary>The floor: what the kernel and this machine's scheduler cost when nothing sits between the FIN and the
+    /// close but a thread blocked in recv.</summary>
+    private static async Task<double[]> MeasureRawAsync(int count, int parallel)
+    {
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(1024);
+        var acceptor = new Thread(() =>
+        {
+            while (true)
+            {
+                Socket accepted;
+                try
+                {
+                    accepted = listener.Accept();
+                }
+                catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+                {
+                    return;
+                }
+
+                new Thread(() => Serve(accepted)) { IsBackground = true, Name = "fin-latency raw server" }.Start();
+            }
+        })
+        { IsBackground = true, Name = "fin-latency raw acceptor" };
+        acceptor.Start();
+
+        double[] latencies = await RunPeersAsync(listener.LocalEndPoint!, count, parallel);
+        listener.Close();
+        return latencies;
+
+        static void Serve(Socket socket)
+        {
+            using (socket)
+            {
+                byte[] buffer = new byte[16];
+                socket.Send(Greeting);
+                while (socket.Receive(buffer) > 0)
+                {
+                }
+
+                socket.Shutdown(SocketShutdown.Send);
+            }
+        }
+    }
+
+    /// <summary>The peers are plain blocking sockets on their own threads: the kernel wakes a blocked recv the moment our
+    /// FIN arrives, so the figure is the server's latency, not the peers' own thread-pool scheduling.</summary>
+    private static async Task<double[]> RunPeersAsync(EndPoint server, int count, int parallel)
+    {
+        int warmUp = parallel * 16;
+        var latencies = new double[count];
+        int next = -1 - warmUp;
+
+        void Peer()
         {
             int i;
             byte[] buffer = new byte[16];
             while ((i = Interlocked.Increment(ref next)) < count)
             {
                 using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveTimeout = 30_000 };
-                client.Connect(listener.LocalEndPoint);
+                client.Connect(server);
                 client.Send(Request); // unread by the application: the close must not turn it into a reset
                 if (client.Receive(buffer) == 0)
                 {
@@ -95,11 +156,9 @@ internal static class FinLatencyCommand
             }
         }
 
-        Thread[] peers = [.. Enumerable.Range(0, parallel).Select(n => new Thread(Client) { IsBackground = true, Name = $"fin-latency peer {n}" })];
+        Thread[] peers = [.. Enumerable.Range(0, parallel).Select(n => new Thread(Peer) { IsBackground = true, Name = $"fin-latency peer {n}" })];
         Array.ForEach(peers, t => t.Start());
         await Task.Run(() => Array.ForEach(peers, t => t.Join(TimeSpan.FromMinutes(2)))).WaitAsync(TimeSpan.FromMinutes(3));
-        await stop.CancelAsync();
-        await server;
         Array.Sort(latencies);
         return latencies;
     }
