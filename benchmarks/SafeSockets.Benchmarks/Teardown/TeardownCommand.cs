@@ -50,7 +50,8 @@ internal static class TeardownCommand
         Console.WriteLine($"Machine: {Environment.ProcessorCount} cores, {RuntimeInfo()}; DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS={Environment.GetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS") ?? "unset"}.");
         Console.WriteLine("Note: connections are spread over several listener ports because with one destination ip:port and the client");
         Console.WriteLine("closing first, TIME_WAIT reuse caps Linux loopback at ~14k cycles/s; rounds are interleaved so TIME_WAIT built up");
-        Console.WriteLine("by one strategy weighs on all alike (TCPTimeWaitOverflow is reported).");
+        Console.WriteLine("by one strategy weighs on all alike (TCPTimeWaitOverflow is reported). Disposing a .NET Socket with a receive pending");
+        Console.WriteLine("and no Shutdown(Send) sends RST: no graceful raw strategy does that; the reset strategies do it on purpose.");
 
         using var stop = new CancellationTokenSource();
         var endPoints = new Dictionary<Strategy, IReadOnlyList<EndPoint>>();
