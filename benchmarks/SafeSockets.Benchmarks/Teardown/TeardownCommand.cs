@@ -51,7 +51,7 @@ internal static class TeardownCommand
         Console.WriteLine("Note: connections are spread over several listener ports because with one destination ip:port and the client");
         Console.WriteLine("closing first, TIME_WAIT reuse caps Linux loopback at ~14k cycles/s; rounds are interleaved so TIME_WAIT built up");
         Console.WriteLine("by one strategy weighs on all alike (TCPTimeWaitOverflow is reported). Disposing a .NET Socket with a receive pending");
-        Console.WriteLine("and no Shutdown(Send) sends RST: no graceful raw strategy does that; the reset strategies do it on purpose.");
+        Console.WriteLine("and no Shutdown(Send) sends RST: no strategy here does that (raw-unread and the aborts reset on purpose, by unread data or linger 0).");
 
         using var stop = new CancellationTokenSource();
         var endPoints = new Dictionary<Strategy, IReadOnlyList<EndPoint>>();
