@@ -454,9 +454,11 @@ public sealed partial class ManagedConnection
         }
     }
 
-    /// <summary>The guard's close runs on the pool, never on the thread that noticed (the receive loop, or the deadline
-    /// queue's one waiter thread, which stays free for other connections' deadlines however many come due at once).</summary>
-    private void QueueCloseFromGuard() => ThreadPool.UnsafeQueueUserWorkItem(static s => s.CloseFromGuard(), this, preferLocal: false);
+    /// <summary>Closes on behalf of the CLOSE_WAIT guard.</summary>
+    /// <remarks>The guard's close runs on the pool, never on the thread that noticed (the receive loop, or the deadline
+    /// queue's one waiter thread, which stays free for other connections' deadlines however many come due at once).
+    /// Queued locally for the same reason as <see cref="FirePeerClosed"/>'s callbacks.</remarks>
+    private void QueueCloseFromGuard() => ThreadPool.UnsafeQueueUserWorkItem(static s => s.CloseFromGuard(), this, preferLocal: true);
 
     private void CloseFromGuard()
     {
