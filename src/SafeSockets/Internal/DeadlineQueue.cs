@@ -2,7 +2,7 @@ using System.Runtime.CompilerServices;
 
 namespace SafeSockets.Internal;
 
-/// <summary>One timer for all connections on a <see cref="TimeProvider"/>: each connection has at most one deadline at a
+/// <summary>One deadline queue for all connections on a <see cref="TimeProvider"/>: each connection has at most one deadline at a
 /// time (its drain bound while closing, its CLOSE_WAIT guard after the peer's FIN), kept in a binary min-heap indexed
 /// by the owner itself, and one waiter sleeps until the earliest.</summary>
 /// <remarks>
@@ -32,7 +32,7 @@ internal sealed class DeadlineQueue
     private IDeadlineOwner[] _heap = new IDeadlineOwner[16];
     private int _count;
 
-    // The due time the timer is armed for; long.MaxValue when disarmed.
+    // The due time the waiter (or timer) is set for; long.MaxValue when it waits for nothing.
     private long _armedFor = long.MaxValue;
 
     private DeadlineQueue(TimeProvider timeProvider)
@@ -181,7 +181,7 @@ internal sealed class DeadlineQueue
                     }
                     else
                     {
-                        // Whole milliseconds, rounded up: waking before the due time only costs another wait.
+                        // Whole milliseconds, rounded up (a monitor wait takes no less), so it does not wake early.
                         _armedFor = _heap[0].DeadlineDue;
                         double milliseconds = Math.Ceiling(_timeProvider.GetElapsedTime(now, _armedFor).TotalMilliseconds);
                         _asleepFor = _armedFor;
