@@ -142,6 +142,23 @@ public sealed class DeadlineQueueTests
         Assert.False(far.Fired.Task.IsCompleted);
     }
 
+    [Fact]
+    public async Task OnTheSystemClock_AnIdleWaiterEnds_AndTheNextDeadlineStartsAnother()
+    {
+        DeadlineQueue queue = DeadlineQueue.CreateSystemForTest(idleExitMilliseconds: 50);
+        TimeProvider clock = TimeProvider.System;
+        for (int round = 0; round < 3; round++)
+        {
+            var owner = new SystemOwner(clock);
+            queue.Schedule(owner, clock.GetTimestamp() + (clock.TimestampFrequency / 100));
+            Assert.True(queue.HasWaiter);
+            await owner.Fired.Task.WithTimeout();
+
+            // Nothing left to wait for: the thread ends within its idle time.
+            Assert.True(SpinWait.SpinUntil(() => !queue.HasWaiter, TestTimeouts.Passing), "the idle waiter did not end");
+        }
+    }
+
     private sealed class SystemOwner(TimeProvider clock) : IDeadlineOwner
     {
         public TaskCompletionSource<long> Fired { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);

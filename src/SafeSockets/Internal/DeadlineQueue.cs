@@ -35,10 +35,16 @@ internal sealed class DeadlineQueue
     // The due time the waiter (or timer) is set for; long.MaxValue when it waits for nothing.
     private long _armedFor = long.MaxValue;
 
-    private DeadlineQueue(TimeProvider timeProvider)
+    // How long the system clock's waiter stays with nothing to wait for before its thread ends (a later Schedule starts
+    // another), so a process that stops using connections keeps no thread of ours. (A cancel does not wake the waiter:
+    // it first sleeps until the cancelled deadline's time, at most a minute, then idles this long.)
+    private readonly int _idleExitMilliseconds;
+
+    private DeadlineQueue(TimeProvider timeProvider, int idleExitMilliseconds = 30_000)
     {
         _timeProvider = timeProvider;
         _ownThread = ReferenceEquals(timeProvider, TimeProvider.System);
+        _idleExitMilliseconds = idleExitMilliseconds;
     }
 
     /// <summary>The queue shared by every owner on <paramref name="timeProvider"/>.</summary>
@@ -46,7 +52,19 @@ internal sealed class DeadlineQueue
         ReferenceEquals(timeProvider, TimeProvider.System) ? s_system : s_queues.GetValue(timeProvider, static t => new DeadlineQueue(t));
 
     /// <summary>A queue on the system clock with a waiter thread of its own, apart from the shared one; for tests.</summary>
-    internal static DeadlineQueue CreateSystemForTest() => new(TimeProvider.System);
+    internal static DeadlineQueue CreateSystemForTest(int idleExitMilliseconds = 30_000) => new(TimeProvider.System, idleExitMilliseconds);
+
+    /// <summary>Whether the system clock's waiter thread is running; for tests.</summary>
+    internal bool HasWaiter
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _thread is not null;
+            }
+        }
+    }
 
     /// <summary>The due time the system clock's waiter is asleep for (long.MaxValue: for a Schedule); 0 while it is
     /// awake. For tests.</summary>
@@ -154,7 +172,8 @@ internal sealed class DeadlineQueue
     }
 
     /// <summary>The system clock's waiter: sleeps on the monitor until the earliest deadline (a Schedule that moves the
-    /// earliest forward pulses it) and runs each due deadline on this thread, outside the lock.</summary>
+    /// earliest forward pulses it) and runs each due deadline on this thread, outside the lock; ends after a while with
+    /// no deadline at all.</summary>
     private void RunWaiter()
     {
         while (true)
@@ -177,7 +196,13 @@ internal sealed class DeadlineQueue
                     {
                         _armedFor = long.MaxValue;
                         _asleepFor = long.MaxValue;
-                        Monitor.Wait(_lock);
+                        if (!Monitor.Wait(_lock, _idleExitMilliseconds) && _count == 0)
+                        {
+                            // Idle: end the thread (under the lock, so the next Schedule sees it gone and starts another).
+                            _asleepFor = 0;
+                            _thread = null;
+                            return;
+                        }
                     }
                     else
                     {
