@@ -60,7 +60,7 @@ internal sealed class ConnectionSettings
 
     public PipeOptions OutputPipeOptions { get; }
 
-    /// <summary>The one timer queue for every connection on this settings' <see cref="TimeProvider"/>: drain bounds and the CLOSE_WAIT guard.</summary>
+    /// <summary>The one deadline queue for every connection on this settings' <see cref="TimeProvider"/>: drain bounds and the CLOSE_WAIT guard.</summary>
     public DeadlineQueue Deadlines { get; }
 
     /// <summary>The bounds in <see cref="TimeProvider"/> timestamp units.</summary>
