@@ -27,7 +27,7 @@ internal sealed class DeadlineQueue
     private readonly object _lock = new();
     private readonly bool _ownThread;
     private ITimer? _timer;
-    private Thread? _thread;
+    private bool _waiterRunning;
     private long _asleepFor;
     private IDeadlineOwner[] _heap = new IDeadlineOwner[16];
     private int _count;
@@ -61,7 +61,7 @@ internal sealed class DeadlineQueue
         {
             lock (_lock)
             {
-                return _thread is not null;
+                return _waiterRunning;
             }
         }
     }
@@ -200,7 +200,7 @@ internal sealed class DeadlineQueue
                         {
                             // Idle: end the thread (under the lock, so the next Schedule sees it gone and starts another).
                             _asleepFor = 0;
-                            _thread = null;
+                            _waiterRunning = false;
                             return;
                         }
                     }
@@ -227,11 +227,11 @@ internal sealed class DeadlineQueue
         _armedFor = due;
         if (_ownThread)
         {
-            if (_thread is null)
+            if (!_waiterRunning)
             {
                 // Started without the caller's execution context: the deadlines belong to no caller.
-                _thread = new Thread(RunWaiter) { IsBackground = true, Name = "SafeSockets deadlines" };
-                _thread.UnsafeStart();
+                _waiterRunning = true;
+                new Thread(RunWaiter) { IsBackground = true, Name = "SafeSockets deadlines" }.UnsafeStart();
             }
             else
             {
