@@ -28,7 +28,6 @@ public class ConnectTeardownBenchmarks
     public void Cleanup()
     {
         _listener?.Dispose();
-        ManagedConnection.PoolingEnabled = true;
     }
 
     [Benchmark(Baseline = true)]
@@ -51,18 +50,7 @@ public class ConnectTeardownBenchmarks
     }
 
     [Benchmark]
-    public Task ManagedGraceful()
-    {
-        ManagedConnection.PoolingEnabled = true;
-        return ManagedCycleAsync();
-    }
-
-    [Benchmark]
-    public Task ManagedGracefulNoPooling()
-    {
-        ManagedConnection.PoolingEnabled = false;
-        return ManagedCycleAsync();
-    }
+    public Task ManagedGraceful() => ManagedCycleAsync();
 
     private async Task ManagedCycleAsync()
     {

@@ -27,4 +27,8 @@ public enum CloseOutcome
     /// <summary>A <see cref="ManagedListener"/> had more than <see cref="ManagedListenerOptions.MaxDrainingConnections"/> connections
     /// draining and cut this one's drain short (oldest first), as nginx does when it runs short of connections.</summary>
     DrainBudgetExceeded,
+
+    /// <summary>An unexpected error (a bug, or the socket disposed by someone else) ended the connection; it was logged at
+    /// Error level with its exception and the socket was released. Never used for the peer's behaviour.</summary>
+    Faulted,
 }

@@ -3,6 +3,7 @@ using System.IO.Pipelines;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using SafeSockets.Diagnostics;
 using SafeSockets.Internal;
 
 namespace SafeSockets;
@@ -31,8 +32,8 @@ public sealed partial class ManagedConnection
                 return existing;
             }
 
-            ThrowIfClosing(ReadState());
-            EnsureIoMode(FlagIoPipe);
+            ThrowIfClosing();
+            EnsureIoMode(IoPipe);
             Extras extras = GetExtras();
             lock (extras)
             {
@@ -41,7 +42,7 @@ public sealed partial class ManagedConnection
                 {
                     var output = new Pipe(_settings.OutputPipeOptions);
                     Volatile.Write(ref extras.Output, output);
-                    _ = SendLoopAsync(output.Reader); // nothing awaits it: it reports socket errors through the output's reader
+                    _ = SendLoopAsync(output.Reader); // it never throws: it reports errors through the output's reader (and logs)
                     Volatile.Write(ref extras.Transport, new DuplexPipe(_input.Reader, output.Writer));
                 }
 
@@ -58,17 +59,17 @@ public sealed partial class ManagedConnection
     /// <exception cref="ObjectDisposedException">The connection is closing or closed.</exception>
     public Stream GetStream(bool ownsConnection = false)
     {
-        ThrowIfClosing(ReadState());
-        EnsureIoMode(FlagIoDirect);
+        ThrowIfClosing();
+        EnsureIoMode(IoDirect);
         return new ManagedConnectionStream(this, ownsConnection);
     }
 
     private void EnsureIoMode(int mode)
     {
-        int current = Volatile.Read(ref _flags);
-        while ((current & (FlagIoDirect | FlagIoPipe)) == 0)
+        int current = Volatile.Read(ref _io);
+        while ((current & (IoDirect | IoPipe)) == 0)
         {
-            int seen = Interlocked.CompareExchange(ref _flags, current | mode, current);
+            int seen = Interlocked.CompareExchange(ref _io, current | mode, current);
             if (seen == current)
             {
                 return;
@@ -82,36 +83,32 @@ public sealed partial class ManagedConnection
             return;
         }
 
-        throw new InvalidOperationException(mode == FlagIoPipe
+        throw new InvalidOperationException(mode == IoPipe
             ? "This connection already uses ReceiveAsync/SendAsync/GetStream; Transport cannot be used on the same connection."
             : "This connection's I/O goes through Transport; ReceiveAsync, SendAsync and GetStream cannot be used on the same connection.");
     }
 
-    private bool UsesPipe => HasFlag(FlagIoPipe);
-
-    /// <summary>Output pipe → socket. Counts as one send in flight for its whole life, so a flush (close or half-close)
-    /// is "ask the loop to stop after what is buffered, then wait for sends in flight", as for direct sends.</summary>
+    /// <summary>Output pipe → socket. Holds one entry of the send gate while it runs, so a flush (close or half-close)
+    /// is "ask the loop to send what is flushed and pause, then wait for sends in flight", as for direct sends. A cancelled
+    /// half-close resumes it; our FIN or the teardown stops it for good. It never throws: errors complete the output's
+    /// reader (the application's writer sees them), and an unexpected one is logged at Error.</summary>
     private async Task SendLoopAsync(PipeReader reader)
     {
         Exception? error = null;
         List<ArraySegment<byte>>? segments = null;
-        if (!TryBeginSend())
-        {
-            reader.Complete();
-            return;
-        }
-
+        bool holding = _sendGate.TryEnter();
         try
         {
-            while (true)
+            while (holding)
             {
                 ReadResult result = await reader.ReadAsync().ConfigureAwait(false);
                 ReadOnlySequence<byte> buffer = result.Buffer;
                 try
                 {
-                    if (!buffer.IsEmpty && (ReadState() & StateBits.SendShutdown) == 0)
+                    if (!buffer.IsEmpty && !_lifecycle.SendShutdown)
                     {
                         await SendSequenceAsync(buffer, ref segments).ConfigureAwait(false);
+                        NoteActivity();
                     }
                 }
                 finally
@@ -122,13 +119,17 @@ public sealed partial class ManagedConnection
                 if (result.IsCompleted)
                 {
                     // The application completed the output: FIN follows the last byte.
+                    _sendGate.CloseForGood();
                     ShutdownSendOnce();
                     break;
                 }
 
-                if (result.IsCanceled && HasFlag(FlagOutputStop))
+                if (SendLoopPause() is { } resume)
                 {
-                    break;
+                    // A half-close or the teardown waits for us: step out of the gate until it is decided.
+                    holding = false;
+                    _sendGate.Exit();
+                    holding = await resume.ConfigureAwait(false) && _sendGate.TryEnter();
                 }
             }
         }
@@ -136,11 +137,98 @@ public sealed partial class ManagedConnection
         {
             error = TranslateSendFailure(ex) ?? ex;
         }
+#pragma warning disable CA1031 // Surfaced to the application through the output's reader, and logged.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            error = ex;
+            Log.UnexpectedError(_settings.Logger, "Transport send loop", RemoteEndPoint?.ToString(), ex);
+        }
         finally
         {
             reader.Complete(error);
-            EndSend();
+            if (holding)
+            {
+                _sendGate.Exit();
+            }
         }
+    }
+
+    /// <summary>The send loop's pause: <see langword="null"/> to go on; otherwise a task that says whether to resume.</summary>
+    private Task<bool>? SendLoopPause()
+    {
+        Extras extras = _extras!;
+        lock (extras)
+        {
+            if (extras.OutputStopped)
+            {
+                return Task.FromResult(false);
+            }
+
+            return extras.OutputPauses > 0 ? (extras.OutputResume ??= new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously)).Task : null;
+        }
+    }
+
+    /// <summary>A half-close waits: the send loop sends what is flushed, then pauses.</summary>
+    private void PauseSendLoop()
+    {
+        if (Volatile.Read(ref _extras)?.Output is not { } output)
+        {
+            return;
+        }
+
+        Extras extras = _extras!;
+        lock (extras)
+        {
+            extras.OutputPauses++;
+        }
+
+        output.Reader.CancelPendingRead();
+    }
+
+    /// <summary>A half-close was cancelled: the send loop goes on once no other half-close waits.</summary>
+    private void ResumeSendLoop()
+    {
+        if (Volatile.Read(ref _extras)?.Output is null)
+        {
+            return;
+        }
+
+        TaskCompletionSource<bool>? resume = null;
+        Extras extras = _extras!;
+        lock (extras)
+        {
+            extras.OutputPauses = Math.Max(0, extras.OutputPauses - 1);
+            if (extras.OutputPauses == 0 && !extras.OutputStopped)
+            {
+                resume = extras.OutputResume;
+                extras.OutputResume = null;
+            }
+        }
+
+        resume?.TrySetResult(true);
+    }
+
+    /// <summary>Our FIN is out or the teardown began: the send loop sends what is flushed and stops for good.</summary>
+    private void StopSendLoop()
+    {
+        if (Volatile.Read(ref _extras)?.Output is not { } output)
+        {
+            return;
+        }
+
+        TaskCompletionSource<bool>? resume;
+        Extras extras = _extras!;
+        lock (extras)
+        {
+            extras.OutputStopped = true;
+            extras.OutputPauses++;
+            resume = extras.OutputResume;
+            extras.OutputResume = null;
+        }
+
+        resume?.TrySetResult(false);
+        output.Reader.CancelPendingRead();
     }
 
     /// <summary>Sends a buffered sequence: one segment as is, several in one gather write (one syscall, not one per segment).</summary>
@@ -194,16 +282,6 @@ public sealed partial class ManagedConnection
         {
             int sent = await _socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false);
             data = data.Slice(sent);
-        }
-    }
-
-    /// <summary>Asks the send loop to send what is already flushed and stop (before a half-close or close).</summary>
-    private void StopSendLoop()
-    {
-        if (Volatile.Read(ref _extras)?.Output is { } output)
-        {
-            TrySetFlag(FlagOutputStop);
-            output.Reader.CancelPendingRead();
         }
     }
 

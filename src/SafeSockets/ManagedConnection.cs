@@ -2,7 +2,6 @@ using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
-using Microsoft.Extensions.Logging;
 using SafeSockets.Diagnostics;
 using SafeSockets.Internal;
 
@@ -13,7 +12,7 @@ namespace SafeSockets;
 /// <remarks>
 /// <para>From creation on, a receive loop always has a read pending, so the peer's FIN is noticed even when
 /// the application is not reading: <see cref="PeerClosed"/> fires, <see cref="State"/> becomes
-/// <see cref="ConnectionState.PeerShutdown"/>, and if the application does not close within
+/// <see cref="ConnectionState.PeerShutdown"/>, and if the application then does nothing with the connection for
 /// <see cref="ManagedConnectionOptions.CloseWaitTimeout"/> the connection closes itself. No socket is left in CLOSE_WAIT.</para>
 /// <para><see cref="CloseAsync"/> and <see cref="DisposeAsync"/> never send RST over unread data within the
 /// drain bounds; only <see cref="Abort"/> resets on purpose.</para>
@@ -30,36 +29,38 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     private readonly Socket _socket;
     private readonly ConnectionSettings _settings;
 
-    // The state word (see Internal/StateBits) is what the application can observe; _flags holds the internal one-shot
-    // steps of the lifecycle (see the Flag constants). Both change only through Interlocked operations.
-    private int _state;
-    private int _flags;
+    // Phase, teardown reason, result and owners: the one place the lifecycle lives (Internal/ConnectionLifecycle.cs).
+    private readonly ConnectionLifecycle _lifecycle = new();
 
-    // What most connections never need (Completion's task, PeerClosed's source, Transport, the local end point...) lives
-    // in one object made on first use, so a connection that is only opened, used and closed stays small.
+    // Sends in flight, and the half-closes and close that wait for them (Internal/SendGate.cs).
+    private readonly SendGate _sendGate = new();
+
+    // Which I/O surface is in use and who holds the input's reader: see the Io* constants. Not lifecycle state.
+    private int _io;
+
+    // What most connections never need (PeerClosed's source, Transport, the local end point...) lives in one object made
+    // on first use, so a connection that is only opened, used and closed stays small.
     private Extras? _extras;
 
     private ManagedConnection(Socket socket, ConnectionSettings settings, EndPoint? remoteEndPoint)
     {
         _socket = socket;
         _settings = settings;
-        _state = StateBits.LeaseOne;
 
         // An accepted socket already holds its remote end point; ConnectAsync passes the one it connected to. Either way
         // keeping it costs nothing, whereas asking the socket after a connect means getpeername and three allocations.
         RemoteEndPoint = remoteEndPoint ?? socket.RemoteEndPoint;
 
-        bool pooled = PoolingEnabled && settings.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
-        _flags = pooled ? FlagInputPooled : 0;
-        _input = pooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(settings.MaxInputBufferSize));
+        _inputPooled = settings.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
+        _input = _inputPooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(settings.MaxInputBufferSize));
         Metrics.ConnectionOpened();
         if (!s_stopDrainWithShutdown)
         {
             GetExtras().ReceiveCts = new CancellationTokenSource();
         }
 
-        // Consumed exactly once, by the close path (which checks IsCompleted just before its single await); after
-        // that the pooled box may serve another connection, so nothing else may look at it. Abort never awaits it.
+        // Consumed exactly once, by the teardown (which checks IsCompleted just before its single await); after that the
+        // pooled box may serve another connection, so nothing else may look at it. Abort never awaits it.
 #pragma warning disable CA2012
         _receiveLoop = ReceiveLoopAsync();
 #pragma warning restore CA2012
@@ -133,11 +134,10 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
 
     /// <summary>What the kernel reports about this connection right now (Linux <c>TCP_INFO</c>).</summary>
     /// <returns>The kernel's view; <see cref="TcpConnectionInfo.IsAvailable"/> is <see langword="false"/> off Linux or once the socket is released.</returns>
-    public TcpConnectionInfo GetKernelInfo() =>
-        (ReadState() & (StateBits.Closed | StateBits.Aborted)) != 0 ? default : TcpConnectionInfo.Read(_socket);
+    public TcpConnectionInfo GetKernelInfo() => _lifecycle.IsReleased ? default : TcpConnectionInfo.Read(_socket);
 
     /// <summary>Where the connection is in its lifecycle; see <see cref="ConnectionState"/>.</summary>
-    public ConnectionState State => StateBits.ToConnectionState(Volatile.Read(ref _state));
+    public ConnectionState State => _lifecycle.State;
 
     /// <summary>The local end point. Read on first use and kept: read it before the close if you need it afterwards
     /// (after the socket is released a first read returns <see langword="null"/>).</summary>
@@ -151,7 +151,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
                 return known;
             }
 
-            if (HasFlag(FlagReleased))
+            if (_lifecycle.IsReleased)
             {
                 return null;
             }
@@ -174,8 +174,8 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
 
     /// <summary>Completes when the socket has been released, with the result of the close that released it,
     /// whoever started it (the application, the CLOSE_WAIT guard, a peer reset or <see cref="Abort"/>).</summary>
-    /// <remarks>Never faults.</remarks>
-    public Task<CloseResult> Completion => GetCompletionTask();
+    /// <remarks>Never faults. <see cref="CloseAsync"/>'s first caller gets exactly this result.</remarks>
+    public Task<CloseResult> Completion => _lifecycle.GetCompletionTask();
 
     private static bool IsListening(Socket socket)
     {
@@ -189,18 +189,11 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         }
     }
 
-    /// <summary>Whether input pipes come from the pool; benchmarks turn it off to show what pooling saves.</summary>
-    internal static bool PoolingEnabled { get; set; } = true;
-
     /// <summary>The input pipe, for tests that check a pooled pipe is never shared by two live connections.</summary>
     internal object InputPipe => _input;
 
-    private int ReadState() => Volatile.Read(ref _state);
-
-    private bool HasFlag(int flag) => (Volatile.Read(ref _flags) & flag) != 0;
-
-    /// <summary>Sets <paramref name="flag"/>; <see langword="true"/> if this call set it (it was clear before).</summary>
-    private bool TrySetFlag(int flag) => (Interlocked.Or(ref _flags, flag) & flag) == 0;
+    /// <summary>The lifecycle, for tests and the listener.</summary>
+    internal ConnectionLifecycle Lifecycle => _lifecycle;
 
     private Extras GetExtras() => Volatile.Read(ref _extras) ?? CreateExtras();
 
@@ -210,14 +203,10 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         return Interlocked.CompareExchange(ref _extras, created, null) ?? created;
     }
 
-    /// <summary>Sets state bits atomically and keeps the state metrics in step.</summary>
-    /// <returns>The state word before the change.</returns>
-    private int SetState(int bits)
-    {
-        int previous = StateBits.Set(ref _state, bits);
-        Metrics.StateChanged(previous, previous | bits);
-        return previous;
-    }
+    private bool HasIo(int bit) => (Volatile.Read(ref _io) & bit) != 0;
+
+    /// <summary>Sets <paramref name="bit"/> in <see cref="_io"/>; <see langword="true"/> if this call set it.</summary>
+    private bool TrySetIo(int bit) => (Interlocked.Or(ref _io, bit) & bit) == 0;
 
     // The receive loop writes inline (it is already on a pool thread); the application's reads resume on the pool.
     private static PipeOptions CreateInputPipeOptions(int pause) => CreatePipeOptions(pause, reader: PipeScheduler.ThreadPool, writer: PipeScheduler.Inline);
@@ -233,52 +222,48 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         resumeWriterThreshold: Math.Max(1, pause / 2),
         useSynchronizationContext: false);
 
-    /// <summary>Throws the clear exception for an operation that cannot start in the current state.</summary>
-    private void ThrowIfClosing(int state)
+    /// <summary>Throws the clear exception for an operation that cannot start once the teardown has begun.</summary>
+    private void ThrowIfClosing()
     {
-        if ((state & (StateBits.Closing | StateBits.Closed | StateBits.Aborted)) != 0)
+        if (_lifecycle.IsTearingDown)
         {
-            if ((state & StateBits.PeerReset) != 0 && _closeReason == CloseReason.PeerReset)
-            {
-                ThrowHelper.ThrowPeerReset();
-            }
-
-            ThrowHelper.ThrowDisposed(ThrowHelper.DisposedReason(_closeReason));
+            ThrowClosed();
         }
     }
 
-    // The bits of _flags. Each is set once (except the read bits, which ReceiveAsync toggles).
-    private const int FlagInputPooled = 1 << 0;         // _input came from the pool
-    private const int FlagInputReturnable = 1 << 1;     // the close path completed the input's reader itself
-    private const int FlagReleased = 1 << 2;            // the socket has been (or is being) disposed: close or abort won
-    private const int FlagReleaseObserved = 1 << 3;     // OnReleased ran ...
-    private const int FlagReleasedTwice = 1 << 4;       // ... and ran again (a bug; tests assert it never happens)
-    private const int FlagCreatorReleased = 1 << 5;     // DisposeAsync released the creator's reference
-    private const int FlagApplicationSawClose = 1 << 6; // the application was told how the connection ended
-    private const int FlagCompleting = 1 << 7;          // Complete won the race to record the result ...
-    private const int FlagCompleted = 1 << 8;           // ... and _closeResult is written
-    private const int FlagDraining = 1 << 9;            // the close path is draining through the receive loop
-    private const int FlagDrainStopped = 1 << 10;       // a drain bound (or a cancelled close) stopped the drain
-    private const int FlagDrainCutShort = 1 << 11;      // ... because a listener's draining budget ran out
-    private const int FlagPeerFinishedByProtocol = 1 << 12; // TLS close_notify was received
-    private const int FlagPeerClosedSignaled = 1 << 13; // PeerClosed has been (or is being) fired
-    private const int FlagOutputStop = 1 << 14;         // the Transport send loop must stop after what is flushed
-    private const int FlagIoDirect = 1 << 15;           // ReceiveAsync/SendAsync/GetStream in use
-    private const int FlagIoPipe = 1 << 16;             // Transport in use
-    private const int FlagReadActive = 1 << 17;         // a ReceiveAsync holds the input's reader
-    private const int FlagReadClosed = 1 << 18;         // the close path took the reader away
-    private const int FlagSendArgsRented = 1 << 19;     // a pooled send operation was rented for this connection
+    /// <summary>The exception for an operation on a connection whose teardown has begun: the peer's reset, or disposed with its reason.</summary>
+    private void ThrowClosed()
+    {
+        CloseReason reason = _lifecycle.Reason;
+        if (reason == CloseReason.PeerReset)
+        {
+            ThrowHelper.ThrowPeerReset();
+        }
+
+        ThrowHelper.ThrowDisposed(ThrowHelper.DisposedReason(reason));
+    }
+
+    // The bits of _io: which I/O surface is in use and who holds the input's reader. Lifecycle state is not here.
+    private const int IoDirect = 1 << 0;          // ReceiveAsync/SendAsync/GetStream in use
+    private const int IoPipe = 1 << 1;            // Transport in use
+    private const int IoReadActive = 1 << 2;      // a ReceiveAsync holds the input's reader
+    private const int IoInputTaken = 1 << 3;      // the teardown took the input: nobody may read; what arrives is drained
+    private const int IoSendArgsRented = 1 << 4;  // a pooled send operation was rented for this connection
+    private const int IoPeerClosedFired = 1 << 5; // PeerClosed has been (or is being) fired
 
     /// <summary>The rarely needed parts of a connection, allocated on first use.</summary>
     private sealed class Extras
     {
-        public TaskCompletionSource<CloseResult>? CloseCompletion;
         public CancellationTokenSource? PeerClosedCts;
-        public TaskCompletionSource? SendsDrained;
         public ITimer? FinProbe;
         public EndPoint? LocalEndPoint;
         public CancellationTokenSource? ReceiveCts;
         public DuplexPipe? Transport;
         public Pipe? Output;
+        // The Transport send loop's pause (under a lock on this object): waiting half-closes, a stop for good, the resume signal.
+        public int OutputPauses;
+        public bool OutputStopped;
+        public TaskCompletionSource<bool>? OutputResume;
+        public Exception? LoopFault;
     }
 }

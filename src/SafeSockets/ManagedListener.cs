@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
@@ -22,14 +21,18 @@ public sealed class ManagedListener : IAsyncDisposable
     private readonly int _maxDraining;
     private readonly ILogger _logger;
     private readonly TimeProvider _timeProvider;
-    private readonly ConcurrentDictionary<ManagedConnection, byte> _live = new(ReferenceEqualityComparer.Instance);
-    private readonly ConcurrentQueue<ManagedConnection> _drainingQueue = new();
-    private readonly ConcurrentDictionary<ManagedConnection, byte> _drainCounted = new(ReferenceEqualityComparer.Instance);
     private readonly TaskCompletionSource _allReleased = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ConnectionSettings _connectionSettings;
-    private int _active;
-    private int _draining;
-    private int _stopping;
+
+    // Connection tracking, under _sync: every connection accepted and not yet released (handed out or refused), the
+    // draining ones oldest first (each with its node, so a finished drain leaves the list in O(1)), and the accepts in
+    // progress (an accepted socket not yet tracked must hold a stop back as much as a tracked one).
+    private readonly object _sync = new();
+    private readonly HashSet<ManagedConnection> _live = new(ReferenceEqualityComparer.Instance);
+    private readonly LinkedList<ManagedConnection> _draining = new();
+    private readonly Dictionary<ManagedConnection, LinkedListNode<ManagedConnection>> _drainNodes = new(ReferenceEqualityComparer.Instance);
+    private int _acceptsInProgress;
+    private volatile bool _stopping;
     private Task? _stopTask;
 
     private ManagedListener(Socket socket, ManagedListenerOptions options)
@@ -78,10 +81,28 @@ public sealed class ManagedListener : IAsyncDisposable
     public EndPoint LocalEndPoint { get; }
 
     /// <summary>Connections accepted and not yet released (open, closing or draining).</summary>
-    public int ActiveConnections => Volatile.Read(ref _active);
+    public int ActiveConnections
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return _live.Count;
+            }
+        }
+    }
 
     /// <summary>Connections currently draining (counted against <see cref="ManagedListenerOptions.MaxDrainingConnections"/>).</summary>
-    public int DrainingConnections => Volatile.Read(ref _draining);
+    public int DrainingConnections
+    {
+        get
+        {
+            lock (_sync)
+            {
+                return _draining.Count;
+            }
+        }
+    }
 
     /// <summary>Accepts the next connection. Per-connection failures (a peer that reset while in the backlog) are skipped.</summary>
     /// <param name="cancellationToken">Cancels the wait; the listener keeps listening.</param>
@@ -92,26 +113,33 @@ public sealed class ManagedListener : IAsyncDisposable
     {
         while (true)
         {
-            ThrowIfStopped();
+            // Counted before the accept starts, so a StopAsync that runs while the kernel hands us a socket waits for it.
+            lock (_sync)
+            {
+                ThrowIfStopped();
+                _acceptsInProgress++;
+            }
+
             Socket accepted;
             try
             {
                 accepted = await _socket.AcceptAsync(cancellationToken).ConfigureAwait(false);
             }
-            catch (SocketException ex) when (Volatile.Read(ref _stopping) != 0 || SocketErrors.IsAbortedByUs(ex.SocketErrorCode))
+            catch (Exception ex)
             {
-                ThrowIfStopped();
+                EndAccept(null);
+                if (_stopping && ex is SocketException or ObjectDisposedException)
+                {
+                    ThrowIfStopped();
+                }
+
+                if (ex is SocketException socketError && SocketErrors.IsConnectionReset(socketError.SocketErrorCode))
+                {
+                    Log.AcceptFailed(_logger, LocalEndPoint.ToString(), socketError.SocketErrorCode);
+                    continue;
+                }
+
                 throw;
-            }
-            catch (ObjectDisposedException) when (Volatile.Read(ref _stopping) != 0)
-            {
-                ThrowIfStopped();
-                throw;
-            }
-            catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode))
-            {
-                Log.AcceptFailed(_logger, LocalEndPoint.ToString(), ex.SocketErrorCode);
-                continue;
             }
 
             ManagedConnection? connection = Track(accepted);
@@ -147,7 +175,11 @@ public sealed class ManagedListener : IAsyncDisposable
             return other;
         }
 
-        Volatile.Write(ref _stopping, 1);
+        lock (_sync)
+        {
+            _stopping = true;
+        }
+
         _socket.Dispose();
         _ = RunStopAsync(started, gracePeriod, cancellationToken);
         return started.Task;
@@ -178,11 +210,10 @@ public sealed class ManagedListener : IAsyncDisposable
     private async Task StopCoreAsync(TimeSpan gracePeriod, CancellationToken cancellationToken)
     {
         await Task.Yield();
+        ManagedConnection[] live = Snapshot();
         CheckAllReleased();
-        int total = 0;
-        foreach (ManagedConnection connection in _live.Keys)
+        foreach (ManagedConnection connection in live)
         {
-            total++;
             _ = CloseQuietlyAsync(connection);
         }
 
@@ -195,7 +226,7 @@ public sealed class ManagedListener : IAsyncDisposable
             }
             catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
             {
-                foreach (ManagedConnection connection in _live.Keys)
+                foreach (ManagedConnection connection in Snapshot())
                 {
                     if (connection.FinalResult is null)
                     {
@@ -209,26 +240,53 @@ public sealed class ManagedListener : IAsyncDisposable
         await _allReleased.Task.ConfigureAwait(false);
         if (_logger.IsEnabled(LogLevel.Information))
         {
-            Log.ListenerStopped(_logger, LocalEndPoint.ToString(), Math.Max(0, total - aborted), aborted);
+            Log.ListenerStopped(_logger, LocalEndPoint.ToString(), Math.Max(0, live.Length - aborted), aborted);
         }
     }
 
-    private static async Task CloseQuietlyAsync(ManagedConnection connection)
+    private ManagedConnection[] Snapshot()
+    {
+        lock (_sync)
+        {
+            return [.. _live];
+        }
+    }
+
+    /// <summary>Closes a connection nobody else will (a refused one, or every one at stop); the close never throws for the
+    /// peer's behaviour, and anything else is logged rather than lost.</summary>
+    private async Task CloseQuietlyAsync(ManagedConnection connection)
     {
         try
         {
             await connection.CloseAsync().ConfigureAwait(false);
         }
-#pragma warning disable CA1031 // A close never throws for the peer's behaviour; whatever else happens, the stop goes on.
-        catch (Exception)
+#pragma warning disable CA1031 // Logged; whatever happens, the stop goes on (the connection is released by its own teardown).
+        catch (Exception ex)
 #pragma warning restore CA1031
         {
+            Log.UnexpectedError(_logger, "listener's close", connection.RemoteEndPoint?.ToString(), ex);
         }
     }
 
+    /// <summary>An accept ended: its socket (if any) is tracked now, or it failed. Called once per counted accept.</summary>
+    private void EndAccept(ManagedConnection? tracked)
+    {
+        lock (_sync)
+        {
+            _acceptsInProgress--;
+            if (tracked is not null && tracked.FinalResult is null)
+            {
+                _live.Add(tracked);
+            }
+        }
+
+        CheckAllReleased();
+    }
+
+    /// <summary>Adopts an accepted socket and decides whether to hand it out: a stopping listener or one at
+    /// MaxConnections closes it at once (FIN), and tracks it until it is released like any other.</summary>
     private ManagedConnection? Track(Socket accepted)
     {
-        Interlocked.Increment(ref _active);
         ManagedConnection connection;
         try
         {
@@ -239,33 +297,40 @@ public sealed class ManagedListener : IAsyncDisposable
         {
             // Reset before we could adopt it: nothing to hand out.
             accepted.Dispose();
-            Interlocked.Decrement(ref _active);
-            CheckAllReleased();
+            EndAccept(null);
             return null;
         }
 
-        _live.TryAdd(connection, 0);
-        if (connection.FinalResult is not null)
+        bool refuse;
+        int count;
+        lock (_sync)
         {
-            // Finished before it was registered (an immediate reset): OnConnectionCompleted ran already.
-            _live.TryRemove(connection, out _);
-        }
+            _acceptsInProgress--;
 
-        if (Volatile.Read(ref _stopping) != 0)
-        {
-            _ = CloseQuietlyAsync(connection);
-            return null;
-        }
-
-        if (Volatile.Read(ref _active) > _maxConnections)
-        {
-            Metrics.Rejected.Add(1);
-            if (_logger.IsEnabled(LogLevel.Information))
+            // A connection that already finished (an immediate reset) was never added: OnConnectionCompleted ran first
+            // and found nothing to remove, so adding it now would keep it forever.
+            if (connection.FinalResult is null)
             {
-                Log.ConnectionRejected(_logger, LocalEndPoint.ToString(), _maxConnections, connection.RemoteEndPoint?.ToString());
+                _live.Add(connection);
+            }
+
+            count = _live.Count;
+            refuse = _stopping || count > _maxConnections;
+        }
+
+        if (refuse)
+        {
+            if (!_stopping)
+            {
+                Metrics.Rejected.Add(1);
+                if (_logger.IsEnabled(LogLevel.Information))
+                {
+                    Log.ConnectionRejected(_logger, LocalEndPoint.ToString(), _maxConnections, connection.RemoteEndPoint?.ToString());
+                }
             }
 
             _ = CloseQuietlyAsync(connection);
+            CheckAllReleased();
             return null;
         }
 
@@ -274,34 +339,51 @@ public sealed class ManagedListener : IAsyncDisposable
 
     private void OnConnectionCompleted(ManagedConnection connection)
     {
-        _live.TryRemove(connection, out _);
-        if (_drainCounted.TryRemove(connection, out _))
+        lock (_sync)
         {
-            Interlocked.Decrement(ref _draining);
+            _live.Remove(connection);
+            if (_drainNodes.Remove(connection, out LinkedListNode<ManagedConnection>? node))
+            {
+                _draining.Remove(node);
+            }
         }
 
-        Interlocked.Decrement(ref _active);
         CheckAllReleased();
     }
 
     private void OnDrainStarted(ManagedConnection connection)
     {
-        _drainCounted.TryAdd(connection, 0);
-        Interlocked.Increment(ref _draining);
-        _drainingQueue.Enqueue(connection);
-        while (Volatile.Read(ref _draining) > _maxDraining && _drainingQueue.TryDequeue(out ManagedConnection? oldest))
+        List<ManagedConnection>? cut = null;
+        lock (_sync)
         {
-            // Whoever removes the entry uncounts it: here (cut) or at completion, never both.
-            if (_drainCounted.TryRemove(oldest, out _))
+            if (connection.FinalResult is not null || _drainNodes.ContainsKey(connection))
             {
-                Interlocked.Decrement(ref _draining);
-                if (oldest.CutDrainShort())
+                return;
+            }
+
+            _drainNodes.Add(connection, _draining.AddLast(connection));
+            while (_draining.Count > _maxDraining && _draining.First is { } oldest)
+            {
+                // Cut drains leave the count here; their completion then finds nothing to remove.
+                _draining.RemoveFirst();
+                _drainNodes.Remove(oldest.Value);
+                (cut ??= []).Add(oldest.Value);
+            }
+        }
+
+        if (cut is null)
+        {
+            return;
+        }
+
+        foreach (ManagedConnection oldest in cut)
+        {
+            if (oldest.CutDrainShort())
+            {
+                Metrics.CutShort.Add(1);
+                if (_logger.IsEnabled(LogLevel.Warning))
                 {
-                    Metrics.CutShort.Add(1);
-                    if (_logger.IsEnabled(LogLevel.Warning))
-                    {
-                        Log.DrainBudgetExceeded(_logger, _maxDraining, oldest.RemoteEndPoint?.ToString());
-                    }
+                    Log.DrainBudgetExceeded(_logger, _maxDraining, oldest.RemoteEndPoint?.ToString());
                 }
             }
         }
@@ -309,15 +391,20 @@ public sealed class ManagedListener : IAsyncDisposable
 
     private void CheckAllReleased()
     {
-        if (Volatile.Read(ref _stopping) != 0 && Volatile.Read(ref _active) == 0)
+        lock (_sync)
         {
-            _allReleased.TrySetResult();
+            if (!_stopping || _live.Count != 0 || _acceptsInProgress != 0)
+            {
+                return;
+            }
         }
+
+        _allReleased.TrySetResult();
     }
 
     private void ThrowIfStopped()
     {
-        if (Volatile.Read(ref _stopping) != 0)
+        if (_stopping)
         {
             throw new ObjectDisposedException(nameof(ManagedListener), "The listener is stopped (StopAsync or DisposeAsync was called); it accepts no more connections.");
         }

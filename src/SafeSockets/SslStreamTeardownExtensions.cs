@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Net.Security;
 
 namespace SafeSockets;
@@ -24,64 +25,103 @@ public static class SslStreamTeardownExtensions
     }
 
     /// <summary>Graceful TLS close: <c>close_notify</c>, FIN, then read and discard application data until the peer's
-    /// <c>close_notify</c> or FIN (within the connection's drain bounds), then the connection's own close.</summary>
+    /// <c>close_notify</c> or FIN, then the connection's own teardown; the whole close is bounded by the connection's drain
+    /// bounds, and the socket is always released.</summary>
     /// <param name="sslStream">The TLS stream, created over <paramref name="connection"/>'s <see cref="ManagedConnection.GetStream"/>.</param>
     /// <param name="connection">The connection under the TLS stream.</param>
-    /// <param name="cancellationToken">Cuts the close short; the socket is still released.</param>
-    /// <returns>How the close ended; <see cref="CloseResult.BytesDrained"/> counts decrypted and raw bytes discarded.</returns>
+    /// <param name="cancellationToken">Cuts the close short: the socket is still released, then <see cref="OperationCanceledException"/> is thrown.</param>
+    /// <returns>How the close ended: exactly <see cref="ManagedConnection.Completion"/>'s result (for the first close of the
+    /// connection); <see cref="CloseResult.BytesDrained"/> counts decrypted and raw bytes discarded.</returns>
+    /// <remarks>A peer that never reads cannot hold <c>close_notify</c> beyond <see cref="ManagedConnectionOptions.DrainTimeout"/>:
+    /// at the bound the connection's teardown shuts the send side, which ends the stuck write.</remarks>
     public static async ValueTask<CloseResult> CloseAsync(this SslStream sslStream, ManagedConnection connection, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(sslStream);
         ArgumentNullException.ThrowIfNull(connection);
-        long start = connection.TimeProvider.GetTimestamp();
+        TimeProvider clock = connection.TimeProvider;
+        long start = clock.GetTimestamp();
         long discarded = 0;
         CloseOutcome? bound = null;
+        bool peerFinished = false;
+        byte[] scratch = ArrayPool<byte>.Shared.Rent(4096);
         try
         {
-            await sslStream.ShutdownAsync().ConfigureAwait(false);
-            await connection.ShutdownSendAsync(cancellationToken).ConfigureAwait(false);
-
-            using var total = new CancellationTokenSource(connection.DrainTimeout, connection.TimeProvider);
-            using var idle = new CancellationTokenSource(Timeout.InfiniteTimeSpan, connection.TimeProvider);
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(total.Token, idle.Token, cancellationToken);
-            byte[] scratch = new byte[4096];
-            while (true)
+            Task closeNotify = sslStream.ShutdownAsync();
+            if (!await WithinAsync(closeNotify, Remaining(clock, start, connection.DrainTimeout), clock, cancellationToken).ConfigureAwait(false))
             {
-                idle.CancelAfter(connection.DrainIdleTimeout);
-                int n = await sslStream.ReadAsync(scratch, linked.Token).ConfigureAwait(false);
-                if (n == 0)
+                bound = CloseOutcome.DrainTimedOut;
+            }
+            else
+            {
+                await connection.ShutdownSendAsync(cancellationToken).ConfigureAwait(false);
+                while (true)
                 {
-                    // The peer's close_notify (or its FIN): an orderly end, like a FIN.
-                    connection.MarkPeerFinishedByProtocol();
-                    break;
-                }
+                    TimeSpan wait = Remaining(clock, start, connection.DrainTimeout);
+                    wait = wait < connection.DrainIdleTimeout ? wait : connection.DrainIdleTimeout;
+                    Task<int> read = sslStream.ReadAsync(scratch.AsMemory(0, 4096), CancellationToken.None).AsTask();
+                    if (!await WithinAsync(read, wait, clock, cancellationToken).ConfigureAwait(false))
+                    {
+                        bound = CloseOutcome.DrainTimedOut;
+                        break;
+                    }
 
-                discarded += n;
-                if (discarded > connection.MaxDrainBytes)
-                {
-                    bound = CloseOutcome.DrainLimitExceeded;
-                    break;
+                    int n = read.Result;
+                    if (n == 0)
+                    {
+                        // The peer's close_notify (or its FIN): an orderly end, like a FIN.
+                        peerFinished = true;
+                        break;
+                    }
+
+                    discarded += n;
+                    if (discarded > connection.MaxDrainBytes)
+                    {
+                        bound = CloseOutcome.DrainLimitExceeded;
+                        break;
+                    }
                 }
             }
         }
-        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
-            bound = CloseOutcome.DrainTimedOut;
+            // Released below; the connection's close throws the cancellation after that.
         }
         catch (Exception ex) when (ex is IOException or ObjectDisposedException or InvalidOperationException)
         {
-            // The peer reset, or the connection is already closing: the connection's close reports what happened.
+            // The peer reset, or the connection is already closing: the connection's teardown records what happened.
         }
-
-        CloseResult result = await connection.CloseAsync(cancellationToken).ConfigureAwait(false);
-        if (result.Outcome == CloseOutcome.AlreadyClosed)
+        finally
         {
-            return result;
+            ArrayPool<byte>.Shared.Return(scratch);
         }
 
-        return new CloseResult(
-            bound is { } b && result.Outcome == CloseOutcome.Graceful ? b : result.Outcome,
-            result.BytesDrained + discarded,
-            connection.TimeProvider.GetElapsedTime(start));
+        return await connection.CloseAfterTlsAsync(new ManagedConnection.TlsDrain(start, discarded, bound), peerFinished, cancellationToken).ConfigureAwait(false);
+    }
+
+    private static TimeSpan Remaining(TimeProvider clock, long start, TimeSpan total)
+    {
+        TimeSpan left = total - clock.GetElapsedTime(start);
+        return left > TimeSpan.Zero ? left : TimeSpan.Zero;
+    }
+
+    /// <summary>Waits for <paramref name="task"/> at most <paramref name="wait"/>; <see langword="false"/> if the time ran out.
+    /// A task left behind is observed (it fails once the connection is released).</summary>
+    private static async ValueTask<bool> WithinAsync(Task task, TimeSpan wait, TimeProvider clock, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await task.WaitAsync(wait, clock, cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception ex) when (ex is TimeoutException || (ex is OperationCanceledException && cancellationToken.IsCancellationRequested))
+        {
+            _ = task.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            if (ex is OperationCanceledException)
+            {
+                throw;
+            }
+
+            return false;
+        }
     }
 }

@@ -15,7 +15,11 @@ public sealed class AbortTests
 
             Assert.Equal(PeerEnd.Reset, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
             Assert.Equal(ConnectionState.Aborted, connection.State);
-            Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
+            CloseResult completion = await connection.Completion.WithTimeout();
+            Assert.Equal(CloseOutcome.Aborted, completion.Outcome);
+
+            // The first CloseAsync reports how the connection ended (exactly Completion's result); later ones AlreadyClosed.
+            Assert.Equal(completion, await connection.CloseAsync().WithTimeout());
             Assert.Equal(CloseOutcome.AlreadyClosed, (await connection.CloseAsync().WithTimeout()).Outcome);
             var ex = await Assert.ThrowsAsync<ObjectDisposedException>(() => connection.SendAsync(new byte[1]).AsTask());
             Assert.Contains("aborted", ex.Message, StringComparison.Ordinal);

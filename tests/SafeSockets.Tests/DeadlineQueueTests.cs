@@ -19,14 +19,14 @@ public sealed class DeadlineQueueTests
         {
             var owner = new Owner(clock, fired);
             owners.Add(owner);
-            queue.Schedule(owner, Ticks(clock, random.Next(1, 10_000)));
+            queue.Schedule(owner, Ticks(clock, random.Next(1, 10_000)), DeadlinePurpose.None);
         }
 
         // Move some later, some earlier, cancel some: the heap must stay ordered through every kind of change.
         var cancelled = new HashSet<Owner>();
         foreach (Owner owner in owners.Where((_, i) => i % 3 == 0))
         {
-            queue.Schedule(owner, Ticks(clock, random.Next(1, 10_000)));
+            queue.Schedule(owner, Ticks(clock, random.Next(1, 10_000)), DeadlinePurpose.None);
         }
 
         foreach (Owner owner in owners.Where((_, i) => i % 5 == 1))
@@ -57,7 +57,7 @@ public sealed class DeadlineQueueTests
         DeadlineQueue queue = DeadlineQueue.For(clock);
         var fired = new List<(Owner Owner, long At)>();
         var periodic = new Owner(clock, fired) { Reschedule = TimeSpan.FromMilliseconds(250), Remaining = 3 };
-        queue.Schedule(periodic, Ticks(clock, 250));
+        queue.Schedule(periodic, Ticks(clock, 250), DeadlinePurpose.None);
 
         clock.Advance(TimeSpan.FromMilliseconds(249));
         Assert.Empty(fired);
@@ -71,7 +71,7 @@ public sealed class DeadlineQueueTests
 
         // A deadline already in the past fires on the next timer callback, not never.
         var late = new Owner(clock, fired);
-        queue.Schedule(late, clock.GetTimestamp() - 1);
+        queue.Schedule(late, clock.GetTimestamp() - 1, DeadlinePurpose.None);
         clock.Advance(TimeSpan.Zero);
         Assert.Equal(5, fired.Count);
     }
@@ -96,12 +96,12 @@ public sealed class DeadlineQueueTests
             if (i % 4 == 0)
             {
                 cancelled.Add(owner);
-                queue.Schedule(owner, At(200));
+                queue.Schedule(owner, At(200), DeadlinePurpose.None);
             }
             else
             {
                 expected.Add(owner);
-                queue.Schedule(owner, At(i % 8 == 1 ? 250 : 5 + (i * 7 % 40)));
+                queue.Schedule(owner, At(i % 8 == 1 ? 250 : 5 + (i * 7 % 40)), DeadlinePurpose.None);
             }
         }
 
@@ -110,7 +110,7 @@ public sealed class DeadlineQueueTests
         // A later, earlier-due deadline must re-arm the timer.
         var early = new SystemOwner(clock);
         expected.Add(early);
-        queue.Schedule(early, At(1));
+        queue.Schedule(early, At(1), DeadlinePurpose.None);
 
         await Task.WhenAll(expected.Select(o => o.Fired.Task)).WithTimeout();
         Assert.True(clock.GetTimestamp() > At(200));
@@ -126,14 +126,14 @@ public sealed class DeadlineQueueTests
         DeadlineQueue queue = DeadlineQueue.CreateSystemForTest();
         TimeProvider clock = TimeProvider.System;
         var far = new SystemOwner(clock);
-        queue.Schedule(far, clock.GetTimestamp() + (600 * clock.TimestampFrequency));
+        queue.Schedule(far, clock.GetTimestamp() + (600 * clock.TimestampFrequency), DeadlinePurpose.None);
         Assert.True(
             SpinWait.SpinUntil(() => queue.WaiterAsleepFor == far.Due, TestTimeouts.Passing),
             "the waiter never went to sleep for the far deadline");
 
         // Due in 20 ms; without a wake-up it would run ten minutes from now, long after the test's timeout.
         var near = new SystemOwner(clock);
-        queue.Schedule(near, clock.GetTimestamp() + (clock.TimestampFrequency / 50));
+        queue.Schedule(near, clock.GetTimestamp() + (clock.TimestampFrequency / 50), DeadlinePurpose.None);
         long fired = await near.Fired.Task.WithTimeout();
         Assert.True(fired >= near.Due, "fired before its due time");
 
@@ -150,7 +150,7 @@ public sealed class DeadlineQueueTests
         for (int round = 0; round < 3; round++)
         {
             var owner = new SystemOwner(clock);
-            queue.Schedule(owner, clock.GetTimestamp() + (clock.TimestampFrequency / 100));
+            queue.Schedule(owner, clock.GetTimestamp() + (clock.TimestampFrequency / 100), DeadlinePurpose.None);
             Assert.True(queue.HasWaiter);
             await owner.Fired.Task.WithTimeout();
 
@@ -169,7 +169,9 @@ public sealed class DeadlineQueueTests
 
         public long Due => DeadlineDue;
 
-        public void OnDeadline() => Fired.TrySetResult(clock.GetTimestamp());
+        public DeadlinePurpose DeadlinePurpose { get; set; }
+
+        public void OnDeadline(DeadlinePurpose purpose) => Fired.TrySetResult(clock.GetTimestamp());
     }
 
     private static long Ticks(FakeTimeProvider clock, int milliseconds) =>
@@ -191,12 +193,14 @@ public sealed class DeadlineQueueTests
 
         public int Remaining { get; set; }
 
-        public void OnDeadline()
+        public DeadlinePurpose DeadlinePurpose { get; set; }
+
+        public void OnDeadline(DeadlinePurpose purpose)
         {
             fired.Add((this, clock.GetTimestamp()));
             if (Remaining-- > 0)
             {
-                DeadlineQueue.For(clock).Schedule(this, clock.GetTimestamp() + (long)(Reschedule.TotalSeconds * clock.TimestampFrequency));
+                DeadlineQueue.For(clock).Schedule(this, clock.GetTimestamp() + (long)(Reschedule.TotalSeconds * clock.TimestampFrequency), DeadlinePurpose.None);
             }
         }
     }

@@ -19,12 +19,10 @@ internal static class AllocCommand
             Console.WriteLine($"alloc: {cycles} cycles each (after {cycles / 5} to warm up), raw and SafeSockets alternating, 3 rounds.");
             var raw = new List<double>();
             var managed = new List<double>();
-            var unpooled = new List<double>();
             for (int round = 0; round < 3; round++)
             {
                 raw.Add(await MeasureAsync(cycle.RawGraceful, cycles));
                 managed.Add(await MeasureAsync(cycle.ManagedGraceful, cycles));
-                unpooled.Add(await MeasureAsync(cycle.ManagedGracefulNoPooling, cycles));
             }
 
             double rawMedian = Median(raw);
@@ -34,7 +32,6 @@ internal static class AllocCommand
             Console.WriteLine("|---|---:|");
             Console.WriteLine($"| raw Socket, hand-written graceful close | {rawMedian:N0} ({raw.Min():N0}-{raw.Max():N0}) |");
             Console.WriteLine($"| ManagedConnection, CloseAsync | {managedMedian:N0} ({managed.Min():N0}-{managed.Max():N0}) |");
-            Console.WriteLine($"| ManagedConnection, pooling off | {Median(unpooled):N0} ({unpooled.Min():N0}-{unpooled.Max():N0}) |");
             bool ok = managedMedian <= rawMedian + TargetOverRaw;
             Console.WriteLine(ok
                 ? $"alloc: OK (SafeSockets {managedMedian - rawMedian:+#,0;-#,0} B per cycle against raw; target at most +{TargetOverRaw})"

@@ -28,4 +28,7 @@ internal static partial class Log
 
     [LoggerMessage(8, LogLevel.Information, "Listener {LocalEndPoint} stopped: {Graceful} connections closed gracefully, {Aborted} aborted at the grace deadline.")]
     public static partial void ListenerStopped(ILogger logger, string? localEndPoint, int graceful, int aborted);
+
+    [LoggerMessage(9, LogLevel.Error, "Unexpected error in the {Where} of connection {RemoteEndPoint}; the connection is closed and the error is not reported as the peer's doing.")]
+    public static partial void UnexpectedError(ILogger logger, string where, string? remoteEndPoint, Exception exception);
 }

@@ -1,5 +1,4 @@
 using System.Diagnostics.Metrics;
-using SafeSockets.Internal;
 
 namespace SafeSockets.Diagnostics;
 
@@ -77,6 +76,7 @@ internal static class Metrics
         new("outcome", "already_closed"),
         new("outcome", "close_wait_timed_out"),
         new("outcome", "drain_budget_exceeded"),
+        new("outcome", "faulted"),
     ];
 
     public static KeyValuePair<string, object?> OutcomeTag(CloseOutcome outcome) => s_outcomeTags[(int)outcome];
@@ -87,7 +87,7 @@ internal static class Metrics
     }
 
     /// <summary>Moves a connection between the <c>state</c> series when its category changes.</summary>
-    public static void StateChanged(int before, int after)
+    public static void StateChanged(ConnectionState before, ConnectionState after)
     {
         int from = Category(before);
         int to = Category(after);
@@ -124,27 +124,16 @@ internal static class Metrics
         return measurements;
     }
 
-    /// <summary>-1 once released; otherwise the index into the state tags.</summary>
-    private static int Category(int state)
+    /// <summary>-1 once released; otherwise the index into the state tags (open, send_shutdown, peer_shutdown, both_shutdown, draining).</summary>
+    private static int Category(ConnectionState state) => state switch
     {
-        if ((state & (StateBits.Closed | StateBits.Aborted)) != 0)
-        {
-            return -1;
-        }
-
-        if ((state & StateBits.Closing) != 0)
-        {
-            return 4;
-        }
-
-        return (state & (StateBits.SendShutdown | StateBits.PeerFin)) switch
-        {
-            StateBits.SendShutdown | StateBits.PeerFin => 3,
-            StateBits.PeerFin => 2,
-            StateBits.SendShutdown => 1,
-            _ => 0,
-        };
-    }
+        ConnectionState.Open => 0,
+        ConnectionState.SendShutdown => 1,
+        ConnectionState.PeerShutdown => 2,
+        ConnectionState.BothShutdown => 3,
+        ConnectionState.Closing => 4,
+        _ => -1,
+    };
 
     public static double Seconds(long startTimestamp, TimeProvider time) => time.GetElapsedTime(startTimestamp).TotalSeconds;
 }

@@ -35,6 +35,30 @@ public readonly record struct TcpConnectionInfo
     /// <summary>Whether the kernel has received the peer's FIN (CLOSE_WAIT, LAST_ACK, CLOSING or TIME_WAIT), even if unread data sits before it.</summary>
     public bool PeerHasClosed => IsAvailable && State is TcpState.CloseWait or TcpState.LastAck or TcpState.Closing or TcpState.TimeWait;
 
+    // tcpi_bytes_acked (Linux 4.1+), a __u64 after tcpi_total_retrans, tcpi_pacing_rate and tcpi_max_pacing_rate.
+    private const int BytesAckedOffset = 120;
+
+    /// <summary>The bytes the peer has acknowledged over the connection's life (<c>tcpi_bytes_acked</c>); -1 where the kernel cannot tell.</summary>
+    internal static long ReadBytesAcked(Socket socket)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return -1;
+        }
+
+        Span<byte> buffer = stackalloc byte[BytesAckedOffset + sizeof(ulong)];
+        try
+        {
+            return socket.GetRawSocketOption(IpProtoTcp, TcpInfoOption, buffer) >= buffer.Length
+                ? (long)MemoryMarshal.Read<ulong>(buffer[BytesAckedOffset..])
+                : -1;
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            return -1;
+        }
+    }
+
     internal static TcpConnectionInfo Read(Socket socket)
     {
         if (!OperatingSystem.IsLinux())

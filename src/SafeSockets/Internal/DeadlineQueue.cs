@@ -3,7 +3,7 @@ using System.Runtime.CompilerServices;
 namespace SafeSockets.Internal;
 
 /// <summary>One deadline queue for all connections on a <see cref="TimeProvider"/>: each connection has at most one deadline at a
-/// time (its drain bound while closing, its CLOSE_WAIT guard after the peer's FIN), kept in a binary min-heap indexed
+/// time, with its purpose (its drain bound while closing, its CLOSE_WAIT guard after the peer's FIN), kept in a binary min-heap indexed
 /// by the owner itself, and one waiter sleeps until the earliest.</summary>
 /// <remarks>
 /// <para>A timer per connection costs two objects per close and a timer-queue insert and remove; here a deadline costs
@@ -91,11 +91,12 @@ internal sealed class DeadlineQueue
         }
     }
 
-    /// <summary>Sets (or moves) <paramref name="owner"/>'s deadline to <paramref name="due"/> (a timestamp of the time provider).</summary>
-    public void Schedule(IDeadlineOwner owner, long due)
+    /// <summary>Sets (or moves) <paramref name="owner"/>'s deadline to <paramref name="due"/> (a timestamp of the time provider), for <paramref name="purpose"/>.</summary>
+    public void Schedule(IDeadlineOwner owner, long due, DeadlinePurpose purpose)
     {
         lock (_lock)
         {
+            owner.DeadlinePurpose = purpose;
             int index = owner.DeadlineIndex;
             if (index < 0)
             {
@@ -146,12 +147,14 @@ internal sealed class DeadlineQueue
         while (true)
         {
             IDeadlineOwner? due;
+            DeadlinePurpose purpose;
             lock (_lock)
             {
                 long now = _timeProvider.GetTimestamp();
                 if (_count > 0 && _heap[0].DeadlineDue <= now)
                 {
                     due = _heap[0];
+                    purpose = due.DeadlinePurpose;
                     RemoveLocked(due);
                 }
                 else
@@ -167,7 +170,7 @@ internal sealed class DeadlineQueue
             }
 
             // Outside the lock: the owner may schedule its next deadline (or close) from here.
-            due.OnDeadline();
+            due.OnDeadline(purpose);
         }
     }
 
@@ -179,6 +182,7 @@ internal sealed class DeadlineQueue
         while (true)
         {
             IDeadlineOwner due;
+            DeadlinePurpose purpose;
             lock (_lock)
             {
                 while (true)
@@ -188,6 +192,7 @@ internal sealed class DeadlineQueue
                     if (_count > 0 && _heap[0].DeadlineDue <= now)
                     {
                         due = _heap[0];
+                        purpose = due.DeadlinePurpose;
                         RemoveLocked(due);
                         break;
                     }
@@ -215,7 +220,7 @@ internal sealed class DeadlineQueue
                 }
             }
 
-            due.OnDeadline();
+            due.OnDeadline(purpose);
         }
     }
 
@@ -366,7 +371,23 @@ internal interface IDeadlineOwner
     /// <summary>The due time, a timestamp of the queue's time provider.</summary>
     long DeadlineDue { get; set; }
 
+    /// <summary>What the deadline is for; handed back to <see cref="OnDeadline"/>.</summary>
+    DeadlinePurpose DeadlinePurpose { get; set; }
+
     /// <summary>The deadline came due; called on the queue's waiter thread (or the time provider's timer callback), outside
     /// the queue's lock, once per due entry. It must not block: every later deadline waits behind it.</summary>
-    void OnDeadline();
+    void OnDeadline(DeadlinePurpose purpose);
+}
+
+/// <summary>What a connection's deadline is for (each connection has at most one at a time).</summary>
+internal enum DeadlinePurpose : byte
+{
+    /// <summary>Not set (a test owner, or none).</summary>
+    None,
+
+    /// <summary>The CLOSE_WAIT guard: an inactivity bound after the peer's FIN, and on Linux the check for a later reset.</summary>
+    CloseWaitGuard,
+
+    /// <summary>The drain's time bounds (total and idle).</summary>
+    DrainBound,
 }

@@ -19,8 +19,11 @@ internal static class SocketErrors
         SocketError.NetworkReset;
 
     /// <summary>The operation ended because the socket was closed under it (by our own abort or release).</summary>
+    /// <remarks>Disposing a socket under a pending receive can also report InvalidArgument on Linux (Kestrel's
+    /// <c>IsConnectionAbortError</c> notes the same).</remarks>
     public static bool IsAbortedByUs(SocketError error) => error is
         SocketError.OperationAborted or
         SocketError.Interrupted or
-        SocketError.NotSocket;
+        SocketError.NotSocket or
+        SocketError.InvalidArgument;
 }

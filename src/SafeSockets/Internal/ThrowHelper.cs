@@ -7,7 +7,7 @@ internal static class ThrowHelper
 {
     [DoesNotReturn]
     public static void ThrowSendShutdown() =>
-        throw new InvalidOperationException("The send side of this connection is shut down (ShutdownSendAsync was called, or a close started); nothing more can be sent.");
+        throw new InvalidOperationException("The send side of this connection is shut down, or a ShutdownSendAsync is in progress; nothing more can be sent until a cancelled ShutdownSendAsync gives it back.");
 
     [DoesNotReturn]
     public static void ThrowConcurrentReceive() =>
@@ -28,6 +28,7 @@ internal static class ThrowHelper
         CloseReason.Abort => "The connection was aborted (Abort was called).",
         CloseReason.CloseWaitTimeout => "The connection closed itself because the peer had closed and the application did not close it within CloseWaitTimeout.",
         CloseReason.PeerReset => "The connection was released after the peer reset it.",
+        CloseReason.Faulted => "The connection was closed after an unexpected error (logged at Error level).",
         _ => "The connection is closed or closing (CloseAsync or DisposeAsync was called).",
     };
 }
@@ -39,5 +40,6 @@ internal enum CloseReason : byte
     Application,
     CloseWaitTimeout,
     PeerReset,
+    Faulted,
     Abort,
 }

@@ -1,0 +1,147 @@
+namespace SafeSockets.Internal;
+
+/// <summary>Counts sends in flight and lets a half-close or a close wait until every earlier send is handed to the kernel.</summary>
+/// <remarks>
+/// <para>The gate is closed while at least one closer holds it: each pending <c>ShutdownSendAsync</c>, and for good once our
+/// FIN is sent or the teardown has begun. A closed gate refuses new sends. Every closer waits for the count of sends in
+/// flight to reach zero with its own waiter; a closer that gives up (a cancelled <c>ShutdownSendAsync</c>) leaves, and
+/// the gate opens again when no closer is left and it was not closed for good. So a cancelled half-close sends no FIN
+/// and leaves the connection as usable as before, and concurrent half-closes all complete.</para>
+/// <para>Entering and leaving take no lock (one interlocked operation each); closers and their waiters live under the
+/// lock, which a send touches only when it is the last one out of a closed gate.</para>
+/// </remarks>
+internal sealed class SendGate
+{
+    // Bits 0..29: sends in flight; bit 30: the gate is closed.
+    private const int ClosedBit = 1 << 30;
+    private const int CountMask = ClosedBit - 1;
+
+    private readonly object _lock = new();
+    private int _word;
+
+    // Under _lock: closers holding the gate, whether it is closed for good, and the closers waiting for zero.
+    private int _closers;
+    private bool _closedForGood;
+    private List<TaskCompletionSource>? _waiters;
+
+    /// <summary>Sends in flight right now.</summary>
+    public int InFlight => Volatile.Read(ref _word) & CountMask;
+
+    /// <summary>Whether the gate refuses new sends.</summary>
+    public bool IsClosed => (Volatile.Read(ref _word) & ClosedBit) != 0;
+
+    /// <summary>Lets a send through unless the gate is closed.</summary>
+    public bool TryEnter()
+    {
+        int current = Volatile.Read(ref _word);
+        while ((current & ClosedBit) == 0)
+        {
+            int seen = Interlocked.CompareExchange(ref _word, current + 1, current);
+            if (seen == current)
+            {
+                return true;
+            }
+
+            current = seen;
+        }
+
+        return false;
+    }
+
+    /// <summary>A send is done (handed over, failed or cancelled).</summary>
+    public void Exit()
+    {
+        if (Interlocked.Decrement(ref _word) == ClosedBit)
+        {
+            ReleaseWaiters();
+        }
+    }
+
+    /// <summary>Closes the gate for one closer and returns a task that completes once no send is in flight.</summary>
+    /// <param name="forGood">The gate never opens again (our FIN, or the teardown).</param>
+    /// <returns>The wait; a closer that gives up before it completes must call <see cref="Leave"/> with it.</returns>
+    public Task CloseAndWait(bool forGood)
+    {
+        lock (_lock)
+        {
+            _closers++;
+            _closedForGood |= forGood;
+            Interlocked.Or(ref _word, ClosedBit);
+            if ((Volatile.Read(ref _word) & CountMask) == 0)
+            {
+                return Task.CompletedTask;
+            }
+
+            var waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            (_waiters ??= []).Add(waiter);
+            return waiter.Task;
+        }
+    }
+
+    /// <summary>Closes the gate for good (our FIN was sent by a path that did not wait: the Transport output completed).</summary>
+    public void CloseForGood()
+    {
+        lock (_lock)
+        {
+            _closers++;
+            _closedForGood = true;
+            Interlocked.Or(ref _word, ClosedBit);
+        }
+    }
+
+    /// <summary>A closer gives up (its wait was cancelled, or its half-close failed before the FIN): the gate opens again if
+    /// no other closer holds it and it was not closed for good.</summary>
+    /// <param name="wait">The task <see cref="CloseAndWait"/> returned to this closer.</param>
+    public void Leave(Task wait)
+    {
+        lock (_lock)
+        {
+            _closers--;
+            if (_waiters is { } waiters)
+            {
+                for (int i = 0; i < waiters.Count; i++)
+                {
+                    if (waiters[i].Task == wait)
+                    {
+                        waiters.RemoveAt(i);
+                        break;
+                    }
+                }
+            }
+
+            if (_closers == 0 && !_closedForGood)
+            {
+                Interlocked.And(ref _word, ~ClosedBit);
+            }
+        }
+    }
+
+    /// <summary>The closer that succeeded: our FIN is out, so the gate stays closed for good.</summary>
+    public void MarkClosedForGood()
+    {
+        lock (_lock)
+        {
+            _closedForGood = true;
+        }
+    }
+
+    private void ReleaseWaiters()
+    {
+        List<TaskCompletionSource>? ready;
+        lock (_lock)
+        {
+            if ((Volatile.Read(ref _word) & CountMask) != 0 || _waiters is not { Count: > 0 } waiters)
+            {
+                return;
+            }
+
+            ready = [.. waiters];
+            waiters.Clear();
+        }
+
+        foreach (TaskCompletionSource waiter in ready)
+        {
+            waiter.TrySetResult();
+        }
+    }
+}
