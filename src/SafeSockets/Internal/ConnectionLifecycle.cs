@@ -425,7 +425,6 @@ internal sealed class ConnectionLifecycle
         ConnectionState before;
         lock (_gate)
         {
-            Debug.Assert(_leases > 0, "More releases than references.");
             if (_leases == 0 || --_leases > 0)
             {
                 return ReleaseAction.None;
