@@ -53,7 +53,7 @@ public sealed class AbortTests
     [Fact]
     public async Task Abort_WithSendInFlight_SendFailsWithObjectDisposed()
     {
-        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateSmallBufferManagedServerAsync();
         using (peer)
         {
             Task send = connection.SendAsync(new byte[16 * 1024 * 1024]).AsTask();

@@ -29,7 +29,7 @@ public sealed class FaultTests
     [Fact]
     public async Task PeerResetsDuringOurSend_SendThrowsConnectionReset_NothingEscapes()
     {
-        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateSmallBufferManagedServerAsync();
         Task send = connection.SendAsync(new byte[32 * 1024 * 1024]).AsTask();
         Assert.False(send.IsCompleted);
         Reset(peer);
@@ -41,7 +41,7 @@ public sealed class FaultTests
     [Fact]
     public async Task PeerResetsDuringOurHalfClose_HalfCloseFailsClearly()
     {
-        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateSmallBufferManagedServerAsync();
         Task send = connection.SendAsync(new byte[32 * 1024 * 1024]).AsTask();
         Task shutdown = connection.ShutdownSendAsync().AsTask();
         Assert.False(shutdown.IsCompleted);

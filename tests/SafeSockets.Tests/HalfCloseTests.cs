@@ -33,11 +33,11 @@ public sealed class HalfCloseTests
     [Fact]
     public async Task ShutdownSendAsync_WaitsForASendInFlight_ThenFinFollowsTheLastByte()
     {
-        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateSmallBufferManagedServerAsync();
         await using (connection)
         using (peer)
         {
-            // 8 MiB cannot fit in the kernel's buffers while the peer is not reading, so the send is in flight.
+            // Small buffers on both ends: 8 MiB cannot fit while the peer is not reading, so the send is in flight.
             byte[] payload = Peer.Pattern(8 * 1024 * 1024);
             Task send = connection.SendAsync(payload).AsTask();
             Task shutdown = connection.ShutdownSendAsync().AsTask();

@@ -26,29 +26,41 @@ public sealed class KernelCounterTests
     [Fact]
     public async Task GracefulCloses_WithUnreadDataEveryTime_SendNoRstAndLeaveNoCloseWait()
     {
-        KernelCounters before = KernelCounters.Read();
+        // The counters are machine-wide: another process's resets can land in our window. A bug resets on every one of
+        // the 50 closes, so it can never give a clean window; a busy machine only dirties some. Up to five windows, each
+        // with every peer's own view checked; the claim is that at least one window was clean.
+        var windows = new List<KernelCounters>();
         var ports = new List<int>();
-        for (int i = 0; i < 50; i++)
+        for (int attempt = 0; attempt < 5; attempt++)
         {
-            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-            using (peer)
+            KernelCounters before = KernelCounters.Read();
+            for (int i = 0; i < 50; i++)
             {
-                ports.Add(connection.LocalEndPoint.Port());
-                // The request is never read by the application; the answer goes out; the peer half-closes after reading it.
-                await Peer.SendPatternAsync(peer, 30_000);
-                await connection.SendAsync(Peer.Pattern(100_000)).WithTimeout();
-                Task<CloseResult> close = connection.CloseAsync().AsTask();
-                PeerReadResult seen = await Peer.ReadToEndAsync(peer).WithTimeout();
-                peer.Shutdown(SocketShutdown.Send);
+                (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+                using (peer)
+                {
+                    ports.Add(connection.LocalEndPoint.Port());
+                    // The request is never read by the application; the answer goes out; the peer half-closes after reading it.
+                    await Peer.SendPatternAsync(peer, 30_000);
+                    await connection.SendAsync(Peer.Pattern(100_000)).WithTimeout();
+                    Task<CloseResult> close = connection.CloseAsync().AsTask();
+                    PeerReadResult seen = await Peer.ReadToEndAsync(peer).WithTimeout();
+                    peer.Shutdown(SocketShutdown.Send);
 
-                Assert.Equal((100_000, PeerEnd.Fin), (seen.Bytes, seen.End));
-                Assert.Equal(CloseOutcome.Graceful, (await close.WithTimeout()).Outcome);
+                    Assert.Equal((100_000, PeerEnd.Fin), (seen.Bytes, seen.End));
+                    Assert.Equal(CloseOutcome.Graceful, (await close.WithTimeout()).Outcome);
+                }
+            }
+
+            KernelCounters delta = KernelCounters.Read() - before;
+            windows.Add(delta);
+            if (delta == default)
+            {
+                break;
             }
         }
 
-        KernelCounters delta = KernelCounters.Read() - before;
-        Assert.Equal(0, delta.OutRsts);
-        Assert.Equal(0, delta.EstabResets);
+        Assert.True(windows[^1] == default, $"no window of 50 graceful closes without a reset on the machine: {string.Join(", ", windows)}");
         Assert.Equal(0, TcpSocketTable.Count(TcpState.CloseWait, [.. ports]));
     }
 

@@ -112,10 +112,24 @@ public sealed class LifecycleTests
                 CloseResult[] results = await Task.WhenAll(closes).WithTimeout();
 
                 Assert.Equal(1, connection.ReleaseCount);
-                Assert.Contains(connection.State, new[] { ConnectionState.Closed, ConnectionState.Aborted });
-                // At most one of the two CloseAsync calls reports the close; the other says AlreadyClosed.
-                Assert.True(results[..2].Count(r => r.Outcome != CloseOutcome.AlreadyClosed) <= 1);
-                Assert.True((await connection.Completion.WithTimeout()).Outcome is CloseOutcome.Graceful or CloseOutcome.Aborted);
+                CloseResult final = await connection.Completion.WithTimeout();
+                ConnectionState state = connection.State;
+                string story = $"round {round}: State {state}, Completion {final}, closes {results[0]} / {results[1]}";
+                if (!abort)
+                {
+                    // Only graceful closes, and the peer had already closed its side: exactly one way to end.
+                    Assert.Equal(CloseOutcome.Graceful, final.Outcome);
+                    Assert.Equal(ConnectionState.Closed, state);
+                }
+
+                // The state and the recorded outcome agree.
+                Assert.True((state == ConnectionState.Aborted) == (final.Outcome == CloseOutcome.Aborted), story);
+                Assert.True((state == ConnectionState.Closed) == (final.Outcome != CloseOutcome.Aborted), story);
+
+                // At most one of the two CloseAsync calls reports the close, exactly as Completion does (none when DisposeAsync started it).
+                CloseResult[] reporting = [.. results[..2].Where(r => r.Outcome != CloseOutcome.AlreadyClosed)];
+                Assert.True(reporting.Length <= 1, story);
+                Assert.All(reporting, r => Assert.Equal(final, r));
             }
         }
     }
