@@ -150,6 +150,9 @@ internal abstract class ManagedStrategy : Strategy
         return endPoints;
     }
 
+    /// <summary>Stops every listener (graceful, <paramref name="grace"/> each) and waits until all their connections are released.</summary>
+    public Task StopListenersAsync(TimeSpan grace) => Task.WhenAll(_listeners.Select(l => l.StopAsync(grace)));
+
     protected sealed override Task RunServerAsync(Socket accepted) => Task.CompletedTask;
 
     protected abstract Task RunManagedServerAsync(ManagedConnection connection);

@@ -155,9 +155,16 @@ internal static class TeardownCommand
         }
 
         Task all = Task.WhenAll(Enumerable.Range(0, settings.Concurrency).Select(_ => Task.Run(WorkerAsync)));
+        // Carriage-return progress only on a terminal; redirected (CI logs, files) each round is one line at its end.
+        bool progress = !Console.IsOutputRedirected;
         while (!all.IsCompleted)
         {
             await Task.WhenAny(all, Task.Delay(250));
+            if (!progress)
+            {
+                continue;
+            }
+
             double rate = Volatile.Read(ref done) / Math.Max(clock.Elapsed.TotalSeconds, 1e-3);
             Console.Write($"\r{strategy.Name,-26} {(round == 0 ? "warm-up" : $"round {round}/{settings.Rounds}")}  {Volatile.Read(ref done),7}/{settings.Cycles} cycles  {rate,9:N0} cycles/s   ");
         }
@@ -192,8 +199,8 @@ internal static class TeardownCommand
                 strategy.Observed.BytesLost,
                 errors));
         string label = round == 0 ? "warm-up" : $"round {round}/{settings.Rounds}";
-        Console.Write($"\r{strategy.Name,-26} {label}  {result.CyclesPerSecond,9:N0} cycles/s  p99 {result.P99Micros,8:N0} us  RST {result.Effects.PeerResets}/{result.Effects.OutRsts}  TIME_WAIT {result.Effects.TimeWait}  CLOSE_WAIT {result.Effects.CloseWait}".PadRight(118));
-        Console.WriteLine();
+        string line = $"{strategy.Name,-26} {label}  {result.CyclesPerSecond,9:N0} cycles/s  p99 {result.P99Micros,8:N0} us  RST {result.Effects.PeerResets}/{result.Effects.OutRsts}  TIME_WAIT {result.Effects.TimeWait}  CLOSE_WAIT {result.Effects.CloseWait}";
+        Console.WriteLine(progress ? "\r" + line.PadRight(118) : line);
         return result;
     }
 
