@@ -85,12 +85,13 @@ public sealed class ManagedConnectionOptions
         }
     }
 
-    /// <summary>After the peer's FIN (or reset), the longest time before the connection closes itself if the application has not closed it.</summary>
-    /// <remarks>Defaults to 5 seconds. Zero is allowed and closes the connection as soon as the peer's FIN is seen
-    /// (no answer after the peer's FIN). The application may still send during this time, which is what
-    /// half-close protocols need; the forced close ends with FIN, never RST, and its outcome is
-    /// <see cref="CloseOutcome.CloseWaitTimedOut"/>.</remarks>
-    /// <exception cref="ArgumentOutOfRangeException">The value is negative, or longer than about 24.8 days.</exception>
+    /// <summary>After the peer's FIN, the longest the application may leave the connection idle before it closes by itself.</summary>
+    /// <remarks>Defaults to 5 seconds. An inactivity bound (HAProxy's <c>timeout client-fin</c>): a send handed to the kernel,
+    /// a send still making progress (on Linux the peer acknowledges more bytes) or a read restarts it, so an application
+    /// still answering after the peer's FIN is never cut short, and one that does nothing is closed for it. Zero closes the
+    /// connection as soon as the peer's FIN is seen. The forced close ends with FIN, never RST, and its outcome is
+    /// <see cref="CloseOutcome.CloseWaitTimedOut"/>. An application that waits on something else after the peer's FIN (a
+    /// proxy waiting for its upstream) sets this to its own bound, as nginx's stream <c>proxy_timeout</c> (10 minutes).</remarks>
     public TimeSpan CloseWaitTimeout
     {
         get => _closeWaitTimeout;
