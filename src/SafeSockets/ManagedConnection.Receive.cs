@@ -149,10 +149,11 @@ public sealed partial class ManagedConnection
         else if ((previous & IoReadActive) == 0)
         {
             // The reader is ours now. Discard (and count) what the application never read. The reader is completed after
-            // the loop has completed the writer (ReleaseInput): in that order the pipe keeps its buffer segment for the
-            // next connection.
-            _inputReturnable = true;
+            // the loop has completed the writer (LetGoOfInput): in that order the pipe keeps its buffer segment for the
+            // next connection. Published only after the discard: an Abort that escalates on another thread may give the
+            // input back (LetGoOfInput) at any moment, and two readers at once would throw.
             DiscardUnreadInput();
+            Volatile.Write(ref _inputReturnable, true);
         }
         else
         {

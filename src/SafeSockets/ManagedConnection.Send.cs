@@ -109,7 +109,7 @@ public sealed partial class ManagedConnection
 
     private async ValueTask ShutdownSendCoreAsync(CancellationToken cancellationToken)
     {
-        Task drained = _sendGate.CloseAndWait(forGood: false);
+        Task drained = _sendGate.CloseAndWait();
         PauseSendLoop();
         bool finSent = false;
         try
@@ -131,7 +131,7 @@ public sealed partial class ManagedConnection
         {
             if (finSent || _lifecycle.SendShutdown)
             {
-                _sendGate.MarkClosedForGood();
+                // Our FIN is out: this closer never leaves, so the gate stays closed for good.
                 StopSendLoop();
             }
             else

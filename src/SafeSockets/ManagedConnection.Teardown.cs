@@ -176,7 +176,7 @@ public sealed partial class ManagedConnection
             _settings.Deadlines.Cancel(this);
             TakeInputForTeardown();
             StopSendLoop();
-            Task sendsDone = _sendGate.CloseAndWait(forGood: true);
+            Task sendsDone = _sendGate.CloseAndWait();
 
             // 1. Flush: wait until every send in flight (and what Transport.Output had flushed) is handed to the kernel.
             flushed = await WaitBoundedAsync(sendsDone, _closeStart + _settings.DrainTimeoutTicks, cancellationToken).ConfigureAwait(false);
@@ -357,9 +357,10 @@ public sealed partial class ManagedConnection
         }
 
         Volatile.Read(ref _extras)?.ReceiveCts?.Dispose();
-        if (!_inputReturnable || HasIo(IoPipe))
+        if (!Volatile.Read(ref _inputReturnable) || HasIo(IoPipe))
         {
-            // A ReceiveAsync or the application's Transport reader owns the reader; they complete it.
+            // A ReceiveAsync or the application's Transport reader owns the reader; they complete it. (Or, rarely, an
+            // escalated Abort got here while the teardown was still discarding: the pipe is then collected, not pooled.)
             return;
         }
 

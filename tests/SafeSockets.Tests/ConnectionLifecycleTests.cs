@@ -214,4 +214,77 @@ public sealed class ConnectionLifecycleTests
         Assert.Equal(ReleaseAction.None, lifecycle.ReleaseReference());
         Assert.Equal(0, lifecycle.LeaseCount);
     }
+
+    [Fact]
+    public async Task Completion_AskedForTwiceBeforeTheRecord_IsOneTask()
+    {
+        var lifecycle = new ConnectionLifecycle();
+        Task<CloseResult> first = lifecycle.GetCompletionTask();
+        Task<CloseResult> second = lifecycle.GetCompletionTask();
+        Assert.Same(first, second);
+        Abort(lifecycle);
+        Assert.Equal(CloseOutcome.Aborted, (await first).Outcome);
+    }
+
+    [Fact]
+    public void StateChanges_AreReportedOncePerTransition_AndBalanceToReleased()
+    {
+        var changes = new List<(ConnectionState Before, ConnectionState After)>();
+        var lifecycle = new ConnectionLifecycle((before, after) => changes.Add((before, after)));
+
+        lifecycle.TryMarkSendShutdown();
+        lifecycle.TryMarkSendShutdown();
+        lifecycle.OnPeerFin();
+        lifecycle.OnPeerFin();
+        lifecycle.TryBeginTeardown(CloseReason.Application);
+        lifecycle.RequestAbort();
+        lifecycle.TryRelease(out _);
+        lifecycle.TryRelease(out _);
+
+        Assert.Equal(
+            [
+                (ConnectionState.Open, ConnectionState.SendShutdown),
+                (ConnectionState.SendShutdown, ConnectionState.BothShutdown),
+                (ConnectionState.BothShutdown, ConnectionState.Closing),
+                (ConnectionState.Closing, ConnectionState.Closing),
+                (ConnectionState.Closing, ConnectionState.Aborted),
+            ],
+            changes);
+    }
+
+    [Fact]
+    public void StateChanges_OfThePeersResetAndTheLastLease_AreReported()
+    {
+        var changes = new List<(ConnectionState Before, ConnectionState After)>();
+        var lifecycle = new ConnectionLifecycle((before, after) => changes.Add((before, after)));
+
+        lifecycle.OnPeerReset();
+        lifecycle.OnPeerReset();
+        lifecycle.ReleaseCreator();
+        lifecycle.RequestAbort();
+
+        Assert.Equal(
+            [
+                (ConnectionState.Open, ConnectionState.PeerShutdown),
+                (ConnectionState.PeerShutdown, ConnectionState.Closing),
+                (ConnectionState.Closing, ConnectionState.Closing),
+            ],
+            changes);
+    }
+
+    [Fact]
+    public void StateChanges_OfAnAbortWithNoTeardown_AreReported()
+    {
+        var changes = new List<(ConnectionState Before, ConnectionState After)>();
+        var lifecycle = new ConnectionLifecycle((before, after) => changes.Add((before, after)));
+        Abort(lifecycle);
+        Assert.Equal([(ConnectionState.Open, ConnectionState.Closing), (ConnectionState.Closing, ConnectionState.Aborted)], changes);
+    }
+
+    private static void Abort(ConnectionLifecycle lifecycle)
+    {
+        Assert.Equal(AbortAction.RunTeardown, lifecycle.RequestAbort());
+        Assert.True(lifecycle.TryRelease(out _));
+        lifecycle.Record(CloseOutcome.Aborted, 0, s_elapsed);
+    }
 }

@@ -23,7 +23,7 @@ public sealed class SendGateTests
     public void CloseAndWait_WithNothingInFlight_IsDoneAtOnce_AndRefusesSends()
     {
         var gate = new SendGate();
-        Task wait = gate.CloseAndWait(forGood: false);
+        Task wait = gate.CloseAndWait();
         Assert.True(wait.IsCompletedSuccessfully);
         Assert.True(gate.IsClosed);
         Assert.False(gate.TryEnter());
@@ -36,8 +36,8 @@ public sealed class SendGateTests
         var gate = new SendGate();
         gate.TryEnter();
         gate.TryEnter();
-        Task first = gate.CloseAndWait(forGood: false);
-        Task second = gate.CloseAndWait(forGood: false);
+        Task first = gate.CloseAndWait();
+        Task second = gate.CloseAndWait();
         Assert.False(first.IsCompleted);
         Assert.False(second.IsCompleted);
         Assert.False(gate.TryEnter());
@@ -54,7 +54,7 @@ public sealed class SendGateTests
     {
         var gate = new SendGate();
         gate.TryEnter();
-        Task wait = gate.CloseAndWait(forGood: false);
+        Task wait = gate.CloseAndWait();
         gate.Leave(wait);
         Assert.False(gate.IsClosed);
         Assert.True(gate.TryEnter());
@@ -69,8 +69,8 @@ public sealed class SendGateTests
     {
         var gate = new SendGate();
         gate.TryEnter();
-        Task cancelled = gate.CloseAndWait(forGood: false);
-        Task other = gate.CloseAndWait(forGood: false);
+        Task cancelled = gate.CloseAndWait();
+        Task other = gate.CloseAndWait();
         gate.Leave(cancelled);
         Assert.True(gate.IsClosed);
         Assert.False(gate.TryEnter());
@@ -85,11 +85,11 @@ public sealed class SendGateTests
     }
 
     [Fact]
-    public void ClosedForGood_NeverOpensAgain()
+    public void ACloserThatNeverLeaves_KeepsItClosedForGood()
     {
         var gate = new SendGate();
-        Task forGood = gate.CloseAndWait(forGood: true);
-        Task halfClose = gate.CloseAndWait(forGood: false);
+        Task forGood = gate.CloseAndWait();
+        Task halfClose = gate.CloseAndWait();
         gate.Leave(halfClose);
         Assert.True(gate.IsClosed);
         Assert.True(forGood.IsCompletedSuccessfully);
@@ -97,14 +97,29 @@ public sealed class SendGateTests
     }
 
     [Fact]
-    public void MarkClosedForGood_AfterTheFin_KeepsItClosedWhenTheCloserLeaves()
+    public void CloseForGood_ThenACancelledHalfClose_StaysClosed()
     {
         var gate = new SendGate();
-        Task wait = gate.CloseAndWait(forGood: false);
-        gate.MarkClosedForGood();
-        gate.Leave(wait);
+        gate.CloseForGood();
+        Task halfClose = gate.CloseAndWait();
+        gate.Leave(halfClose);
         Assert.True(gate.IsClosed);
         Assert.False(gate.TryEnter());
+    }
+
+    [Fact]
+    public void ReleasedWaiters_AreNotKept()
+    {
+        var gate = new SendGate();
+        gate.TryEnter();
+        Task first = gate.CloseAndWait();
+        Task second = gate.CloseAndWait();
+        Assert.Equal(2, gate.Waiting);
+        gate.Leave(second);
+        Assert.Equal(1, gate.Waiting);
+        gate.Exit();
+        Assert.Equal(0, gate.Waiting);
+        Assert.True(SpinWait.SpinUntil(() => first.IsCompletedSuccessfully, TimeSpan.FromSeconds(10)));
     }
 
     [Fact]
@@ -116,7 +131,7 @@ public sealed class SendGateTests
         Assert.True(gate.IsClosed);
         Assert.False(gate.TryEnter());
         Assert.Equal(1, gate.InFlight);
-        Task wait = gate.CloseAndWait(forGood: true);
+        Task wait = gate.CloseAndWait();
         Assert.False(wait.IsCompleted);
         gate.Exit();
         Assert.True(SpinWait.SpinUntil(() => wait.IsCompletedSuccessfully, TimeSpan.FromSeconds(10)));
@@ -128,11 +143,11 @@ public sealed class SendGateTests
     {
         var gate = new SendGate();
         gate.TryEnter();
-        Task cancelled = gate.CloseAndWait(forGood: false);
+        Task cancelled = gate.CloseAndWait();
         gate.Leave(cancelled);
         gate.Exit();
         Assert.False(cancelled.IsCompleted);
-        Task later = gate.CloseAndWait(forGood: false);
+        Task later = gate.CloseAndWait();
         Assert.True(later.IsCompletedSuccessfully);
     }
 }

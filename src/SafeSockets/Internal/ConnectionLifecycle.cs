@@ -23,7 +23,13 @@ namespace SafeSockets.Internal;
 [DebuggerDisplay("{State} reason={_reason} leases={_leases}")]
 internal sealed class ConnectionLifecycle
 {
+    private static readonly Action<ConnectionState, ConnectionState> s_metrics = Metrics.StateChanged;
+
     private readonly object _gate = new();
+
+    // Told of every change of the published state, outside the lock: the metrics of live connections by state
+    // (a test passes its own recorder to check that every transition is reported exactly once).
+    private readonly Action<ConnectionState, ConnectionState> _stateChanged;
 
     // Our FIN is queued (shutdown(SHUT_WR) done, by ShutdownSendAsync, the Transport output or the teardown).
     private bool _sendShutdown;
@@ -61,6 +67,15 @@ internal sealed class ConnectionLifecycle
 
     // A copy of State for lock-free reads on the hot path (checks before a send or a receive). Written under the lock.
     private volatile ConnectionState _state;
+
+    /// <summary>A lifecycle whose state changes go to the <c>safesockets.connections.current</c> metric.</summary>
+    public ConnectionLifecycle()
+        : this(s_metrics)
+    {
+    }
+
+    /// <summary>A lifecycle whose state changes go to <paramref name="stateChanged"/> (before, after), outside the lock.</summary>
+    internal ConnectionLifecycle(Action<ConnectionState, ConnectionState> stateChanged) => _stateChanged = stateChanged;
 
     /// <summary>What <see cref="RequestAbort"/> tells its caller to do.</summary>
     public enum AbortAction
@@ -179,10 +194,10 @@ internal sealed class ConnectionLifecycle
     }
 
     /// <summary>Asks for the teardown. The first request wins and its caller must run the teardown routine.</summary>
+    /// <remarks>Abort does not come here: it goes through <see cref="RequestAbort"/>, which may escalate.</remarks>
     /// <returns><see langword="true"/> if the caller now owns the teardown.</returns>
     public bool TryBeginTeardown(CloseReason reason)
     {
-        Debug.Assert(reason is not CloseReason.None and not CloseReason.Abort, "Abort goes through RequestAbort.");
         ConnectionState before;
         lock (_gate)
         {
@@ -196,7 +211,7 @@ internal sealed class ConnectionLifecycle
             before = Publish();
         }
 
-        Metrics.StateChanged(before, ConnectionState.Closing);
+        _stateChanged(before, ConnectionState.Closing);
         return true;
     }
 
@@ -225,7 +240,7 @@ internal sealed class ConnectionLifecycle
             before = Publish();
         }
 
-        Metrics.StateChanged(before, ConnectionState.Closing);
+        _stateChanged(before, ConnectionState.Closing);
         return action;
     }
 
@@ -252,11 +267,11 @@ internal sealed class ConnectionLifecycle
             after = _state;
         }
 
-        Metrics.StateChanged(before, after);
+        _stateChanged(before, after);
         return true;
     }
 
-    /// <summary>Records the result, once, after the release. The outcome is <see cref="CloseOutcome.Aborted"/> exactly when
+    /// <summary>Records the result, once, after the release (<see cref="TryRelease"/> granted it). The outcome is <see cref="CloseOutcome.Aborted"/> exactly when
     /// the release was abortive, whatever <paramref name="outcome"/> the routine computed.</summary>
     /// <returns>The recorded result (the first one, if called twice).</returns>
     public CloseResult Record(CloseOutcome outcome, long bytesDrained, TimeSpan elapsed)
@@ -270,7 +285,6 @@ internal sealed class ConnectionLifecycle
                 return _result;
             }
 
-            Debug.Assert(_stage == TeardownStage.Released, "Record follows the release.");
             _result = new CloseResult(_abortive ? CloseOutcome.Aborted : outcome, bytesDrained, elapsed);
             _stage = TeardownStage.Recorded;
             result = _result;
@@ -331,7 +345,7 @@ internal sealed class ConnectionLifecycle
             after = _state;
         }
 
-        Metrics.StateChanged(before, after);
+        _stateChanged(before, after);
         return true;
     }
 
@@ -355,7 +369,7 @@ internal sealed class ConnectionLifecycle
             after = _state;
         }
 
-        Metrics.StateChanged(before, after);
+        _stateChanged(before, after);
         return true;
     }
 
@@ -378,7 +392,7 @@ internal sealed class ConnectionLifecycle
             after = _state;
         }
 
-        Metrics.StateChanged(before, after);
+        _stateChanged(before, after);
         return true;
     }
 
@@ -440,7 +454,7 @@ internal sealed class ConnectionLifecycle
             before = Publish();
         }
 
-        Metrics.StateChanged(before, ConnectionState.Closing);
+        _stateChanged(before, ConnectionState.Closing);
         return ReleaseAction.RunTeardown;
     }
 

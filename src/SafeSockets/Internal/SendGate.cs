@@ -2,11 +2,12 @@ namespace SafeSockets.Internal;
 
 /// <summary>Counts sends in flight and lets a half-close or a close wait until every earlier send is handed to the kernel.</summary>
 /// <remarks>
-/// <para>The gate is closed while at least one closer holds it: each pending <c>ShutdownSendAsync</c>, and for good once our
-/// FIN is sent or the teardown has begun. A closed gate refuses new sends. Every closer waits for the count of sends in
-/// flight to reach zero with its own waiter; a closer that gives up (a cancelled <c>ShutdownSendAsync</c>) leaves, and
-/// the gate opens again when no closer is left and it was not closed for good. So a cancelled half-close sends no FIN
-/// and leaves the connection as usable as before, and concurrent half-closes all complete.</para>
+/// <para>The gate is closed while at least one closer holds it: each pending <c>ShutdownSendAsync</c>, and the one that
+/// sent our FIN or began the teardown, which never leaves (closed for good is nothing more than that). A closed gate
+/// refuses new sends. Every closer waits for the count of sends in flight to reach zero with its own waiter; a closer
+/// that gives up (a cancelled <c>ShutdownSendAsync</c>) leaves, and the gate opens again when no closer is left. So a
+/// cancelled half-close sends no FIN and leaves the connection as usable as before, and concurrent half-closes all
+/// complete.</para>
 /// <para>Entering and leaving take no lock (one interlocked operation each); closers and their waiters live under the
 /// lock, which a send touches only when it is the last one out of a closed gate.</para>
 /// </remarks>
@@ -19,13 +20,24 @@ internal sealed class SendGate
     private readonly object _lock = new();
     private int _word;
 
-    // Under _lock: closers holding the gate, whether it is closed for good, and the closers waiting for zero.
+    // Under _lock: closers holding the gate (one that never leaves keeps it closed for good), and those waiting for zero.
     private int _closers;
-    private bool _closedForGood;
     private List<TaskCompletionSource>? _waiters;
 
     /// <summary>Sends in flight right now.</summary>
     public int InFlight => Volatile.Read(ref _word) & CountMask;
+
+    /// <summary>Closers waiting for the sends in flight; for tests.</summary>
+    internal int Waiting
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _waiters?.Count ?? 0;
+            }
+        }
+    }
 
     /// <summary>Whether the gate refuses new sends.</summary>
     public bool IsClosed => (Volatile.Read(ref _word) & ClosedBit) != 0;
@@ -58,14 +70,13 @@ internal sealed class SendGate
     }
 
     /// <summary>Closes the gate for one closer and returns a task that completes once no send is in flight.</summary>
-    /// <param name="forGood">The gate never opens again (our FIN, or the teardown).</param>
-    /// <returns>The wait; a closer that gives up before it completes must call <see cref="Leave"/> with it.</returns>
-    public Task CloseAndWait(bool forGood)
+    /// <returns>The wait. A closer that gives up calls <see cref="Leave"/> with it; one that succeeds (our FIN, or the
+    /// teardown) never leaves, and the gate stays closed for good.</returns>
+    public Task CloseAndWait()
     {
         lock (_lock)
         {
             _closers++;
-            _closedForGood |= forGood;
             Interlocked.Or(ref _word, ClosedBit);
             if ((Volatile.Read(ref _word) & CountMask) == 0)
             {
@@ -78,19 +89,19 @@ internal sealed class SendGate
         }
     }
 
-    /// <summary>Closes the gate for good (our FIN was sent by a path that did not wait: the Transport output completed).</summary>
+    /// <summary>Closes the gate for good without waiting (our FIN was sent by a path that did not wait: the Transport
+    /// output completed; or Abort): a closer that never leaves.</summary>
     public void CloseForGood()
     {
         lock (_lock)
         {
             _closers++;
-            _closedForGood = true;
             Interlocked.Or(ref _word, ClosedBit);
         }
     }
 
     /// <summary>A closer gives up (its wait was cancelled, or its half-close failed before the FIN): the gate opens again if
-    /// no other closer holds it and it was not closed for good.</summary>
+    /// no other closer holds it.</summary>
     /// <param name="wait">The task <see cref="CloseAndWait"/> returned to this closer.</param>
     public void Leave(Task wait)
     {
@@ -99,29 +110,19 @@ internal sealed class SendGate
             _closers--;
             if (_waiters is { } waiters)
             {
-                for (int i = 0; i < waiters.Count; i++)
+                for (int i = waiters.Count - 1; i >= 0; i--)
                 {
                     if (waiters[i].Task == wait)
                     {
                         waiters.RemoveAt(i);
-                        break;
                     }
                 }
             }
 
-            if (_closers == 0 && !_closedForGood)
+            if (_closers == 0)
             {
                 Interlocked.And(ref _word, ~ClosedBit);
             }
-        }
-    }
-
-    /// <summary>The closer that succeeded: our FIN is out, so the gate stays closed for good.</summary>
-    public void MarkClosedForGood()
-    {
-        lock (_lock)
-        {
-            _closedForGood = true;
         }
     }
 
