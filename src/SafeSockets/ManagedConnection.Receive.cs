@@ -98,7 +98,17 @@ public sealed partial class ManagedConnection
         {
             if ((Interlocked.And(ref _io, ~IoReadActive) & IoInputTaken) != 0)
             {
-                // The teardown took the input while we held the reader: we complete it.
+                // The teardown took the input while we held the reader: what is left unread is discarded (and counted),
+                // and we complete the reader.
+                try
+                {
+                    DiscardUnreadInput();
+                }
+                catch (Exception ex) when (ex is IOException or SocketException or InvalidOperationException)
+                {
+                    // The input ended with the loop's error (a reset): nothing to count.
+                }
+
                 _input.Reader.Complete();
             }
         }
@@ -141,6 +151,10 @@ public sealed partial class ManagedConnection
             return;
         }
 
+        // If the loop is paused behind unread data, or about to flush, let it go on: its next read is drained. (Before
+        // the input may be given back below: after that the pipe may already serve another connection.)
+        _input.Writer.CancelPendingFlush();
+
         if ((previous & IoPipe) != 0)
         {
             // The application owns Transport.Input's reader: wake it; its input completes after the drain.
@@ -161,8 +175,6 @@ public sealed partial class ManagedConnection
             _input.Reader.CancelPendingRead();
         }
 
-        // If the loop is paused behind unread data, or about to flush, let it go on: its next read is drained.
-        _input.Writer.CancelPendingFlush();
     }
 
     /// <summary>Counts and drops what sits unread in the input (the teardown owns the reader).</summary>
@@ -301,8 +313,9 @@ public sealed partial class ManagedConnection
             dropArgs = true;
             return LoopExit.Aborted;
         }
-        catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode))
+        catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode) || SocketErrors.IsConnectionLost(ex.SocketErrorCode))
         {
+            // A reset, or the network gave up on the peer (timed out, unreachable): the connection is gone either way.
             pipeError = ThrowHelper.CreatePeerReset(ex);
             OnPeerReset();
             return LoopExit.PeerReset;

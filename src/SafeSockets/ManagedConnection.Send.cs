@@ -109,12 +109,14 @@ public sealed partial class ManagedConnection
 
     private async ValueTask ShutdownSendCoreAsync(CancellationToken cancellationToken)
     {
+        cancellationToken.ThrowIfCancellationRequested();
         Task drained = _sendGate.CloseAndWait();
         PauseSendLoop();
         bool finSent = false;
         try
         {
             await drained.WaitAsync(cancellationToken).ConfigureAwait(false);
+            cancellationToken.ThrowIfCancellationRequested();
             ThrowIfClosing();
             if (_lifecycle.PeerResetSeen)
             {
@@ -136,9 +138,10 @@ public sealed partial class ManagedConnection
             }
             else
             {
-                // Cancelled (or failed) before the FIN: sending works again unless another closer holds the gate.
-                _sendGate.Leave(drained);
+                // Cancelled (or failed) before the FIN: sending works again unless another closer holds the gate. The
+                // send loop gets its entry back before this closer leaves.
                 ResumeSendLoop();
+                _sendGate.Leave(drained);
             }
         }
     }
@@ -228,7 +231,7 @@ public sealed partial class ManagedConnection
                 return new ObjectDisposedException(nameof(ManagedConnection), ThrowHelper.DisposedReason(reason));
             }
 
-            if (SocketErrors.IsConnectionReset(socketError.SocketErrorCode))
+            if (SocketErrors.IsConnectionReset(socketError.SocketErrorCode) || SocketErrors.IsConnectionLost(socketError.SocketErrorCode))
             {
                 OnPeerReset();
                 return ThrowHelper.CreatePeerReset(ex);

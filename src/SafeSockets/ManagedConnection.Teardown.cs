@@ -90,11 +90,20 @@ public sealed partial class ManagedConnection
             case ConnectionLifecycle.AbortAction.RunTeardown:
                 // Nothing to flush or drain: the whole teardown is the release, here and now.
                 _closeStart = _settings.TimeProvider.GetTimestamp();
-                _settings.Deadlines.Cancel(this);
-                TakeInputForTeardown();
-                _sendGate.CloseForGood();
-                ReleaseSocket();
-                Finish(_lifecycle.Record(CloseOutcome.Aborted, Interlocked.Read(ref _bytesDrained), _settings.TimeProvider.GetElapsedTime(_closeStart)));
+                try
+                {
+                    _settings.Deadlines.Cancel(this);
+                    TakeInputForTeardown();
+                    _sendGate.CloseForGood();
+                    StopSendLoop();
+                    ReleaseSocket();
+                }
+                finally
+                {
+                    // Whatever happened above, the one result is recorded and everyone waiting is told.
+                    Finish(_lifecycle.Record(CloseOutcome.Aborted, Interlocked.Read(ref _bytesDrained), _settings.TimeProvider.GetElapsedTime(_closeStart)));
+                }
+
                 break;
             case ConnectionLifecycle.AbortAction.ReleaseNow:
                 // The running teardown wakes up (its reads and sends fail), finds the socket released and records Aborted.
@@ -115,6 +124,18 @@ public sealed partial class ManagedConnection
         }
 
         return _lifecycle.IsTearingDown ? IgnoreResult(Completion) : default;
+    }
+
+    /// <summary>A graceful close on behalf of a listener (a refused connection, or every one at stop): like CloseAsync, but
+    /// it does not take the application's result (its own first CloseAsync still reports the end).</summary>
+    internal Task<CloseResult> CloseForListenerAsync()
+    {
+        if (_lifecycle.TryBeginTeardown(CloseReason.Application))
+        {
+            RunDetached(TeardownAsync(CancellationToken.None));
+        }
+
+        return Completion;
     }
 
     /// <summary>Asks for the teardown on behalf of someone who does not wait for it (the guard, a reset, a fault).</summary>
@@ -215,7 +236,17 @@ public sealed partial class ManagedConnection
         }
 
         // 4. Release: the one place a graceful teardown disposes the socket (Abort may have done it already, abortively).
-        ReleaseSocket();
+        try
+        {
+            ReleaseSocket();
+        }
+#pragma warning disable CA1031 // Logged and recorded; the result below is written whatever happens.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            faulted = true;
+            Log.UnexpectedError(_settings.Logger, "teardown", RemoteEndPoint?.ToString(), ex);
+        }
 
         // 5. Record: once; Completion and CloseAsync's first caller get this very result.
         CloseOutcome outcome = faulted ? CloseOutcome.Faulted : DecideOutcome(exit, flushed, tls?.Bound);
@@ -321,23 +352,30 @@ public sealed partial class ManagedConnection
         }
 
         Interlocked.Increment(ref _releases);
-        if (abortive)
+        try
         {
-            try
+            if (abortive)
             {
-                _socket.LingerState = new LingerOption(true, 0);
+                try
+                {
+                    _socket.LingerState = new LingerOption(true, 0);
+                }
+                catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+                {
+                    // Already reset by the peer (the close below sends nothing either way), or the application disposed
+                    // the adopted socket itself (then the receive loop reports it as a fault).
+                }
             }
-            catch (SocketException)
-            {
-                // Already reset by the peer: the close below sends nothing either way.
-            }
-        }
 
-        _socket.Dispose();
-        ReturnSendArgs();
-        _settings.Deadlines.Cancel(this);
-        Volatile.Read(ref _extras)?.FinProbe?.Dispose();
-        LetGoOfInput();
+            _socket.Dispose();
+        }
+        finally
+        {
+            ReturnSendArgs();
+            _settings.Deadlines.Cancel(this);
+            Volatile.Read(ref _extras)?.FinProbe?.Dispose();
+            LetGoOfInput();
+        }
     }
 
     /// <summary>After the result is recorded: metrics, logs, the listener, and PeerClosed's waiters.</summary>
@@ -462,17 +500,18 @@ public sealed partial class ManagedConnection
         }
 
         ScheduleGuard(now, now + _settings.CloseWaitTimeoutTicks);
-        if (_lifecycle.IsTearingDown)
-        {
-            // The teardown started meanwhile and may already have cleared the deadlines: do not leave this one behind.
-            _settings.Deadlines.Cancel(this);
-        }
     }
 
+    /// <summary>Arms (or moves) the guard. It never takes the slot from a drain bound, and a teardown that began
+    /// meanwhile (and may already have cleared the deadlines) does not find a guard left behind.</summary>
     private void ScheduleGuard(long now, long deadline)
     {
         long due = OperatingSystem.IsLinux() ? Math.Min(deadline, now + _settings.ToTicks(s_finProbePeriod)) : deadline;
         _settings.Deadlines.Schedule(this, due, DeadlinePurpose.CloseWaitGuard);
+        if (_lifecycle.IsTearingDown)
+        {
+            _settings.Deadlines.Cancel(this, DeadlinePurpose.CloseWaitGuard);
+        }
     }
 
     /// <summary>The application did something with the connection after the peer's FIN: the guard counts from now.</summary>
@@ -492,15 +531,17 @@ public sealed partial class ManagedConnection
             return;
         }
 
-        if (OperatingSystem.IsLinux() && TcpConnectionInfo.Read(_socket) is { IsAvailable: true, State: TcpState.Close })
+        // After the peer's FIN a read cannot see a reset, the kernel can: TCP_CLOSE with our send side still open can
+        // only be a reset. (Once our FIN is out too, TCP_CLOSE is also the end of an ordinary close of both sides.)
+        if (OperatingSystem.IsLinux() && !_lifecycle.SendShutdown && TcpConnectionInfo.Read(_socket) is { IsAvailable: true, State: TcpState.Close })
         {
-            // The peer reset after its FIN.
-            OnPeerReset();
+            // Never on this thread: the deadline queue's one waiter must stay free for other connections.
+            ThreadPool.UnsafeQueueUserWorkItem(static s => s.OnPeerReset(), this, preferLocal: false);
             return;
         }
 
         long now = _settings.TimeProvider.GetTimestamp();
-        if (_sendGate.InFlight > 0 && SendIsMakingProgress())
+        if (SendInFlight() && SendIsMakingProgress())
         {
             // A send still making progress is the application's activity (a large answer going out to a slow reader).
             Volatile.Write(ref _lastActivity, now);
@@ -514,12 +555,11 @@ public sealed partial class ManagedConnection
         else
         {
             ScheduleGuard(now, deadline);
-            if (_lifecycle.IsTearingDown)
-            {
-                _settings.Deadlines.Cancel(this);
-            }
         }
     }
+
+    /// <summary>Whether a send is in the kernel's hands right now (direct sends, or the Transport send loop in a send).</summary>
+    private bool SendInFlight() => HasIo(IoPipe) ? Volatile.Read(ref _transportSending) : _sendGate.InFlight > 0;
 
     /// <summary>Whether the peer acknowledged more of our bytes since the guard last looked (Linux <c>tcpi_bytes_acked</c>).
     /// Where the kernel cannot tell, a send in flight counts as progress.</summary>
@@ -531,9 +571,10 @@ public sealed partial class ManagedConnection
             return true;
         }
 
+        // The first look only sets the baseline: progress is what moved between two looks.
         long before = _guardAckedBytes;
         _guardAckedBytes = acked;
-        return acked != before;
+        return before >= 0 && acked != before;
     }
 
     /// <summary>The guard's close runs on the pool, never on the thread that noticed (the receive loop, or the deadline
@@ -682,6 +723,10 @@ public sealed partial class ManagedConnection
         cancellationToken.ThrowIfCancellationRequested();
         return result;
     }
+
+    /// <summary>Logs an exception nobody expected, at Error (event 9).</summary>
+    internal void ReportUnexpected(string where, Exception exception) =>
+        Log.UnexpectedError(_settings.Logger, where, RemoteEndPoint?.ToString(), exception);
 
     internal TimeSpan DrainTimeout => _settings.DrainTimeout;
 

@@ -42,7 +42,16 @@ public sealed partial class ManagedConnection
                 {
                     var output = new Pipe(_settings.OutputPipeOptions);
                     Volatile.Write(ref extras.Output, output);
-                    _ = SendLoopAsync(output.Reader); // it never throws: it reports errors through the output's reader (and logs)
+                    if (extras.OutputStopped)
+                    {
+                        // The teardown began between our checks and here: nothing will be sent (writes see the output completed).
+                        output.Reader.Complete();
+                    }
+                    else
+                    {
+                        _ = SendLoopAsync(output.Reader); // it never throws: it reports errors through the output's reader (and logs)
+                    }
+
                     Volatile.Write(ref extras.Transport, new DuplexPipe(_input.Reader, output.Writer));
                 }
 
@@ -69,6 +78,12 @@ public sealed partial class ManagedConnection
         int current = Volatile.Read(ref _io);
         while ((current & (IoDirect | IoPipe)) == 0)
         {
+            if ((current & IoInputTaken) != 0)
+            {
+                // The teardown took the input before any surface was chosen: its pipe may already serve another connection.
+                ThrowClosed();
+            }
+
             int seen = Interlocked.CompareExchange(ref _io, current | mode, current);
             if (seen == current)
             {
@@ -95,19 +110,33 @@ public sealed partial class ManagedConnection
     private async Task SendLoopAsync(PipeReader reader)
     {
         Exception? error = null;
+        bool applicationFailed = false;
         List<ArraySegment<byte>>? segments = null;
         bool holding = _sendGate.TryEnter();
         try
         {
             while (holding)
             {
-                ReadResult result = await reader.ReadAsync().ConfigureAwait(false);
+                ReadResult result;
+                try
+                {
+                    result = await reader.ReadAsync().ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException)
+                {
+                    // The application completed Transport.Output with an exception: the connection is aborted, as Kestrel does.
+                    applicationFailed = true;
+                    break;
+                }
+
                 ReadOnlySequence<byte> buffer = result.Buffer;
                 try
                 {
                     if (!buffer.IsEmpty && !_lifecycle.SendShutdown)
                     {
+                        Volatile.Write(ref _transportSending, true);
                         await SendSequenceAsync(buffer, ref segments).ConfigureAwait(false);
+                        Volatile.Write(ref _transportSending, false);
                         NoteActivity();
                     }
                 }
@@ -126,10 +155,12 @@ public sealed partial class ManagedConnection
 
                 if (SendLoopPause() is { } resume)
                 {
-                    // A half-close or the teardown waits for us: step out of the gate until it is decided.
+                    // A half-close or the teardown waits for us: step out of the gate until it is decided. A resume hands
+                    // the gate entry back to us before the gate reopens (ResumeSendLoop), so what the application flushed
+                    // meanwhile is counted by the next half-close's wait.
                     holding = false;
                     _sendGate.Exit();
-                    holding = await resume.ConfigureAwait(false) && _sendGate.TryEnter();
+                    holding = await resume.ConfigureAwait(false);
                 }
             }
         }
@@ -146,11 +177,17 @@ public sealed partial class ManagedConnection
         }
         finally
         {
+            Volatile.Write(ref _transportSending, false);
             reader.Complete(error);
             if (holding)
             {
                 _sendGate.Exit();
             }
+        }
+
+        if (applicationFailed)
+        {
+            Abort();
         }
     }
 
@@ -172,63 +209,70 @@ public sealed partial class ManagedConnection
     /// <summary>A half-close waits: the send loop sends what is flushed, then pauses.</summary>
     private void PauseSendLoop()
     {
-        if (Volatile.Read(ref _extras)?.Output is not { } output)
+        if (!HasIo(IoPipe))
         {
             return;
         }
 
-        Extras extras = _extras!;
+        Extras extras = GetExtras();
+        Pipe? output;
         lock (extras)
         {
             extras.OutputPauses++;
+            output = extras.Output;
         }
 
-        output.Reader.CancelPendingRead();
+        output?.Reader.CancelPendingRead();
     }
 
-    /// <summary>A half-close was cancelled: the send loop goes on once no other half-close waits.</summary>
+    /// <summary>A half-close was cancelled: the send loop goes on once no other half-close waits. Called before the
+    /// cancelled closer leaves the gate: the loop's gate entry is taken for it here, while the gate is still closed, so a
+    /// half-close that comes next waits for what the application flushed meanwhile.</summary>
     private void ResumeSendLoop()
     {
-        if (Volatile.Read(ref _extras)?.Output is null)
+        if (!HasIo(IoPipe) || Volatile.Read(ref _extras) is not { } extras)
         {
             return;
         }
 
         TaskCompletionSource<bool>? resume = null;
-        Extras extras = _extras!;
         lock (extras)
         {
             extras.OutputPauses = Math.Max(0, extras.OutputPauses - 1);
-            if (extras.OutputPauses == 0 && !extras.OutputStopped)
+            if (extras.OutputPauses == 0 && !extras.OutputStopped && extras.OutputResume is { } waiting)
             {
-                resume = extras.OutputResume;
+                resume = waiting;
                 extras.OutputResume = null;
+                _sendGate.EnterWhileClosed();
             }
         }
 
         resume?.TrySetResult(true);
     }
 
-    /// <summary>Our FIN is out or the teardown began: the send loop sends what is flushed and stops for good.</summary>
+    /// <summary>Our FIN is out or the teardown began: the send loop sends what is flushed and stops for good (and a
+    /// Transport created from now on starts none).</summary>
     private void StopSendLoop()
     {
-        if (Volatile.Read(ref _extras)?.Output is not { } output)
+        if (!HasIo(IoPipe))
         {
             return;
         }
 
         TaskCompletionSource<bool>? resume;
-        Extras extras = _extras!;
+        Pipe? output;
+        Extras extras = GetExtras();
         lock (extras)
         {
             extras.OutputStopped = true;
             extras.OutputPauses++;
             resume = extras.OutputResume;
             extras.OutputResume = null;
+            output = extras.Output;
         }
 
         resume?.TrySetResult(false);
-        output.Reader.CancelPendingRead();
+        output?.Reader.CancelPendingRead();
     }
 
     /// <summary>Sends a buffered sequence: one segment as is, several in one gather write (one syscall, not one per segment).</summary>

@@ -38,6 +38,10 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     // Which I/O surface is in use and who holds the input's reader: see the Io* constants. Not lifecycle state.
     private int _io;
 
+    // The Transport send loop is in a socket send (the CLOSE_WAIT guard's view of progress; the loop holds a gate entry
+    // for its whole life, so the gate's count cannot say it).
+    private bool _transportSending;
+
     // What most connections never need (PeerClosed's source, Transport, the local end point...) lives in one object made
     // on first use, so a connection that is only opened, used and closed stays small.
     private Extras? _extras;

@@ -33,6 +33,9 @@ public sealed class ManagedListener : IAsyncDisposable
     private readonly Dictionary<ManagedConnection, LinkedListNode<ManagedConnection>> _drainNodes = new(ReferenceEqualityComparer.Instance);
     private int _acceptsInProgress;
     private volatile bool _stopping;
+
+    // The grace period is over (or was cancelled): a connection tracked from now on is aborted, not closed gracefully.
+    private volatile bool _abortStragglers;
     private Task? _stopTask;
 
     private ManagedListener(Socket socket, ManagedListenerOptions options)
@@ -226,6 +229,7 @@ public sealed class ManagedListener : IAsyncDisposable
             }
             catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
             {
+                _abortStragglers = true;
                 foreach (ManagedConnection connection in Snapshot())
                 {
                     if (connection.FinalResult is null)
@@ -258,7 +262,7 @@ public sealed class ManagedListener : IAsyncDisposable
     {
         try
         {
-            await connection.CloseAsync().ConfigureAwait(false);
+            await connection.CloseForListenerAsync().ConfigureAwait(false);
         }
 #pragma warning disable CA1031 // Logged; whatever happens, the stop goes on (the connection is released by its own teardown).
         catch (Exception ex)
@@ -329,7 +333,16 @@ public sealed class ManagedListener : IAsyncDisposable
                 }
             }
 
-            _ = CloseQuietlyAsync(connection);
+            if (_abortStragglers)
+            {
+                // Accepted while the stop was past its grace period: no graceful close can be waited for any more.
+                connection.Abort();
+            }
+            else
+            {
+                _ = CloseQuietlyAsync(connection);
+            }
+
             CheckAllReleased();
             return null;
         }

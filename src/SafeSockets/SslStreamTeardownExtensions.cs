@@ -51,9 +51,12 @@ public static class SslStreamTeardownExtensions
             {
                 bound = CloseOutcome.DrainTimedOut;
             }
+            else if (!await WithinAsync(connection.ShutdownSendAsync(cancellationToken).AsTask(), Remaining(clock, start, connection.DrainTimeout), clock, cancellationToken).ConfigureAwait(false))
+            {
+                bound = CloseOutcome.DrainTimedOut;
+            }
             else
             {
-                await connection.ShutdownSendAsync(cancellationToken).ConfigureAwait(false);
                 while (true)
                 {
                     TimeSpan wait = Remaining(clock, start, connection.DrainTimeout);
@@ -89,6 +92,12 @@ public static class SslStreamTeardownExtensions
         catch (Exception ex) when (ex is IOException or ObjectDisposedException or InvalidOperationException)
         {
             // The peer reset, or the connection is already closing: the connection's teardown records what happened.
+        }
+#pragma warning disable CA1031 // Whatever the TLS layer throws (say, a read the application left pending), the socket is released below.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            connection.ReportUnexpected("TLS close", ex);
         }
         finally
         {

@@ -261,13 +261,18 @@ public sealed class ConnectionLifecycleTests
         lifecycle.OnPeerReset();
         lifecycle.OnPeerReset();
         lifecycle.ReleaseCreator();
-        lifecycle.RequestAbort();
+
+        // An abort after the peer's reset changes nothing: the peer's reset stays the recorded end.
+        Assert.Equal(AbortAction.None, lifecycle.RequestAbort());
+        Assert.Equal(CloseReason.Application, lifecycle.Reason);
+        Assert.True(lifecycle.TryRelease(out bool abortive));
+        Assert.False(abortive);
 
         Assert.Equal(
             [
                 (ConnectionState.Open, ConnectionState.PeerShutdown),
                 (ConnectionState.PeerShutdown, ConnectionState.Closing),
-                (ConnectionState.Closing, ConnectionState.Closing),
+                (ConnectionState.Closing, ConnectionState.Closed),
             ],
             changes);
     }

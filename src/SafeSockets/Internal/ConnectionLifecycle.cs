@@ -215,7 +215,7 @@ internal sealed class ConnectionLifecycle
         return true;
     }
 
-    /// <summary>Abort: escalates over any teardown that has not released the socket yet.</summary>
+    /// <summary>Abort: escalates over any teardown that has not released the socket yet, unless the peer reset first.</summary>
     public AbortAction RequestAbort()
     {
         ConnectionState before;
@@ -229,6 +229,9 @@ internal sealed class ConnectionLifecycle
                     _reason = CloseReason.Abort;
                     action = AbortAction.RunTeardown;
                     break;
+                case TeardownStage.Running when _peerReset:
+                    // The peer already reset: the connection is gone, and recording our abort would hide the peer's reset.
+                    return AbortAction.None;
                 case TeardownStage.Running:
                     _reason = CloseReason.Abort;
                     action = AbortAction.ReleaseNow;

@@ -96,6 +96,12 @@ internal sealed class DeadlineQueue
     {
         lock (_lock)
         {
+            if (purpose == DeadlinePurpose.CloseWaitGuard && owner.DeadlineIndex >= 0 && owner.DeadlinePurpose == DeadlinePurpose.DrainBound)
+            {
+                // A drain bound is never displaced by a late guard (the teardown already began).
+                return;
+            }
+
             owner.DeadlinePurpose = purpose;
             int index = owner.DeadlineIndex;
             if (index < 0)
@@ -124,6 +130,23 @@ internal sealed class DeadlineQueue
             if (due < _armedFor)
             {
                 ArmLocked(due);
+            }
+        }
+    }
+
+    /// <summary>Removes <paramref name="owner"/>'s deadline if it has one for <paramref name="purpose"/>.</summary>
+    public void Cancel(IDeadlineOwner owner, DeadlinePurpose purpose)
+    {
+        if (owner.DeadlineIndex < 0)
+        {
+            return;
+        }
+
+        lock (_lock)
+        {
+            if (owner.DeadlinePurpose == purpose)
+            {
+                RemoveLocked(owner);
             }
         }
     }

@@ -60,6 +60,11 @@ internal sealed class SendGate
         return false;
     }
 
+    /// <summary>Counts a send in flight even though the gate is closed: for a party that held an entry before a closer
+    /// came and is handed it back while that closer still holds the gate (the Transport send loop resumed by a cancelled
+    /// half-close), so no later closer can miss it.</summary>
+    public void EnterWhileClosed() => Interlocked.Increment(ref _word);
+
     /// <summary>A send is done (handed over, failed or cancelled).</summary>
     public void Exit()
     {

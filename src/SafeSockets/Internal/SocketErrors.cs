@@ -18,6 +18,15 @@ internal static class SocketErrors
         SocketError.NotConnected or
         SocketError.NetworkReset;
 
+    /// <summary>The network gave up on the peer: retransmissions or keep-alive probes timed out, or it is unreachable.
+    /// Reported like a reset (the connection is gone and nothing more can be sent or drained).</summary>
+    public static bool IsConnectionLost(SocketError error) => error is
+        SocketError.TimedOut or
+        SocketError.HostUnreachable or
+        SocketError.HostDown or
+        SocketError.NetworkUnreachable or
+        SocketError.NetworkDown;
+
     /// <summary>The operation ended because the socket was closed under it (by our own abort or release).</summary>
     /// <remarks>Disposing a socket under a pending receive can also report InvalidArgument on Linux (Kestrel's
     /// <c>IsConnectionAbortError</c> notes the same).</remarks>

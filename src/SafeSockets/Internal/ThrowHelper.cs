@@ -17,7 +17,9 @@ internal static class ThrowHelper
     public static void ThrowPeerReset() => throw CreatePeerReset(null);
 
     public static ConnectionResetException CreatePeerReset(Exception? inner) =>
-        new("The connection was reset by the peer (TCP RST); data in flight may be lost.", inner);
+        new(inner is System.Net.Sockets.SocketException { SocketErrorCode: not (System.Net.Sockets.SocketError.ConnectionReset or System.Net.Sockets.SocketError.ConnectionAborted or System.Net.Sockets.SocketError.Shutdown) } lost
+            ? $"The connection was lost ({lost.SocketErrorCode}): the network gave up on the peer; data in flight may be lost."
+            : "The connection was reset by the peer (TCP RST); data in flight may be lost.", inner);
 
     [DoesNotReturn]
     public static void ThrowDisposed(string reason) =>
