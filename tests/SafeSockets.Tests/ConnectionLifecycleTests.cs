@@ -216,6 +216,16 @@ public sealed class ConnectionLifecycleTests
     }
 
     [Fact]
+    public async Task Completion_AskedForOnlyAfterTheRecord_IsAlreadyComplete()
+    {
+        var lifecycle = new ConnectionLifecycle();
+        Abort(lifecycle);
+        Task<CloseResult> completion = lifecycle.GetCompletionTask();
+        Assert.True(completion.IsCompletedSuccessfully);
+        Assert.Equal(CloseOutcome.Aborted, (await completion).Outcome);
+    }
+
+    [Fact]
     public async Task Completion_AskedForTwiceBeforeTheRecord_IsOneTask()
     {
         var lifecycle = new ConnectionLifecycle();

@@ -150,4 +150,39 @@ public sealed class SendGateTests
         Task later = gate.CloseAndWait();
         Assert.True(later.IsCompletedSuccessfully);
     }
+
+    [Fact]
+    public void CloseForGood_ThenTwoCancelledHalfCloses_StaysClosed()
+    {
+        var gate = new SendGate();
+        gate.CloseForGood();
+        Task first = gate.CloseAndWait();
+        Task second = gate.CloseAndWait();
+        gate.Leave(first);
+        Assert.True(gate.IsClosed);
+        gate.Leave(second);
+        Assert.True(gate.IsClosed);
+        Assert.False(gate.TryEnter());
+    }
+
+    [Fact]
+    public async Task EnterAndExit_FromSeveralThreadsAtOnce_CountEveryEntryExactlyOnce()
+    {
+        // Contended compare-and-swap: a lost or double-counted entry would leave the count off (and could set the closed bit).
+        var gate = new SendGate();
+        var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Task[] workers = [.. Enumerable.Range(0, 4).Select(_ => Task.Run(async () =>
+        {
+            await start.Task;
+            for (int i = 0; i < 200_000; i++)
+            {
+                Assert.True(gate.TryEnter());
+                gate.Exit();
+            }
+        }))];
+        start.SetResult();
+        await Task.WhenAll(workers).WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal(0, gate.InFlight);
+        Assert.False(gate.IsClosed);
+    }
 }
