@@ -71,10 +71,12 @@ public sealed partial class ManagedConnection
     /// for a peer's misbehaviour.</returns>
     public ValueTask<CloseResult> CloseAsync(CancellationToken cancellationToken = default)
     {
+        // Claiming the result and owning the teardown are two different things: a later call can win the teardown after
+        // an earlier one claimed the result (found by schedule exploration, tests/SafeSockets.Concurrency).
         bool first = _lifecycle.TryClaimResult();
         if (_lifecycle.TryBeginTeardown(CloseReason.Application))
         {
-            return OwnedCloseAsync(cancellationToken);
+            return OwnedCloseAsync(first, cancellationToken);
         }
 
         return WaitForTeardownAsync(first, cancellationToken);
@@ -155,7 +157,7 @@ public sealed partial class ManagedConnection
     };
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<CloseResult> OwnedCloseAsync(CancellationToken cancellationToken)
+    private async ValueTask<CloseResult> OwnedCloseAsync(bool first, CancellationToken cancellationToken)
     {
         CloseResult result;
         if (!cancellationToken.CanBeCanceled)
@@ -169,13 +171,15 @@ public sealed partial class ManagedConnection
         }
 
         cancellationToken.ThrowIfCancellationRequested();
-        return result;
+        return first ? result : AlreadyClosed;
     }
+
+    private static CloseResult AlreadyClosed => new(CloseOutcome.AlreadyClosed, 0, TimeSpan.Zero);
 
     private async ValueTask<CloseResult> WaitForTeardownAsync(bool first, CancellationToken cancellationToken)
     {
         CloseResult result = await Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
-        return first ? result : new CloseResult(CloseOutcome.AlreadyClosed, 0, TimeSpan.Zero);
+        return first ? result : AlreadyClosed;
     }
 
     /// <summary>The teardown; runs once, for whoever won the lifecycle's teardown. It never throws: an unexpected
@@ -710,18 +714,18 @@ public sealed partial class ManagedConnection
         bool first = _lifecycle.TryClaimResult();
         if (_lifecycle.TryBeginTeardown(CloseReason.Application))
         {
-            return OwnedTlsCloseAsync(tls, cancellationToken);
+            return OwnedTlsCloseAsync(first, tls, cancellationToken);
         }
 
         return WaitForTeardownAsync(first, cancellationToken);
     }
 
-    private async ValueTask<CloseResult> OwnedTlsCloseAsync(TlsDrain tls, CancellationToken cancellationToken)
+    private async ValueTask<CloseResult> OwnedTlsCloseAsync(bool first, TlsDrain tls, CancellationToken cancellationToken)
     {
         using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(static s => ((ManagedConnection)s!).StopDrain(DrainStop.Cancelled), this);
         CloseResult result = await TeardownAsync(cancellationToken, tls).ConfigureAwait(false);
         cancellationToken.ThrowIfCancellationRequested();
-        return result;
+        return first ? result : AlreadyClosed;
     }
 
     /// <summary>Logs an exception nobody expected, at Error (event 9).</summary>
