@@ -30,9 +30,6 @@ public sealed partial class ManagedConnection
     private long _peerFinTimestamp;
     private long _lastActivity;
 
-    // The guard's view of a send in flight: the kernel's bytes_acked when it last looked (progress restarts the bound).
-    private long _guardAckedBytes = -1;
-
     // How many times the socket was actually disposed; tests assert exactly one. Counted where it happens, not guarded.
     private int _releases;
 
@@ -576,8 +573,9 @@ public sealed partial class ManagedConnection
         }
 
         // The first look only sets the baseline: progress is what moved between two looks.
-        long before = _guardAckedBytes;
-        _guardAckedBytes = acked;
+        Extras extras = GetExtras();
+        long before = extras.GuardAckedBytes;
+        extras.GuardAckedBytes = acked;
         return before >= 0 && acked != before;
     }
 

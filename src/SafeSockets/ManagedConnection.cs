@@ -80,6 +80,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     public static async ValueTask<ManagedConnection> ConnectAsync(EndPoint remoteEndPoint, ManagedConnectionOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(remoteEndPoint);
+        cancellationToken.ThrowIfCancellationRequested();
         if (remoteEndPoint is not IPEndPoint and not DnsEndPoint)
         {
             throw new ArgumentException($"Only IPEndPoint and DnsEndPoint are supported (TCP); got {remoteEndPoint.GetType().Name}.", nameof(remoteEndPoint));
@@ -88,14 +89,52 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         Socket socket = remoteEndPoint.AddressFamily == AddressFamily.Unspecified
             ? new Socket(SocketType.Stream, ProtocolType.Tcp)
             : new Socket(remoteEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        SocketIoArgs? args = null;
         try
         {
             socket.NoDelay = true;
-            await socket.ConnectAsync(remoteEndPoint, cancellationToken).ConfigureAwait(false);
+            if (remoteEndPoint is IPEndPoint)
+            {
+                // A pooled operation instead of the one the socket would make and keep for its whole life (about 300 bytes
+                // per connection). The token cancels it through Socket.CancelConnectAsync; the registration is gone (its
+                // callback finished) before the operation object can serve anyone else.
+                args = SocketIoArgs.Rent();
+                using (cancellationToken.UnsafeRegister(static a => Socket.CancelConnectAsync((SocketAsyncEventArgs)a!), args))
+                {
+                    await args.ConnectAsync(socket, remoteEndPoint).ConfigureAwait(false);
+                }
+
+                SocketIoArgs.Return(args);
+                args = null;
+            }
+            else
+            {
+                await socket.ConnectAsync(remoteEndPoint, cancellationToken).ConfigureAwait(false);
+            }
+
             return new ManagedConnection(socket, (options ?? ManagedConnectionOptions.Default).Settings, remoteEndPoint as IPEndPoint);
+        }
+        catch (SocketException) when (args is not null && cancellationToken.IsCancellationRequested)
+        {
+            // Cancelled: the operation object is not reused (the cancel may have raced the completion).
+            SocketIoArgs.Drop(args);
+            socket.Dispose();
+            throw new OperationCanceledException(cancellationToken);
+        }
+        catch (SocketException) when (args is not null)
+        {
+            // A completed connect's error: the operation object can serve again.
+            SocketIoArgs.Return(args);
+            socket.Dispose();
+            throw;
         }
         catch
         {
+            if (args is not null)
+            {
+                SocketIoArgs.Drop(args);
+            }
+
             socket.Dispose();
             throw;
         }
@@ -269,5 +308,8 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         public bool OutputStopped;
         public TaskCompletionSource<bool>? OutputResume;
         public Exception? LoopFault;
+
+        // The CLOSE_WAIT guard's view of a send in flight: the kernel's bytes_acked when it last looked (-1: not yet).
+        public long GuardAckedBytes = -1;
     }
 }

@@ -1,3 +1,4 @@
+using SafeSockets.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using SafeSockets.Tests.Infrastructure;
@@ -186,6 +187,51 @@ public sealed class LifecycleTests
 [Collection(ExclusiveTests.Name)]
 public sealed class DescriptorTests
 {
+    [Fact]
+    public async Task ConnectAsync_CanceledWhilePending_ThrowsOperationCanceledAndLeaksNoDescriptor()
+    {
+        // A listener whose backlog is full: the kernel drops further SYNs, so a connect stays pending until cancelled.
+        using Socket listener = Loopback.Listen(backlog: 1);
+        var fillers = new List<Socket>();
+        try
+        {
+            Task<ManagedConnection>? pending = null;
+            for (int i = 0; i < 8 && pending is null; i++)
+            {
+                var filler = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                fillers.Add(filler);
+                filler.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+                Task connect = filler.ConnectAsync(listener.LocalEndPoint!);
+
+                // On loopback a handshake completes inside the connect call unless the SYN was dropped: a socket seen in
+                // SYN_SENT is stuck behind the full backlog.
+                await TestTimeouts.WaitUntilAsync(
+                    () => connect.IsCompleted || TcpSocketTable.GetState(filler.LocalEndPoint.Port(), listener.Port()) == TcpState.SynSent,
+                    "the connect completes or sticks in SYN_SENT");
+                if (!connect.IsCompleted)
+                {
+                    // The backlog is full now (this one is stuck); the managed connect will be stuck too.
+                    using var cts = new CancellationTokenSource();
+                    int before = Directory.GetFiles("/proc/self/fd").Length;
+                    pending = ManagedConnection.ConnectAsync(listener.LocalEndPoint!, null, cts.Token).AsTask();
+                    Assert.False(pending.IsCompleted);
+                    await cts.CancelAsync();
+                    await Assert.ThrowsAnyAsync<OperationCanceledException>(() => pending.WithTimeout());
+                    Assert.Equal(before, Directory.GetFiles("/proc/self/fd").Length);
+                }
+            }
+
+            Assert.NotNull(pending);
+        }
+        finally
+        {
+            foreach (Socket filler in fillers)
+            {
+                filler.Dispose();
+            }
+        }
+    }
+
     [Fact]
     public async Task ConnectAsync_Refused_SurfacesSocketExceptionAndLeaksNoDescriptor()
     {

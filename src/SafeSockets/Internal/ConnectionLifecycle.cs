@@ -6,7 +6,8 @@ namespace SafeSockets.Internal;
 /// <summary>The lifecycle of one connection: what was shut down, who asked for the teardown and why, whether the socket
 /// was released (and how), the one <see cref="CloseResult"/>, and the owners' reference count. No I/O.</summary>
 /// <remarks>
-/// <para>Every field below changes only under <see cref="_gate"/>. Transitions are named methods that return what the
+/// <para>Every field below changes only under the lock of this object (it is internal and never handed out, so nothing
+/// else can lock it; a separate lock object would cost 24 bytes per connection). Transitions are named methods that return what the
 /// caller must do; none calls out (no socket call, no callback, no await, no task completion) while it holds the lock.
 /// Completion's task is completed after the lock is left, and it runs its continuations asynchronously.</para>
 /// <para>docs/lifecycle.md's transition table lists these methods one by one.</para>
@@ -24,8 +25,6 @@ namespace SafeSockets.Internal;
 internal sealed class ConnectionLifecycle
 {
     private static readonly Action<ConnectionState, ConnectionState> s_metrics = Metrics.StateChanged;
-
-    private readonly object _gate = new();
 
     // Told of every change of the published state, outside the lock: the metrics of live connections by state
     // (a test passes its own recorder to check that every transition is reported exactly once).
@@ -126,7 +125,7 @@ internal sealed class ConnectionLifecycle
     {
         get
         {
-            lock (_gate)
+            lock (this)
             {
                 return _reason;
             }
@@ -138,7 +137,7 @@ internal sealed class ConnectionLifecycle
     {
         get
         {
-            lock (_gate)
+            lock (this)
             {
                 return _peerFin;
             }
@@ -150,7 +149,7 @@ internal sealed class ConnectionLifecycle
     {
         get
         {
-            lock (_gate)
+            lock (this)
             {
                 return _peerReset;
             }
@@ -162,7 +161,7 @@ internal sealed class ConnectionLifecycle
     {
         get
         {
-            lock (_gate)
+            lock (this)
             {
                 return _sendShutdown;
             }
@@ -174,7 +173,7 @@ internal sealed class ConnectionLifecycle
     {
         get
         {
-            lock (_gate)
+            lock (this)
             {
                 return _leases;
             }
@@ -186,7 +185,7 @@ internal sealed class ConnectionLifecycle
     {
         get
         {
-            lock (_gate)
+            lock (this)
             {
                 return _stage == TeardownStage.Recorded ? _result : null;
             }
@@ -199,7 +198,7 @@ internal sealed class ConnectionLifecycle
     public bool TryBeginTeardown(CloseReason reason)
     {
         ConnectionState before;
-        lock (_gate)
+        lock (this)
         {
             if (_stage != TeardownStage.None)
             {
@@ -220,7 +219,7 @@ internal sealed class ConnectionLifecycle
     {
         ConnectionState before;
         AbortAction action;
-        lock (_gate)
+        lock (this)
         {
             switch (_stage)
             {
@@ -254,7 +253,7 @@ internal sealed class ConnectionLifecycle
     {
         ConnectionState before;
         ConnectionState after;
-        lock (_gate)
+        lock (this)
         {
             abortive = false;
             if (_stage != TeardownStage.Running)
@@ -281,7 +280,7 @@ internal sealed class ConnectionLifecycle
     {
         TaskCompletionSource<CloseResult>? completion;
         CloseResult result;
-        lock (_gate)
+        lock (this)
         {
             if (_stage == TeardownStage.Recorded)
             {
@@ -301,7 +300,7 @@ internal sealed class ConnectionLifecycle
     /// <summary>Completion's task: completes with the one recorded result.</summary>
     public Task<CloseResult> GetCompletionTask()
     {
-        lock (_gate)
+        lock (this)
         {
             if (_stage == TeardownStage.Recorded)
             {
@@ -317,7 +316,7 @@ internal sealed class ConnectionLifecycle
     /// <returns><see langword="true"/> if this call is the first.</returns>
     public bool TryClaimResult()
     {
-        lock (_gate)
+        lock (this)
         {
             if (_resultClaimed)
             {
@@ -335,7 +334,7 @@ internal sealed class ConnectionLifecycle
     {
         ConnectionState before;
         ConnectionState after;
-        lock (_gate)
+        lock (this)
         {
             if (_peerFin)
             {
@@ -358,7 +357,7 @@ internal sealed class ConnectionLifecycle
     {
         ConnectionState before;
         ConnectionState after;
-        lock (_gate)
+        lock (this)
         {
             if (_peerReset)
             {
@@ -382,7 +381,7 @@ internal sealed class ConnectionLifecycle
     {
         ConnectionState before;
         ConnectionState after;
-        lock (_gate)
+        lock (this)
         {
             if (_sendShutdown || _stage >= TeardownStage.Released)
             {
@@ -403,7 +402,7 @@ internal sealed class ConnectionLifecycle
     /// <returns><see langword="false"/> if the connection is tearing down or its last owner already let go.</returns>
     public bool TryAcquire()
     {
-        lock (_gate)
+        lock (this)
         {
             if (_stage != TeardownStage.None || _leases == 0)
             {
@@ -423,7 +422,7 @@ internal sealed class ConnectionLifecycle
     /// <returns>What the caller must do, or <see langword="null"/> if the creator's reference was already released.</returns>
     public ReleaseAction? ReleaseCreator()
     {
-        lock (_gate)
+        lock (this)
         {
             if (_creatorReleased)
             {
@@ -440,7 +439,7 @@ internal sealed class ConnectionLifecycle
     public ReleaseAction ReleaseReference()
     {
         ConnectionState before;
-        lock (_gate)
+        lock (this)
         {
             if (_leases == 0 || --_leases > 0)
             {

@@ -17,10 +17,9 @@ internal sealed class SendGate
     private const int ClosedBit = 1 << 30;
     private const int CountMask = ClosedBit - 1;
 
-    private readonly object _lock = new();
     private int _word;
 
-    // Under _lock: closers holding the gate (one that never leaves keeps it closed for good), and those waiting for zero.
+    // Under the lock of this object (internal, never handed out): closers holding the gate (one that never leaves keeps it closed for good), and those waiting for zero.
     private int _closers;
     private List<TaskCompletionSource>? _waiters;
 
@@ -32,7 +31,7 @@ internal sealed class SendGate
     {
         get
         {
-            lock (_lock)
+            lock (this)
             {
                 return _waiters?.Count ?? 0;
             }
@@ -79,7 +78,7 @@ internal sealed class SendGate
     /// teardown) never leaves, and the gate stays closed for good.</returns>
     public Task CloseAndWait()
     {
-        lock (_lock)
+        lock (this)
         {
             _closers++;
             Interlocked.Or(ref _word, ClosedBit);
@@ -98,7 +97,7 @@ internal sealed class SendGate
     /// output completed; or Abort): a closer that never leaves.</summary>
     public void CloseForGood()
     {
-        lock (_lock)
+        lock (this)
         {
             _closers++;
             Interlocked.Or(ref _word, ClosedBit);
@@ -110,7 +109,7 @@ internal sealed class SendGate
     /// <param name="wait">The task <see cref="CloseAndWait"/> returned to this closer.</param>
     public void Leave(Task wait)
     {
-        lock (_lock)
+        lock (this)
         {
             _closers--;
             if (_waiters is { } waiters)
@@ -134,7 +133,7 @@ internal sealed class SendGate
     private void ReleaseWaiters()
     {
         List<TaskCompletionSource>? ready;
-        lock (_lock)
+        lock (this)
         {
             if ((Volatile.Read(ref _word) & CountMask) != 0 || _waiters is not { Count: > 0 } waiters)
             {

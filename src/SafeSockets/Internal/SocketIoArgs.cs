@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using System.Threading.Tasks.Sources;
@@ -91,11 +92,21 @@ internal sealed class SocketIoArgs : SocketAsyncEventArgs, IValueTaskSource<int>
         return socket.SendAsync(this) ? new ValueTask<int>(this, _source.Version) : CompletedSynchronously();
     }
 
+    /// <summary>Connects <paramref name="socket"/> to <paramref name="remoteEndPoint"/> (an IP end point).</summary>
+    /// <exception cref="SocketException">The connect failed; <see cref="SocketException.SocketErrorCode"/> says why.</exception>
+    public ValueTask<int> ConnectAsync(Socket socket, EndPoint remoteEndPoint)
+    {
+        _source.Reset();
+        RemoteEndPoint = remoteEndPoint;
+        return socket.ConnectAsync(this) ? new ValueTask<int>(this, _source.Version) : CompletedSynchronously();
+    }
+
     private ValueTask<int> CompletedSynchronously()
     {
         int transferred = BytesTransferred;
         SocketError error = SocketError;
         SetBuffer(Memory<byte>.Empty);
+        RemoteEndPoint = null;
         return error == SocketError.Success ? new ValueTask<int>(transferred) : ValueTask.FromException<int>(new SocketException((int)error));
     }
 
@@ -114,8 +125,10 @@ internal sealed class SocketIoArgs : SocketAsyncEventArgs, IValueTaskSource<int>
 
     int IValueTaskSource<int>.GetResult(short token)
     {
-        // The operation is over: drop the reference to the caller's buffer before anyone can rent this instance again.
+        // The operation is over: drop the reference to the caller's buffer (and end point) before anyone can rent this
+        // instance again.
         SetBuffer(Memory<byte>.Empty);
+        RemoteEndPoint = null;
         return _source.GetResult(token);
     }
 
