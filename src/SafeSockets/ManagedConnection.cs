@@ -53,7 +53,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
 
         // An accepted socket already holds its remote end point; ConnectAsync passes the one it connected to. Either way
         // keeping it costs nothing, whereas asking the socket after a connect means getpeername and three allocations.
-        RemoteEndPoint = remoteEndPoint ?? socket.RemoteEndPoint;
+        RemoteEndPoint = Unmapped(remoteEndPoint ?? socket.RemoteEndPoint);
 
         _inputPooled = settings.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
         _input = _inputPooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(settings.MaxInputBufferSize));
@@ -212,13 +212,19 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         }
     }
 
-    /// <summary>The remote end point, captured when the connection was created (still available after close).</summary>
+    /// <summary>The remote end point, captured when the connection was created (still available after close). An IPv4
+    /// client of a dual-mode (<see cref="IPAddress.IPv6Any"/>) listener is reported as an IPv4 end point, not as ::ffff:a.b.c.d.</summary>
     public EndPoint? RemoteEndPoint { get; }
 
     /// <summary>Completes when the socket has been released, with the result of the close that released it,
     /// whoever started it (the application, the CLOSE_WAIT guard, a peer reset or <see cref="Abort"/>).</summary>
     /// <remarks>Never faults. <see cref="CloseAsync"/>'s first caller gets exactly this result.</remarks>
     public Task<CloseResult> Completion => _lifecycle.GetCompletionTask();
+
+    /// <summary>An IPv4 client of a dual-mode socket appears as an IPv4-mapped IPv6 address (::ffff:a.b.c.d); it is
+    /// reported as the IPv4 address it is, so it compares equal to what the client itself sees.</summary>
+    private static EndPoint? Unmapped(EndPoint? endPoint) =>
+        endPoint is IPEndPoint { Address.IsIPv4MappedToIPv6: true } mapped ? new IPEndPoint(mapped.Address.MapToIPv4(), mapped.Port) : endPoint;
 
     private static bool IsListening(Socket socket)
     {

@@ -51,7 +51,8 @@ public sealed class ManagedListener : IAsyncDisposable
     }
 
     /// <summary>Binds to <paramref name="localEndPoint"/> and starts listening.</summary>
-    /// <param name="localEndPoint">An <see cref="IPEndPoint"/>; port 0 picks a free port (read it from <see cref="LocalEndPoint"/>).</param>
+    /// <param name="localEndPoint">An <see cref="IPEndPoint"/>; port 0 picks a free port (read it from <see cref="LocalEndPoint"/>).
+    /// <see cref="IPAddress.IPv6Any"/> listens in dual mode: IPv6 and IPv4 clients.</param>
     /// <param name="options">Listener and connection settings; <see langword="null"/> for the documented defaults.</param>
     /// <returns>The listening listener.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="localEndPoint"/> is null.</exception>
@@ -62,13 +63,22 @@ public sealed class ManagedListener : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(localEndPoint);
         if (localEndPoint is not IPEndPoint ip)
         {
-            throw new ArgumentException($"Only IPEndPoint is supported; got {localEndPoint.GetType().Name}.", nameof(localEndPoint));
+            throw new ArgumentException(
+                $"A listener needs an IPEndPoint (an address to bind, such as IPAddress.Loopback, IPAddress.Any or IPAddress.IPv6Any); got {localEndPoint.GetType().Name}. Resolve a host name first.",
+                nameof(localEndPoint));
         }
 
         options ??= new ManagedListenerOptions();
         var socket = new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
+            if (ip.Address.Equals(IPAddress.IPv6Any))
+            {
+                // [::] accepts IPv4 clients too (dual mode, as Kestrel's ListenAnyIP); their addresses are reported as
+                // IPv4 (see ManagedConnection.RemoteEndPoint).
+                socket.DualMode = true;
+            }
+
             socket.Bind(ip);
             socket.Listen(options.Backlog);
             return new ManagedListener(socket, options);
