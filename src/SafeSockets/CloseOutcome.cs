@@ -31,4 +31,8 @@ public enum CloseOutcome
     /// <summary>An unexpected error (a bug, or the socket disposed by someone else) ended the connection; it was logged at
     /// Error level with its exception and the socket was released. Never used for the peer's behaviour.</summary>
     Faulted,
+
+    /// <summary>No byte moved in either direction and no send was in progress for <see cref="ManagedConnectionOptions.IdleTimeout"/>,
+    /// so the connection closed itself gracefully (FIN, bounded drain; the peer's FIN ended it).</summary>
+    IdleTimedOut,
 }

@@ -261,6 +261,7 @@ public sealed partial class ManagedConnection
                     continue;
                 }
 
+                NoteIo();
                 if (discard)
                 {
                     // The application completed its reader: keep reading to see the FIN, but throw the bytes away.

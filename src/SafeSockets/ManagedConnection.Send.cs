@@ -103,6 +103,7 @@ public sealed partial class ManagedConnection
 
             // Handed to the kernel (or failed): after the peer's FIN this counts as the application's activity.
             NoteActivity();
+            NoteIo();
             _sendGate.Exit();
         }
     }

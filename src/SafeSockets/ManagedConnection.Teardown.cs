@@ -30,6 +30,9 @@ public sealed partial class ManagedConnection
     private long _peerFinTimestamp;
     private long _lastActivity;
 
+    // The last byte received or handed to the kernel (IdleTimeout's clock; written only when the bound is on).
+    private long _lastIo;
+
     // How many times the socket was actually disposed; tests assert exactly one. Counted where it happens, not guarded.
     private int _releases;
 
@@ -276,7 +279,12 @@ public sealed partial class ManagedConnection
 
         CloseOutcome outcome = exit switch
         {
-            LoopExit.PeerFin => _lifecycle.Reason == CloseReason.CloseWaitTimeout ? CloseOutcome.CloseWaitTimedOut : CloseOutcome.Graceful,
+            LoopExit.PeerFin => _lifecycle.Reason switch
+            {
+                CloseReason.CloseWaitTimeout => CloseOutcome.CloseWaitTimedOut,
+                CloseReason.IdleTimeout => CloseOutcome.IdleTimedOut,
+                _ => CloseOutcome.Graceful,
+            },
             LoopExit.DrainLimitExceeded => CloseOutcome.DrainLimitExceeded,
             LoopExit.DrainStopped => (DrainStop)Volatile.Read(ref _drainStop) switch
             {
@@ -453,6 +461,9 @@ public sealed partial class ManagedConnection
             case CloseOutcome.PeerReset:
                 Log.ResetByPeer(_settings.Logger, RemoteEndPoint?.ToString());
                 break;
+            case CloseOutcome.IdleTimedOut:
+                Log.IdleTimedOut(_settings.Logger, RemoteEndPoint?.ToString(), _settings.IdleTimeout);
+                break;
             case CloseOutcome.DrainTimedOut or CloseOutcome.DrainLimitExceeded or CloseOutcome.DrainBudgetExceeded:
                 Log.DrainBoundHit(_settings.Logger, RemoteEndPoint?.ToString(), result.Outcome, result.BytesDrained, result.Elapsed);
                 break;
@@ -500,7 +511,7 @@ public sealed partial class ManagedConnection
             return;
         }
 
-        ScheduleGuard(now, now + _settings.CloseWaitTimeoutTicks);
+        ScheduleGuard(now, Math.Min(now + _settings.CloseWaitTimeoutTicks, IdleDeadline(now)));
     }
 
     /// <summary>Arms (or moves) the guard. It never takes the slot from a drain bound, and a teardown that began
@@ -549,13 +560,70 @@ public sealed partial class ManagedConnection
         }
 
         long deadline = Math.Max(Volatile.Read(ref _lastActivity), Volatile.Read(ref _peerFinTimestamp)) + _settings.CloseWaitTimeoutTicks;
+        long idleDeadline = IdleDeadline(now);
         if (now >= deadline)
         {
             QueueGuardClose();
         }
+        else if (now >= idleDeadline)
+        {
+            QueueIdleClose();
+        }
         else
         {
-            ScheduleGuard(now, deadline);
+            ScheduleGuard(now, Math.Min(deadline, idleDeadline));
+        }
+    }
+
+    /// <summary>When the idle bound comes due (long.MaxValue when IdleTimeout is off); a send in progress counts as traffic now.</summary>
+    private long IdleDeadline(long now)
+    {
+        long idle = _settings.IdleTimeoutTicks;
+        if (idle == 0)
+        {
+            return long.MaxValue;
+        }
+
+        if (SendInFlight())
+        {
+            Volatile.Write(ref _lastIo, now);
+        }
+
+        return Volatile.Read(ref _lastIo) + idle;
+    }
+
+    /// <summary>The idle bound before the peer's FIN (after it, the guard checks it too).</summary>
+    private void OnIdleDeadline()
+    {
+        if (_lifecycle.IsTearingDown || _lifecycle.PeerFinSeen)
+        {
+            return;
+        }
+
+        long now = _settings.TimeProvider.GetTimestamp();
+        long due = IdleDeadline(now);
+        if (now >= due)
+        {
+            QueueIdleClose();
+            return;
+        }
+
+        _settings.Deadlines.Schedule(this, due, DeadlinePurpose.IdleBound);
+        if (_lifecycle.IsTearingDown || _lifecycle.PeerFinSeen)
+        {
+            // The teardown or the guard took over meanwhile: leave no idle bound behind (a drain bound is never displaced).
+            _settings.Deadlines.Cancel(this, DeadlinePurpose.IdleBound);
+        }
+    }
+
+    private void QueueIdleClose() => ThreadPool.UnsafeQueueUserWorkItem(static s => s.RequestTeardown(CloseReason.IdleTimeout), this, preferLocal: true);
+
+    /// <summary>A byte moved (received, or handed to the kernel): IdleTimeout counts from now. A branch when the bound is off.</summary>
+    private void NoteIo()
+    {
+        if (_settings.IdleTimeoutTicks != 0)
+        {
+            Volatile.Write(ref _lastIo, _settings.TimeProvider.GetTimestamp());
         }
     }
 
@@ -683,6 +751,9 @@ public sealed partial class ManagedConnection
         {
             case DeadlinePurpose.CloseWaitGuard:
                 OnGuardDeadline();
+                break;
+            case DeadlinePurpose.IdleBound:
+                OnIdleDeadline();
                 break;
             case DeadlinePurpose.DrainBound:
                 // Drained bytes move the idle bound on without touching the queue: it is re-read here.

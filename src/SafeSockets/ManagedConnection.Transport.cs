@@ -138,6 +138,7 @@ public sealed partial class ManagedConnection
                         await SendSequenceAsync(buffer, ref segments).ConfigureAwait(false);
                         Volatile.Write(ref _transportSending, false);
                         NoteActivity();
+                        NoteIo();
                     }
                 }
                 finally

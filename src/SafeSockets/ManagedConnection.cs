@@ -63,6 +63,14 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
             GetExtras().ReceiveCts = new CancellationTokenSource();
         }
 
+        if (settings.IdleTimeoutTicks != 0)
+        {
+            // The idle bound: one deadline, moved on when it comes due (bytes only write a timestamp).
+            long now = settings.TimeProvider.GetTimestamp();
+            _lastIo = now;
+            settings.Deadlines.Schedule(this, now + settings.IdleTimeoutTicks, DeadlinePurpose.IdleBound);
+        }
+
         // Consumed exactly once, by the teardown (which checks IsCompleted just before its single await); after that the
         // pooled box may serve another connection, so nothing else may look at it. Abort never awaits it.
 #pragma warning disable CA2012

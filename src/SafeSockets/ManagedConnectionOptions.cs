@@ -35,6 +35,7 @@ public sealed class ManagedConnectionOptions
     private TimeSpan _drainIdleTimeout = DefaultDrainIdleTimeout;
     private long _maxDrainBytes = DefaultMaxDrainBytes;
     private TimeSpan _closeWaitTimeout = DefaultCloseWaitTimeout;
+    private TimeSpan _idleTimeout = Timeout.InfiniteTimeSpan;
     private TimeProvider _timeProvider = TimeProvider.System;
     private ILogger _logger = NullLogger.Instance;
     private int _maxInputBufferSize = DefaultBufferSize;
@@ -99,6 +100,22 @@ public sealed class ManagedConnectionOptions
         {
             CheckRange(value, nameof(CloseWaitTimeout));
             _closeWaitTimeout = value;
+            _settings = null;
+        }
+    }
+
+    /// <summary>How long a connection may carry no byte in either direction (and have no send in progress) before it closes
+    /// itself gracefully: FIN, then the usual bounded drain, outcome <see cref="CloseOutcome.IdleTimedOut"/>.</summary>
+    /// <remarks>Defaults to <see cref="Timeout.InfiniteTimeSpan"/> (off), as Kestrel's transport; servers usually set it
+    /// (nginx's stream <c>proxy_timeout</c> 10 min, HAProxy's <c>timeout client</c>, Kestrel's <c>KeepAliveTimeout</c> 130 s).
+    /// It bounds silence, not the peer's liveness: a peer that vanished without FIN or RST is found by TCP keep-alive.</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The value is zero, negative (other than infinite), or longer than about 24.8 days.</exception>
+    public TimeSpan IdleTimeout
+    {
+        get => _idleTimeout;
+        set
+        {
+            _idleTimeout = value == Timeout.InfiniteTimeSpan ? value : CheckPositive(value, nameof(IdleTimeout));
             _settings = null;
         }
     }

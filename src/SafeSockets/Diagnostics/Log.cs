@@ -31,4 +31,7 @@ internal static partial class Log
 
     [LoggerMessage(9, LogLevel.Error, "Unexpected error in the {Where} of connection {RemoteEndPoint}; the connection is closed and the error is not reported as the peer's doing.")]
     public static partial void UnexpectedError(ILogger logger, string where, string? remoteEndPoint, Exception exception);
+
+    [LoggerMessage(10, LogLevel.Information, "Connection {RemoteEndPoint} closed itself after IdleTimeout ({IdleTimeout}) without a byte in either direction.")]
+    public static partial void IdleTimedOut(ILogger logger, string? remoteEndPoint, TimeSpan idleTimeout);
 }

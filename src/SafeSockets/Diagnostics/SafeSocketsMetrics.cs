@@ -77,6 +77,7 @@ internal static class Metrics
         new("outcome", "close_wait_timed_out"),
         new("outcome", "drain_budget_exceeded"),
         new("outcome", "faulted"),
+        new("outcome", "idle_timed_out"),
     ];
 
     public static KeyValuePair<string, object?> OutcomeTag(CloseOutcome outcome) => s_outcomeTags[(int)outcome];

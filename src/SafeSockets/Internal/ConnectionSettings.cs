@@ -15,6 +15,7 @@ internal sealed class ConnectionSettings
         DrainIdleTimeout = options.DrainIdleTimeout;
         MaxDrainBytes = options.MaxDrainBytes;
         CloseWaitTimeout = options.CloseWaitTimeout;
+        IdleTimeout = options.IdleTimeout;
         Logger = options.Logger;
         MaxInputBufferSize = options.MaxInputBufferSize;
         OutputPipeOptions = options.MaxOutputBufferSize == ManagedConnectionOptions.DefaultBufferSize
@@ -24,6 +25,7 @@ internal sealed class ConnectionSettings
         DrainTimeoutTicks = ToTicks(DrainTimeout);
         DrainIdleTimeoutTicks = ToTicks(DrainIdleTimeout);
         CloseWaitTimeoutTicks = ToTicks(CloseWaitTimeout);
+        IdleTimeoutTicks = options.IdleTimeout == Timeout.InfiniteTimeSpan ? 0 : ToTicks(options.IdleTimeout);
     }
 
     private ConnectionSettings(ConnectionSettings source, Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted)
@@ -33,6 +35,7 @@ internal sealed class ConnectionSettings
         DrainIdleTimeout = source.DrainIdleTimeout;
         MaxDrainBytes = source.MaxDrainBytes;
         CloseWaitTimeout = source.CloseWaitTimeout;
+        IdleTimeout = source.IdleTimeout;
         Logger = source.Logger;
         MaxInputBufferSize = source.MaxInputBufferSize;
         OutputPipeOptions = source.OutputPipeOptions;
@@ -40,6 +43,7 @@ internal sealed class ConnectionSettings
         DrainTimeoutTicks = source.DrainTimeoutTicks;
         DrainIdleTimeoutTicks = source.DrainIdleTimeoutTicks;
         CloseWaitTimeoutTicks = source.CloseWaitTimeoutTicks;
+        IdleTimeoutTicks = source.IdleTimeoutTicks;
         Completed = completed;
         DrainStarted = drainStarted;
     }
@@ -53,6 +57,8 @@ internal sealed class ConnectionSettings
     public long MaxDrainBytes { get; }
 
     public TimeSpan CloseWaitTimeout { get; }
+
+    public TimeSpan IdleTimeout { get; }
 
     public ILogger Logger { get; }
 
@@ -69,6 +75,9 @@ internal sealed class ConnectionSettings
     public long DrainIdleTimeoutTicks { get; }
 
     public long CloseWaitTimeoutTicks { get; }
+
+    /// <summary>The idle bound in timestamp units; 0 when it is off (IdleTimeout infinite).</summary>
+    public long IdleTimeoutTicks { get; }
 
     /// <summary>A listener's callback: told once, when a connection is finished.</summary>
     public Action<ManagedConnection>? Completed { get; }

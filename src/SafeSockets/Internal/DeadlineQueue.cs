@@ -96,9 +96,9 @@ internal sealed class DeadlineQueue
     {
         lock (_lock)
         {
-            if (purpose == DeadlinePurpose.CloseWaitGuard && owner.DeadlineIndex >= 0 && owner.DeadlinePurpose == DeadlinePurpose.DrainBound)
+            if (purpose != DeadlinePurpose.DrainBound && owner.DeadlineIndex >= 0 && owner.DeadlinePurpose == DeadlinePurpose.DrainBound)
             {
-                // A drain bound is never displaced by a late guard (the teardown already began).
+                // A drain bound is never displaced by a late guard or idle bound (the teardown already began).
                 return;
             }
 
@@ -413,4 +413,7 @@ internal enum DeadlinePurpose : byte
 
     /// <summary>The drain's time bounds (total and idle).</summary>
     DrainBound,
+
+    /// <summary>The idle bound before the peer's FIN (IdleTimeout); after it the CLOSE_WAIT guard checks both.</summary>
+    IdleBound,
 }

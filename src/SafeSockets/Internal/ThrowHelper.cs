@@ -31,6 +31,7 @@ internal static class ThrowHelper
         CloseReason.CloseWaitTimeout => "The connection closed itself because the peer had closed and the application did not close it within CloseWaitTimeout.",
         CloseReason.PeerReset => "The connection was released after the peer reset it.",
         CloseReason.Faulted => "The connection was closed after an unexpected error (logged at Error level).",
+        CloseReason.IdleTimeout => "The connection closed itself after IdleTimeout without traffic.",
         _ => "The connection is closed or closing (CloseAsync or DisposeAsync was called).",
     };
 }
@@ -43,5 +44,6 @@ internal enum CloseReason : byte
     CloseWaitTimeout,
     PeerReset,
     Faulted,
+    IdleTimeout,
     Abort,
 }

@@ -1,0 +1,115 @@
+using System.Net.Sockets;
+using Microsoft.Extensions.Time.Testing;
+using SafeSockets.Tests.Infrastructure;
+
+namespace SafeSockets.Tests;
+
+/// <summary>IdleTimeout: no byte in either direction and no send in progress for that long closes the connection gracefully.</summary>
+public sealed class IdleTimeoutTests
+{
+    [Fact]
+    public async Task IdleConnection_ClosesItselfGracefully_AfterIdleTimeout()
+    {
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions { TimeProvider = clock, IdleTimeout = TimeSpan.FromSeconds(1) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(999));
+            Assert.Equal(ConnectionState.Open, connection.State);
+            clock.Advance(TimeSpan.FromMilliseconds(1));
+
+            // The peer sees our FIN (not a reset) and answers with its own; the drain then ends gracefully.
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            peer.Shutdown(SocketShutdown.Send);
+            CloseResult result = await connection.Completion.WithTimeout();
+            Assert.Equal(CloseOutcome.IdleTimedOut, result.Outcome);
+            Assert.Equal(ConnectionState.Closed, connection.State);
+            Assert.Equal(result, await connection.CloseAsync().WithTimeout());
+        }
+    }
+
+    [Fact]
+    public async Task TrafficInEitherDirection_RestartsTheBound()
+    {
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions { TimeProvider = clock, IdleTimeout = TimeSpan.FromSeconds(1) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            byte[] one = new byte[1];
+            for (int i = 0; i < 5; i++)
+            {
+                clock.Advance(TimeSpan.FromMilliseconds(600));
+                if (i % 2 == 0)
+                {
+                    // The peer sends: a received byte is traffic (read here so the next one is not merged with it).
+                    await peer.SendAsync(one, SocketFlags.None).WithTimeout();
+                    Assert.Equal(1, await connection.ReceiveAsync(new byte[1]).WithTimeout());
+                }
+                else
+                {
+                    await connection.SendAsync(one).WithTimeout();
+                    Assert.Equal(1, await peer.ReceiveAsync(new byte[1], SocketFlags.None).WithTimeout());
+                }
+
+                Assert.Equal(ConnectionState.Open, connection.State);
+            }
+
+            // 3 s of traffic with gaps of 0.6 s never hit the 1 s bound; a full second of silence does.
+            clock.Advance(TimeSpan.FromSeconds(1));
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(CloseOutcome.IdleTimedOut, (await connection.Completion.WithTimeout()).Outcome);
+        }
+    }
+
+    [Fact]
+    public async Task ASendInProgress_IsNotIdle()
+    {
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions { TimeProvider = clock, IdleTimeout = TimeSpan.FromSeconds(1) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateSmallBufferManagedServerAsync(options);
+        using (peer)
+        {
+            // A large send the peer does not read yet: stuck, but in progress.
+            Task send = connection.SendAsync(new byte[8 * 1024 * 1024]).AsTask();
+            Assert.False(send.IsCompleted);
+            clock.Advance(TimeSpan.FromSeconds(3));
+            Assert.Equal(ConnectionState.Open, connection.State);
+
+            // The peer reads it all; then silence closes the connection.
+            Task<PeerReadResult> reading = Peer.ReadToEndAsync(peer);
+            await send.WithTimeout();
+            clock.Advance(TimeSpan.FromSeconds(1));
+            Assert.Equal(PeerEnd.Fin, (await reading.WithTimeout()).End);
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(CloseOutcome.IdleTimedOut, (await connection.Completion.WithTimeout()).Outcome);
+        }
+    }
+
+    [Fact]
+    public async Task Off_ByDefault()
+    {
+        Assert.Equal(Timeout.InfiniteTimeSpan, new ManagedConnectionOptions().IdleTimeout);
+        var clock = new FakeTimeProvider();
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(new ManagedConnectionOptions { TimeProvider = clock });
+        using (peer)
+        await using (connection)
+        {
+            clock.Advance(TimeSpan.FromDays(1));
+            Assert.Equal(ConnectionState.Open, connection.State);
+            peer.Shutdown(SocketShutdown.Send);
+        }
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(-5)]
+    public void BadValues_AreRefusedWithTheOptionsName(int milliseconds)
+    {
+        var options = new ManagedConnectionOptions();
+        ArgumentOutOfRangeException error = Assert.Throws<ArgumentOutOfRangeException>(() => options.IdleTimeout = TimeSpan.FromMilliseconds(milliseconds));
+        Assert.Equal(nameof(ManagedConnectionOptions.IdleTimeout), error.ParamName);
+    }
+}
