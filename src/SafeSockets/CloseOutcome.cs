@@ -35,4 +35,9 @@ public enum CloseOutcome
     /// <summary>No byte moved in either direction and no send was in progress for <see cref="ManagedConnectionOptions.IdleTimeout"/>,
     /// so the connection closed itself gracefully (FIN, bounded drain; the peer's FIN ended it).</summary>
     IdleTimedOut,
+
+    /// <summary>The kernel gave up on the peer: keep-alive probes or retransmissions went unanswered (a peer that vanished
+    /// without FIN or RST), or the network reported it unreachable. The connection ended by itself; nothing waited for
+    /// the application.</summary>
+    PeerUnreachable,
 }

@@ -314,11 +314,17 @@ public sealed partial class ManagedConnection
             dropArgs = true;
             return LoopExit.Aborted;
         }
-        catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode) || SocketErrors.IsConnectionLost(ex.SocketErrorCode))
+        catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode))
         {
-            // A reset, or the network gave up on the peer (timed out, unreachable): the connection is gone either way.
             pipeError = ThrowHelper.CreatePeerReset(ex);
             OnPeerReset();
+            return LoopExit.PeerReset;
+        }
+        catch (SocketException ex) when (SocketErrors.IsConnectionLost(ex.SocketErrorCode))
+        {
+            // The kernel gave up on the peer (keep-alive or retransmissions timed out, or unreachable): it ends here.
+            pipeError = ThrowHelper.CreatePeerUnreachable(ex);
+            OnPeerUnreachable(ex.SocketErrorCode);
             return LoopExit.PeerReset;
         }
 #pragma warning disable CA1031 // Reported as a value: logged at Error, surfaced to the reader, and the connection torn down.
@@ -421,6 +427,26 @@ public sealed partial class ManagedConnection
 
         Volatile.Write(ref _peerFinTimestamp, _settings.TimeProvider.GetTimestamp());
         RequestTeardown(CloseReason.PeerReset);
+        FirePeerClosed();
+    }
+
+    /// <summary>The kernel gave up on the peer (seen by the loop or a send): the connection ends at once, as after a
+    /// reset, with its own reason; nothing waits for the application.</summary>
+    private void OnPeerUnreachable(SocketError error)
+    {
+        bool first = _lifecycle.TryBeginTeardown(CloseReason.PeerUnreachable);
+        if (!_lifecycle.OnPeerReset() && !first)
+        {
+            return;
+        }
+
+        Volatile.Write(ref _peerFinTimestamp, _settings.TimeProvider.GetTimestamp());
+        Log.PeerUnreachable(_settings.Logger, RemoteEndPoint?.ToString(), error);
+        if (first)
+        {
+            RunDetached(TeardownAsync(CancellationToken.None));
+        }
+
         FirePeerClosed();
     }
 

@@ -121,7 +121,7 @@ public sealed partial class ManagedConnection
             ThrowIfClosing();
             if (_lifecycle.PeerResetSeen)
             {
-                ThrowHelper.ThrowPeerReset();
+                ThrowClosed();
             }
 
             finSent = ShutdownSendOnce();
@@ -141,8 +141,7 @@ public sealed partial class ManagedConnection
             {
                 // Cancelled (or failed) before the FIN: sending works again unless another closer holds the gate. The
                 // send loop gets its entry back before this closer leaves.
-                ResumeSendLoop();
-                _sendGate.Leave(drained);
+                ResumeSendLoopAndLeave(drained);
             }
         }
     }
@@ -210,7 +209,7 @@ public sealed partial class ManagedConnection
         ThrowIfClosing();
         if (_lifecycle.PeerResetSeen)
         {
-            ThrowHelper.ThrowPeerReset();
+            ThrowClosed();
         }
 
         ThrowHelper.ThrowSendShutdown();
@@ -225,17 +224,23 @@ public sealed partial class ManagedConnection
         CloseReason reason = _lifecycle.Reason;
         if (ex is SocketException socketError)
         {
-            if (_lifecycle.IsTearingDown && reason != CloseReason.PeerReset &&
+            if (_lifecycle.IsTearingDown && reason is not (CloseReason.PeerReset or CloseReason.PeerUnreachable) &&
                 (SocketErrors.IsAbortedByUs(socketError.SocketErrorCode) || SocketErrors.IsConnectionReset(socketError.SocketErrorCode)))
             {
                 // Our own teardown shut the send side or released the socket under this send.
                 return new ObjectDisposedException(nameof(ManagedConnection), ThrowHelper.DisposedReason(reason));
             }
 
-            if (SocketErrors.IsConnectionReset(socketError.SocketErrorCode) || SocketErrors.IsConnectionLost(socketError.SocketErrorCode))
+            if (SocketErrors.IsConnectionReset(socketError.SocketErrorCode))
             {
                 OnPeerReset();
                 return ThrowHelper.CreatePeerReset(ex);
+            }
+
+            if (SocketErrors.IsConnectionLost(socketError.SocketErrorCode))
+            {
+                OnPeerUnreachable(socketError.SocketErrorCode);
+                return ThrowHelper.CreatePeerUnreachable(ex);
             }
 
             return null;
@@ -243,9 +248,12 @@ public sealed partial class ManagedConnection
 
         if (ex is ObjectDisposedException && _lifecycle.IsReleased)
         {
-            return reason == CloseReason.PeerReset
-                ? ThrowHelper.CreatePeerReset(ex)
-                : new ObjectDisposedException(nameof(ManagedConnection), ThrowHelper.DisposedReason(reason));
+            return reason switch
+            {
+                CloseReason.PeerReset => ThrowHelper.CreatePeerReset(ex),
+                CloseReason.PeerUnreachable => ThrowHelper.CreatePeerUnreachable(ex),
+                _ => new ObjectDisposedException(nameof(ManagedConnection), ThrowHelper.DisposedReason(reason)),
+            };
         }
 
         return null;

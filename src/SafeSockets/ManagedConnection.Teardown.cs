@@ -267,6 +267,11 @@ public sealed partial class ManagedConnection
             return CloseOutcome.Faulted;
         }
 
+        if (_lifecycle.Reason == CloseReason.PeerUnreachable)
+        {
+            return CloseOutcome.PeerUnreachable;
+        }
+
         if (exit == LoopExit.PeerReset || _lifecycle.PeerResetSeen)
         {
             return CloseOutcome.PeerReset;
@@ -511,6 +516,13 @@ public sealed partial class ManagedConnection
             return;
         }
 
+        if (SendInFlight())
+        {
+            // A send is under way at the peer's FIN: its progress is measured from here, so even the first look (which
+            // comes at CloseWaitTimeout when that is under the 250 ms probe period) can tell.
+            GetExtras().GuardAckedBytes = TcpConnectionInfo.ReadBytesAcked(_socket);
+        }
+
         ScheduleGuard(now, Math.Min(now + _settings.CloseWaitTimeoutTicks, IdleDeadline(now)));
     }
 
@@ -553,7 +565,15 @@ public sealed partial class ManagedConnection
         }
 
         long now = _settings.TimeProvider.GetTimestamp();
-        if (SendInFlight() && SendIsMakingProgress())
+        if (!SendInFlight())
+        {
+            // No send: the next one starts a new measure of progress.
+            if (Volatile.Read(ref _extras) is { } extras)
+            {
+                extras.GuardAckedBytes = -1;
+            }
+        }
+        else if (SendIsMakingProgress())
         {
             // A send still making progress is the application's activity (a large answer going out to a slow reader).
             Volatile.Write(ref _lastActivity, now);
@@ -640,11 +660,12 @@ public sealed partial class ManagedConnection
             return true;
         }
 
-        // The first look only sets the baseline: progress is what moved between two looks.
+        // Progress is what moved between two looks. A send that began since the last look has no baseline yet: it counts
+        // as progress once (it was just handed over), and is measured from here.
         Extras extras = GetExtras();
         long before = extras.GuardAckedBytes;
         extras.GuardAckedBytes = acked;
-        return before >= 0 && acked != before;
+        return before < 0 || acked != before;
     }
 
     /// <summary>The guard's close runs on the pool, never on the thread that noticed (the receive loop, or the deadline

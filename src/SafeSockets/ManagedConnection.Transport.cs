@@ -112,9 +112,12 @@ public sealed partial class ManagedConnection
         Exception? error = null;
         bool applicationFailed = false;
         List<ArraySegment<byte>>? segments = null;
-        bool holding = _sendGate.TryEnter();
+        bool holding = false;
         try
         {
+            // A half-close may hold the gate already (the Transport was created while it waits): wait for its outcome.
+            holding = await EnterSendLoopAsync().ConfigureAwait(false);
+
             while (holding)
             {
                 ReadResult result;
@@ -122,7 +125,7 @@ public sealed partial class ManagedConnection
                 {
                     result = await reader.ReadAsync().ConfigureAwait(false);
                 }
-                catch (Exception ex) when (ex is not OperationCanceledException)
+                catch (Exception)
                 {
                     // The application completed Transport.Output with an exception: the connection is aborted, as Kestrel does.
                     applicationFailed = true;
@@ -157,7 +160,7 @@ public sealed partial class ManagedConnection
                 if (SendLoopPause() is { } resume)
                 {
                     // A half-close or the teardown waits for us: step out of the gate until it is decided. A resume hands
-                    // the gate entry back to us before the gate reopens (ResumeSendLoop), so what the application flushed
+                    // the gate entry back to us before the gate reopens (ResumeSendLoopAndLeave), so what the application flushed
                     // meanwhile is counted by the next half-close's wait.
                     holding = false;
                     _sendGate.Exit();
@@ -189,6 +192,27 @@ public sealed partial class ManagedConnection
         if (applicationFailed)
         {
             Abort();
+        }
+    }
+
+    /// <summary>The send loop's first entry into the gate; if a half-close holds it, a wait for the half-close's outcome
+    /// (under the same lock as <see cref="ResumeSendLoopAndLeave"/>, so the outcome cannot slip between the two).</summary>
+    private Task<bool> EnterSendLoopAsync()
+    {
+        Extras extras = _extras!;
+        lock (extras)
+        {
+            if (extras.OutputStopped)
+            {
+                return Task.FromResult(false);
+            }
+
+            if (_sendGate.TryEnter())
+            {
+                return Task.FromResult(true);
+            }
+
+            return (extras.OutputResume ??= new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
         }
     }
 
@@ -226,17 +250,16 @@ public sealed partial class ManagedConnection
         output?.Reader.CancelPendingRead();
     }
 
-    /// <summary>A half-close was cancelled: the send loop goes on once no other half-close waits. Called before the
-    /// cancelled closer leaves the gate: the loop's gate entry is taken for it here, while the gate is still closed, so a
-    /// half-close that comes next waits for what the application flushed meanwhile.</summary>
-    private void ResumeSendLoop()
+    /// <summary>A half-close was cancelled: it leaves the gate, and the send loop goes on once no other half-close waits.
+    /// Under the send loop's lock: the loop's gate entry is taken for it before the gate can reopen (so a half-close that
+    /// comes next waits for what the application flushed meanwhile), and a loop that is just starting either sees the
+    /// gate open or finds its wait resumed here.</summary>
+    private void ResumeSendLoopAndLeave(Task closerWait)
     {
-        if (!HasIo(IoPipe) || Volatile.Read(ref _extras) is not { } extras)
-        {
-            return;
-        }
-
+        // Always under the side object's lock (made here if need be: a cancelled half-close is rare), even with no
+        // Transport yet: one may be starting its loop right now.
         TaskCompletionSource<bool>? resume = null;
+        Extras extras = GetExtras();
         lock (extras)
         {
             extras.OutputPauses = Math.Max(0, extras.OutputPauses - 1);
@@ -246,6 +269,8 @@ public sealed partial class ManagedConnection
                 extras.OutputResume = null;
                 _sendGate.EnterWhileClosed();
             }
+
+            _sendGate.Leave(closerWait);
         }
 
         resume?.TrySetResult(true);

@@ -55,6 +55,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         // keeping it costs nothing, whereas asking the socket after a connect means getpeername and three allocations.
         RemoteEndPoint = Unmapped(remoteEndPoint ?? socket.RemoteEndPoint);
 
+        ApplyKeepAlive(socket, settings);
         _inputPooled = settings.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
         _input = _inputPooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(settings.MaxInputBufferSize));
         Metrics.ConnectionOpened();
@@ -106,12 +107,17 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
                 // A pooled operation instead of the one the socket would make and keep for its whole life (about 300 bytes
                 // per connection). The token cancels it through Socket.CancelConnectAsync; the registration is gone (its
                 // callback finished) before the operation object can serve anyone else.
+                // The operation starts before the registration: CancelConnectAsync acts only on a connect in progress, and
+                // the token is checked again afterwards, so a cancel at any moment is seen (a connect that won the race is
+                // not handed out: its socket may have been closed by the cancel).
                 args = SocketIoArgs.Rent();
+                ValueTask<int> connecting = args.ConnectAsync(socket, remoteEndPoint);
                 using (cancellationToken.UnsafeRegister(static a => Socket.CancelConnectAsync((SocketAsyncEventArgs)a!), args))
                 {
-                    await args.ConnectAsync(socket, remoteEndPoint).ConfigureAwait(false);
+                    await connecting.ConfigureAwait(false);
                 }
 
+                cancellationToken.ThrowIfCancellationRequested();
                 SocketIoArgs.Return(args);
                 args = null;
             }
@@ -122,10 +128,14 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
 
             return new ManagedConnection(socket, (options ?? ManagedConnectionOptions.Default).Settings, remoteEndPoint as IPEndPoint);
         }
-        catch (SocketException) when (args is not null && cancellationToken.IsCancellationRequested)
+        catch (Exception ex) when (cancellationToken.IsCancellationRequested && ex is not OperationCanceledException)
         {
-            // Cancelled: the operation object is not reused (the cancel may have raced the completion).
-            SocketIoArgs.Drop(args);
+            // Cancelled (the connect failed because the cancel closed the socket): the operation object is not reused.
+            if (args is not null)
+            {
+                SocketIoArgs.Drop(args);
+            }
+
             socket.Dispose();
             throw new OperationCanceledException(cancellationToken);
         }
@@ -229,6 +239,40 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     /// <remarks>Never faults. <see cref="CloseAsync"/>'s first caller gets exactly this result.</remarks>
     public Task<CloseResult> Completion => _lifecycle.GetCompletionTask();
 
+    // Linux's TCP_USER_TIMEOUT (netinet/tcp.h): how long sent data may stay unacknowledged before the kernel gives up.
+    private const int IpProtoTcp = 6;
+    private const int TcpUserTimeout = 18;
+
+    /// <summary>TCP keep-alive as the options say (on every connection: connected, adopted or accepted). On Linux the same
+    /// bound also caps how long sent data may go unacknowledged (TCP_USER_TIMEOUT), so a peer that vanishes while we send
+    /// is given up on as surely as one that vanishes while idle.</summary>
+    private static void ApplyKeepAlive(Socket socket, ConnectionSettings settings)
+    {
+        if (settings.KeepAliveTimeSeconds == 0)
+        {
+            return;
+        }
+
+        try
+        {
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);
+            socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, settings.KeepAliveTimeSeconds);
+            socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval, settings.KeepAliveIntervalSeconds);
+            socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, settings.KeepAliveRetryCount);
+            if (OperatingSystem.IsLinux())
+            {
+                int milliseconds = (settings.KeepAliveTimeSeconds + (settings.KeepAliveIntervalSeconds * settings.KeepAliveRetryCount)) * 1000;
+                Span<byte> value = stackalloc byte[sizeof(int)];
+                BitConverter.TryWriteBytes(value, milliseconds);
+                socket.SetRawSocketOption(IpProtoTcp, TcpUserTimeout, value);
+            }
+        }
+        catch (SocketException)
+        {
+            // The peer reset already: the receive loop reports it.
+        }
+    }
+
     /// <summary>An IPv4 client of a dual-mode socket appears as an IPv4-mapped IPv6 address (::ffff:a.b.c.d); it is
     /// reported as the IPv4 address it is, so it compares equal to what the client itself sees.</summary>
     private static EndPoint? Unmapped(EndPoint? endPoint) =>
@@ -295,6 +339,11 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         if (reason == CloseReason.PeerReset)
         {
             ThrowHelper.ThrowPeerReset();
+        }
+
+        if (reason == CloseReason.PeerUnreachable)
+        {
+            ThrowHelper.ThrowPeerUnreachable();
         }
 
         ThrowHelper.ThrowDisposed(ThrowHelper.DisposedReason(reason));

@@ -36,6 +36,9 @@ public sealed class ManagedConnectionOptions
     private long _maxDrainBytes = DefaultMaxDrainBytes;
     private TimeSpan _closeWaitTimeout = DefaultCloseWaitTimeout;
     private TimeSpan _idleTimeout = Timeout.InfiniteTimeSpan;
+    private TimeSpan _keepAliveTime = DefaultKeepAliveTime;
+    private TimeSpan _keepAliveInterval = DefaultKeepAliveInterval;
+    private int _keepAliveRetryCount = DefaultKeepAliveRetryCount;
     private TimeProvider _timeProvider = TimeProvider.System;
     private ILogger _logger = NullLogger.Instance;
     private int _maxInputBufferSize = DefaultBufferSize;
@@ -120,6 +123,64 @@ public sealed class ManagedConnectionOptions
         }
     }
 
+    /// <summary>The default of <see cref="KeepAliveTime"/>: 15 seconds, Go's <c>net</c> package default.</summary>
+    public static readonly TimeSpan DefaultKeepAliveTime = TimeSpan.FromSeconds(15);
+
+    /// <summary>The default of <see cref="KeepAliveInterval"/>: 15 seconds, as Go.</summary>
+    public static readonly TimeSpan DefaultKeepAliveInterval = TimeSpan.FromSeconds(15);
+
+    /// <summary>The default of <see cref="KeepAliveRetryCount"/>: 8 unanswered probes (a vanished peer is given up after 2 min 15 s).</summary>
+    public const int DefaultKeepAliveRetryCount = 8;
+
+    // The kernel's limits (Linux: TCP_KEEPIDLE and TCP_KEEPINTVL at most 32767 s, TCP_KEEPCNT at most 127).
+    private const int MaxKeepAliveSeconds = 32767;
+    private const int MaxKeepAliveRetryCount = 127;
+
+    /// <summary>How long a connection may be silent before TCP keep-alive probes ask whether the peer is still there
+    /// (<c>SO_KEEPALIVE</c>, <c>TCP_KEEPIDLE</c>); <see cref="Timeout.InfiniteTimeSpan"/> turns keep-alive off.</summary>
+    /// <remarks>Defaults to 15 seconds (Go's default; Kestrel leaves keep-alive off). A peer that vanished without FIN or
+    /// RST (power loss, a dropped NAT entry) is otherwise never noticed, and its connection is kept forever. The kernel
+    /// counts whole seconds (rounded up). When the peer stops answering, the connection ends by itself with
+    /// <see cref="CloseOutcome.PeerUnreachable"/>.</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The value is under 1 second or over 32,767 seconds (other than infinite).</exception>
+    public TimeSpan KeepAliveTime
+    {
+        get => _keepAliveTime;
+        set
+        {
+            _keepAliveTime = value == Timeout.InfiniteTimeSpan ? value : CheckKeepAliveSeconds(value, nameof(KeepAliveTime));
+            _settings = null;
+        }
+    }
+
+    /// <summary>The time between two unanswered keep-alive probes (<c>TCP_KEEPINTVL</c>).</summary>
+    /// <remarks>Defaults to 15 seconds. Whole seconds (rounded up).</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The value is under 1 second or over 32,767 seconds.</exception>
+    public TimeSpan KeepAliveInterval
+    {
+        get => _keepAliveInterval;
+        set
+        {
+            _keepAliveInterval = CheckKeepAliveSeconds(value, nameof(KeepAliveInterval));
+            _settings = null;
+        }
+    }
+
+    /// <summary>How many unanswered keep-alive probes make the kernel give up on the peer (<c>TCP_KEEPCNT</c>).</summary>
+    /// <remarks>Defaults to 8. From 1 to 127.</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The value is under 1 or over 127.</exception>
+    public int KeepAliveRetryCount
+    {
+        get => _keepAliveRetryCount;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1, nameof(KeepAliveRetryCount));
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, MaxKeepAliveRetryCount, nameof(KeepAliveRetryCount));
+            _keepAliveRetryCount = value;
+            _settings = null;
+        }
+    }
+
     /// <summary>The clock behind every timeout of the connection.</summary>
     /// <remarks>Defaults to <see cref="TimeProvider.System"/>. Tests can pass a fake clock to drive timeouts without waiting.</remarks>
     /// <exception cref="ArgumentNullException">The value is null.</exception>
@@ -193,6 +254,16 @@ public sealed class ManagedConnectionOptions
         if (value == TimeSpan.Zero)
         {
             throw new ArgumentOutOfRangeException(name, value, $"{name} must be greater than zero.");
+        }
+
+        return value;
+    }
+
+    private static TimeSpan CheckKeepAliveSeconds(TimeSpan value, string name)
+    {
+        if (value < TimeSpan.FromSeconds(1) || value > TimeSpan.FromSeconds(MaxKeepAliveSeconds))
+        {
+            throw new ArgumentOutOfRangeException(name, value, $"{name} must be from 1 second to {MaxKeepAliveSeconds} seconds (the kernel counts whole seconds).");
         }
 
         return value;

@@ -7,12 +7,13 @@ namespace SafeSockets.Tests;
 /// right answer. Schedule exploration of the same type under concurrency is in tests/SafeSockets.Concurrency.</summary>
 public sealed class ConnectionLifecycleTests
 {
+    // Lifecycles made here report their state changes to nobody: the process-wide metrics count real connections only.
     private static readonly TimeSpan s_elapsed = TimeSpan.FromMilliseconds(3);
 
     [Fact]
     public void New_IsOpenWithTheCreatorsLease()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Assert.Equal(ConnectionState.Open, lifecycle.State);
         Assert.Equal(1, lifecycle.LeaseCount);
         Assert.False(lifecycle.IsTearingDown);
@@ -25,7 +26,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void HalfCloses_ComposeIntoBothShutdown()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Assert.True(lifecycle.TryMarkSendShutdown());
         Assert.Equal(ConnectionState.SendShutdown, lifecycle.State);
         Assert.True(lifecycle.SendShutdown);
@@ -40,7 +41,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void PeerFin_ThenOurFin_IsBothShutdown()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Assert.True(lifecycle.OnPeerFin());
         Assert.Equal(ConnectionState.PeerShutdown, lifecycle.State);
         Assert.False(lifecycle.PeerResetSeen);
@@ -51,7 +52,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void PeerReset_CountsAsThePeersEnd_Once()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Assert.True(lifecycle.OnPeerReset());
         Assert.True(lifecycle.PeerResetSeen);
         Assert.True(lifecycle.PeerFinSeen);
@@ -63,7 +64,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void TryBeginTeardown_FirstWins_AndKeepsItsReason()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Assert.True(lifecycle.TryBeginTeardown(CloseReason.CloseWaitTimeout));
         Assert.Equal(ConnectionState.Closing, lifecycle.State);
         Assert.True(lifecycle.IsTearingDown);
@@ -75,7 +76,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void Release_IsGrantedOnce_OnlyWhileATeardownRuns()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Assert.False(lifecycle.TryRelease(out bool early));
         Assert.False(early);
         Assert.False(lifecycle.IsReleased);
@@ -91,7 +92,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public async Task Record_WritesOnce_AndCompletesCompletionWithTheSameResult()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Task<CloseResult> completion = lifecycle.GetCompletionTask();
         lifecycle.TryBeginTeardown(CloseReason.Application);
         lifecycle.TryRelease(out _);
@@ -110,7 +111,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void Abort_WithNoTeardown_OwnsIt_AndTheReleaseIsAbortive()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Assert.Equal(AbortAction.RunTeardown, lifecycle.RequestAbort());
         Assert.Equal(CloseReason.Abort, lifecycle.Reason);
         Assert.Equal(ConnectionState.Closing, lifecycle.State);
@@ -123,7 +124,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void Abort_DuringATeardown_Escalates_AndTheOutcomeSaysAborted()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         lifecycle.TryBeginTeardown(CloseReason.Application);
         Assert.Equal(AbortAction.ReleaseNow, lifecycle.RequestAbort());
         Assert.Equal(CloseReason.Abort, lifecycle.Reason);
@@ -139,7 +140,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void Abort_AfterTheRelease_DoesNothing_AndTheOutcomeStaysGraceful()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         lifecycle.TryBeginTeardown(CloseReason.Application);
         lifecycle.TryRelease(out _);
         Assert.Equal(AbortAction.None, lifecycle.RequestAbort());
@@ -152,7 +153,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void SendShutdown_AfterTheRelease_IsRefused()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         lifecycle.TryBeginTeardown(CloseReason.Application);
         Assert.True(lifecycle.TryRelease(out _));
         Assert.False(lifecycle.TryMarkSendShutdown());
@@ -162,7 +163,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void SendShutdown_DuringTheTeardownBeforeTheRelease_IsGranted()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         lifecycle.TryBeginTeardown(CloseReason.Application);
         Assert.True(lifecycle.TryMarkSendShutdown());
         Assert.Equal(ConnectionState.Closing, lifecycle.State);
@@ -171,7 +172,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void TryClaimResult_OnlyTheFirstCaller()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Assert.True(lifecycle.TryClaimResult());
         Assert.False(lifecycle.TryClaimResult());
     }
@@ -179,7 +180,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void Leases_TheLastReleaseTakesTheTeardown()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Assert.True(lifecycle.TryAcquire());
         Assert.True(lifecycle.TryAcquire());
         Assert.Equal(3, lifecycle.LeaseCount);
@@ -199,7 +200,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void Leases_TheLastReleaseDuringATeardown_Waits()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         lifecycle.TryBeginTeardown(CloseReason.CloseWaitTimeout);
         Assert.False(lifecycle.TryAcquire());
         Assert.Equal(ReleaseAction.WaitForCompletion, lifecycle.ReleaseCreator());
@@ -209,7 +210,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public void Leases_ReleasingMoreThanWereHeld_IsNotALease()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Assert.Equal(ReleaseAction.RunTeardown, lifecycle.ReleaseCreator());
         Assert.Equal(ReleaseAction.None, lifecycle.ReleaseReference());
         Assert.Equal(0, lifecycle.LeaseCount);
@@ -218,7 +219,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public async Task Completion_AskedForOnlyAfterTheRecord_IsAlreadyComplete()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Abort(lifecycle);
         Task<CloseResult> completion = lifecycle.GetCompletionTask();
         Assert.True(completion.IsCompletedSuccessfully);
@@ -228,7 +229,7 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public async Task Completion_AskedForTwiceBeforeTheRecord_IsOneTask()
     {
-        var lifecycle = new ConnectionLifecycle();
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
         Task<CloseResult> first = lifecycle.GetCompletionTask();
         Task<CloseResult> second = lifecycle.GetCompletionTask();
         Assert.Same(first, second);
@@ -301,5 +302,16 @@ public sealed class ConnectionLifecycleTests
         Assert.Equal(AbortAction.RunTeardown, lifecycle.RequestAbort());
         Assert.True(lifecycle.TryRelease(out _));
         lifecycle.Record(CloseOutcome.Aborted, 0, s_elapsed);
+    }
+
+    [Fact]
+    public void Abort_AfterThePeersResetIsRecorded_BeforeItsTeardownBegan_DoesNothing()
+    {
+        var lifecycle = new ConnectionLifecycle(static (_, _) => { });
+        Assert.True(lifecycle.OnPeerReset());
+        Assert.Equal(AbortAction.None, lifecycle.RequestAbort());
+        Assert.True(lifecycle.TryBeginTeardown(CloseReason.PeerReset));
+        Assert.True(lifecycle.TryRelease(out bool abortive));
+        Assert.False(abortive);
     }
 }

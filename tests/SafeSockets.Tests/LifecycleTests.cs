@@ -1,3 +1,4 @@
+using System.Diagnostics.Tracing;
 using SafeSockets.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
@@ -187,6 +188,71 @@ public sealed class LifecycleTests
 [Collection(ExclusiveTests.Name)]
 public sealed class DescriptorTests
 {
+    /// <summary>Cancels a token when the runtime starts a connect (its "System.Net.Sockets" ConnectStart event): the
+    /// moment between our last look at the token and the operation being in progress.</summary>
+    private sealed class CancelAtConnectStart : EventListener
+    {
+        public static CancellationTokenSource? Armed;
+
+        protected override void OnEventSourceCreated(EventSource eventSource)
+        {
+            if (eventSource.Name == "System.Net.Sockets")
+            {
+                EnableEvents(eventSource, EventLevel.Informational);
+            }
+        }
+
+        protected override void OnEventWritten(EventWrittenEventArgs eventData)
+        {
+            if (eventData.EventName == "ConnectStart" && Interlocked.Exchange(ref Armed, null) is { } cts)
+            {
+                cts.Cancel();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task ConnectAsync_CanceledAsTheConnectStarts_IsNotLost()
+    {
+        // A full backlog keeps the connect pending; a cancel that lands before the operation is in progress used to be
+        // ignored (Socket.CancelConnectAsync acts only on one in progress), leaving the connect to the kernel's ~2 min.
+        using Socket listener = Loopback.Listen(backlog: 1);
+        var fillers = new List<Socket>();
+        using var events = new CancelAtConnectStart();
+        try
+        {
+            bool tried = false;
+            for (int i = 0; i < 8 && !tried; i++)
+            {
+                var filler = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                fillers.Add(filler);
+                filler.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+                Task connect = filler.ConnectAsync(listener.LocalEndPoint!);
+                await TestTimeouts.WaitUntilAsync(
+                    () => connect.IsCompleted || TcpSocketTable.GetState(filler.LocalEndPoint.Port(), listener.Port()) == TcpState.SynSent,
+                    "the connect completes or sticks in SYN_SENT");
+                if (!connect.IsCompleted)
+                {
+                    tried = true;
+                    using var cts = new CancellationTokenSource();
+                    Volatile.Write(ref CancelAtConnectStart.Armed, cts);
+                    await Assert.ThrowsAnyAsync<OperationCanceledException>(
+                        () => ManagedConnection.ConnectAsync(listener.LocalEndPoint!, null, cts.Token).AsTask().WaitAsync(TimeSpan.FromSeconds(10)));
+                    Assert.True(cts.IsCancellationRequested, "the event fired");
+                }
+            }
+
+            Assert.True(tried);
+        }
+        finally
+        {
+            foreach (Socket filler in fillers)
+            {
+                filler.Dispose();
+            }
+        }
+    }
+
     [Fact]
     public async Task ConnectAsync_CanceledWhilePending_ThrowsOperationCanceledAndLeaksNoDescriptor()
     {

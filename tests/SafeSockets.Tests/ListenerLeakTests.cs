@@ -39,8 +39,12 @@ public sealed class ListenerLeakTests
         GC.Collect();
         GC.WaitForPendingFinalizers();
 
+        // The runtime's own bounded caches (a pooled async box per thread or core, a pooled socket operation's last
+        // continuation) may hold on to a few connections until they are reused; a leak holds on to every one (the bug:
+        // 300 of 300). A handful is not a leak; a count that grows with the cycles is.
         int reachable = finished.Count(w => w.IsAlive);
-        Assert.True(reachable == 0, $"{reachable} of {Cycles} finished connections are still reachable (the listener, still running, keeps them)");
+        int cacheBound = Environment.ProcessorCount + 2;
+        Assert.True(reachable <= cacheBound, $"{reachable} of {Cycles} finished connections are still reachable (the listener, still running, keeps them); at most {cacheBound} may sit in bounded runtime caches");
     }
 
     /// <summary>One cycle; the connection is referenced only in here, so the test method itself keeps nothing alive.</summary>

@@ -14,6 +14,7 @@ public sealed class ObservabilityTests
     [Fact]
     public async Task Metrics_CountOpenedClosedByOutcome_DurationsAndForcedCloses()
     {
+        await WhenNoConnectionIsLiveAsync();
         using var opened = new MetricCollector<long>(null, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionsOpened);
         using var closed = new MetricCollector<long>(null, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionsClosed);
         using var forced = new MetricCollector<long>(null, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.CloseWaitForcedCloses);
@@ -68,6 +69,7 @@ public sealed class ObservabilityTests
     [Fact]
     public async Task Metrics_CurrentConnectionsByState_FollowTransitions()
     {
+        await WhenNoConnectionIsLiveAsync();
         using var current = new MetricCollector<long>(null, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionsCurrent);
         long Count(string state)
         {
@@ -199,4 +201,9 @@ public sealed class ObservabilityTests
             }
         }
     }
+
+    /// <summary>The meter is process-wide: connections that other tests left closing (a guard, a drain) would be counted
+    /// here. Every one ends within its bounds, so wait until none is live (a test that leaks one fails this wait).</summary>
+    private static Task WhenNoConnectionIsLiveAsync() =>
+        TestTimeouts.WaitUntilAsync(() => SafeSockets.Diagnostics.Metrics.Live == 0, "no connection of earlier tests is live");
 }

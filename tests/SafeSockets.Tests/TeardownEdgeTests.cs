@@ -147,4 +147,58 @@ public sealed class TeardownEdgeTests
             }
         }
     }
+
+    [Fact]
+    public async Task Guard_CloseWaitTimeoutUnderTheProbePeriod_ASendMakingProgressIsNotCutShort()
+    {
+        // The guard's first look comes at CloseWaitTimeout when that is under 250 ms; it used to take that look as the
+        // baseline only, so a send making progress was cut at once. 4 MiB to a peer that reads 16 KiB every 5 ms: about
+        // 1.3 s of steady progress, six times the bound.
+        var options = new ManagedConnectionOptions { CloseWaitTimeout = TimeSpan.FromMilliseconds(200) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateSmallBufferManagedServerAsync(options);
+        using (peer)
+        {
+            peer.Shutdown(SocketShutdown.Send);
+            await connection.PeerClosed.WhenCanceled().WithTimeout();
+            Task send = connection.SendAsync(new byte[4 * 1024 * 1024]).AsTask();
+
+            var reader = new Thread(() =>
+            {
+                byte[] buffer = new byte[16 * 1024];
+                try
+                {
+                    while (peer.Receive(buffer) > 0)
+                    {
+                        Thread.Sleep(5); // a slow reader (pacing, not synchronisation)
+                    }
+                }
+                catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+                {
+                    // Cut short (a reset, or the test ended): the send's result says so.
+                }
+            }) { IsBackground = true };
+            reader.Start();
+
+            await send.WithTimeout();
+            Assert.Equal(ConnectionState.PeerShutdown, connection.State);
+            Assert.Equal(CloseOutcome.Graceful, (await connection.CloseAsync().WithTimeout()).Outcome);
+            Assert.True(reader.Join(TestTimeouts.Passing));
+        }
+    }
+
+    [Fact]
+    public async Task TransportOutput_CompletedWithACancellation_AbortsLikeAnyOtherError_AndLogsNothingAtError()
+    {
+        var logger = new CapturingLogger();
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(new ManagedConnectionOptions { Logger = logger });
+        using (peer)
+        {
+            IDuplexPipe transport = connection.Transport;
+            await transport.Output.CompleteAsync(new OperationCanceledException());
+            Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
+            Assert.Equal(PeerEnd.Reset, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            Assert.DoesNotContain(logger.Entries, e => e.Level == Microsoft.Extensions.Logging.LogLevel.Error);
+            await transport.Input.CompleteAsync();
+        }
+    }
 }

@@ -34,4 +34,7 @@ internal static partial class Log
 
     [LoggerMessage(10, LogLevel.Information, "Connection {RemoteEndPoint} closed itself after IdleTimeout ({IdleTimeout}) without a byte in either direction.")]
     public static partial void IdleTimedOut(ILogger logger, string? remoteEndPoint, TimeSpan idleTimeout);
+
+    [LoggerMessage(11, LogLevel.Warning, "Connection {RemoteEndPoint} ended: the peer is unreachable ({SocketError}); keep-alive probes or retransmissions went unanswered.")]
+    public static partial void PeerUnreachable(ILogger logger, string? remoteEndPoint, System.Net.Sockets.SocketError socketError);
 }

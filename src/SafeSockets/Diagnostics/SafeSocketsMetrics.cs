@@ -78,6 +78,7 @@ internal static class Metrics
         new("outcome", "drain_budget_exceeded"),
         new("outcome", "faulted"),
         new("outcome", "idle_timed_out"),
+        new("outcome", "peer_unreachable"),
     ];
 
     public static KeyValuePair<string, object?> OutcomeTag(CloseOutcome outcome) => s_outcomeTags[(int)outcome];
@@ -105,6 +106,21 @@ internal static class Metrics
         if (to >= 0)
         {
             Interlocked.Increment(ref s_current[to]);
+        }
+    }
+
+    /// <summary>Connections created and not yet released, in this process; for tests that must start from a quiet process.</summary>
+    internal static long Live
+    {
+        get
+        {
+            long live = 0;
+            for (int i = 0; i < s_current.Length; i++)
+            {
+                live += Volatile.Read(ref s_current[i]);
+            }
+
+            return live;
         }
     }
 

@@ -223,6 +223,9 @@ internal sealed class ConnectionLifecycle
         {
             switch (_stage)
             {
+                case TeardownStage.None when _peerReset:
+                    // The peer's reset is recorded and its teardown is being asked for: the connection is gone already.
+                    return AbortAction.None;
                 case TeardownStage.None:
                     _stage = TeardownStage.Running;
                     _reason = CloseReason.Abort;

@@ -26,6 +26,9 @@ internal sealed class ConnectionSettings
         DrainIdleTimeoutTicks = ToTicks(DrainIdleTimeout);
         CloseWaitTimeoutTicks = ToTicks(CloseWaitTimeout);
         IdleTimeoutTicks = options.IdleTimeout == Timeout.InfiniteTimeSpan ? 0 : ToTicks(options.IdleTimeout);
+        KeepAliveTimeSeconds = options.KeepAliveTime == Timeout.InfiniteTimeSpan ? 0 : (int)Math.Ceiling(options.KeepAliveTime.TotalSeconds);
+        KeepAliveIntervalSeconds = (int)Math.Ceiling(options.KeepAliveInterval.TotalSeconds);
+        KeepAliveRetryCount = options.KeepAliveRetryCount;
     }
 
     private ConnectionSettings(ConnectionSettings source, Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted)
@@ -44,6 +47,9 @@ internal sealed class ConnectionSettings
         DrainIdleTimeoutTicks = source.DrainIdleTimeoutTicks;
         CloseWaitTimeoutTicks = source.CloseWaitTimeoutTicks;
         IdleTimeoutTicks = source.IdleTimeoutTicks;
+        KeepAliveTimeSeconds = source.KeepAliveTimeSeconds;
+        KeepAliveIntervalSeconds = source.KeepAliveIntervalSeconds;
+        KeepAliveRetryCount = source.KeepAliveRetryCount;
         Completed = completed;
         DrainStarted = drainStarted;
     }
@@ -78,6 +84,13 @@ internal sealed class ConnectionSettings
 
     /// <summary>The idle bound in timestamp units; 0 when it is off (IdleTimeout infinite).</summary>
     public long IdleTimeoutTicks { get; }
+
+    /// <summary>TCP keep-alive in whole seconds: idle time before the first probe (0: keep-alive off), and between probes.</summary>
+    public int KeepAliveTimeSeconds { get; }
+
+    public int KeepAliveIntervalSeconds { get; }
+
+    public int KeepAliveRetryCount { get; }
 
     /// <summary>A listener's callback: told once, when a connection is finished.</summary>
     public Action<ManagedConnection>? Completed { get; }

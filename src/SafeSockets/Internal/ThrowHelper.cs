@@ -17,9 +17,15 @@ internal static class ThrowHelper
     public static void ThrowPeerReset() => throw CreatePeerReset(null);
 
     public static ConnectionResetException CreatePeerReset(Exception? inner) =>
-        new(inner is System.Net.Sockets.SocketException { SocketErrorCode: not (System.Net.Sockets.SocketError.ConnectionReset or System.Net.Sockets.SocketError.ConnectionAborted or System.Net.Sockets.SocketError.Shutdown) } lost
-            ? $"The connection was lost ({lost.SocketErrorCode}): the network gave up on the peer; data in flight may be lost."
-            : "The connection was reset by the peer (TCP RST); data in flight may be lost.", inner);
+        new("The connection was reset by the peer (TCP RST); data in flight may be lost.", inner);
+
+    [DoesNotReturn]
+    public static void ThrowPeerUnreachable() => throw CreatePeerUnreachable(null);
+
+    public static PeerUnreachableException CreatePeerUnreachable(Exception? inner) =>
+        new(inner is System.Net.Sockets.SocketException socketError
+            ? $"The peer is unreachable ({socketError.SocketErrorCode}): keep-alive probes or retransmissions went unanswered; data in flight may be lost."
+            : "The peer is unreachable: keep-alive probes or retransmissions went unanswered; data in flight may be lost.", inner);
 
     [DoesNotReturn]
     public static void ThrowDisposed(string reason) =>
@@ -32,6 +38,7 @@ internal static class ThrowHelper
         CloseReason.PeerReset => "The connection was released after the peer reset it.",
         CloseReason.Faulted => "The connection was closed after an unexpected error (logged at Error level).",
         CloseReason.IdleTimeout => "The connection closed itself after IdleTimeout without traffic.",
+        CloseReason.PeerUnreachable => "The connection ended because the peer is unreachable (keep-alive or retransmissions timed out).",
         _ => "The connection is closed or closing (CloseAsync or DisposeAsync was called).",
     };
 }
@@ -45,5 +52,6 @@ internal enum CloseReason : byte
     PeerReset,
     Faulted,
     IdleTimeout,
+    PeerUnreachable,
     Abort,
 }
