@@ -80,7 +80,8 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     }
 
     /// <summary>Connects to <paramref name="remoteEndPoint"/> over TCP and returns the managed connection.</summary>
-    /// <param name="remoteEndPoint">An <see cref="IPEndPoint"/> or <see cref="DnsEndPoint"/>.</param>
+    /// <param name="remoteEndPoint">An <see cref="IPEndPoint"/>, a <see cref="DnsEndPoint"/> (its addresses are tried in order),
+    /// or a <see cref="UnixDomainSocketEndPoint"/> (a stream Unix socket: no <c>NoDelay</c>, keep-alive or <c>TCP_INFO</c>).</param>
     /// <param name="options">Teardown bounds; <see langword="null"/> for the documented defaults.</param>
     /// <param name="cancellationToken">Cancels the connect; the socket is released.</param>
     /// <returns>The connected connection, with <c>NoDelay</c> set.</returns>
@@ -90,18 +91,25 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     {
         ArgumentNullException.ThrowIfNull(remoteEndPoint);
         cancellationToken.ThrowIfCancellationRequested();
-        if (remoteEndPoint is not IPEndPoint and not DnsEndPoint)
+        if (remoteEndPoint is not IPEndPoint and not DnsEndPoint and not UnixDomainSocketEndPoint)
         {
-            throw new ArgumentException($"Only IPEndPoint and DnsEndPoint are supported (TCP); got {remoteEndPoint.GetType().Name}.", nameof(remoteEndPoint));
+            throw new ArgumentException($"Only IPEndPoint, DnsEndPoint (TCP) and UnixDomainSocketEndPoint (stream) are supported; got {remoteEndPoint.GetType().Name}.", nameof(remoteEndPoint));
         }
 
-        Socket socket = remoteEndPoint.AddressFamily == AddressFamily.Unspecified
-            ? new Socket(SocketType.Stream, ProtocolType.Tcp)
-            : new Socket(remoteEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        bool unix = remoteEndPoint is UnixDomainSocketEndPoint;
+        Socket socket = unix
+            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+            : remoteEndPoint.AddressFamily == AddressFamily.Unspecified
+                ? new Socket(SocketType.Stream, ProtocolType.Tcp)
+                : new Socket(remoteEndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         SocketIoArgs? args = null;
         try
         {
-            socket.NoDelay = true;
+            if (!unix)
+            {
+                socket.NoDelay = true;
+            }
+
             if (remoteEndPoint is IPEndPoint)
             {
                 // A pooled operation instead of the one the socket would make and keep for its whole life (about 300 bytes
@@ -171,9 +179,11 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     {
         ArgumentNullException.ThrowIfNull(connectedSocket);
         ObjectDisposedException.ThrowIf(connectedSocket.SafeHandle.IsClosed || connectedSocket.SafeHandle.IsInvalid, connectedSocket);
-        if (connectedSocket.SocketType != SocketType.Stream || connectedSocket.ProtocolType != ProtocolType.Tcp)
+        if (connectedSocket.SocketType != SocketType.Stream || !IsSupportedStream(connectedSocket))
         {
-            throw new ArgumentException($"The socket must be a TCP stream socket; it is {connectedSocket.SocketType}/{connectedSocket.ProtocolType}.", nameof(connectedSocket));
+            throw new ArgumentException(
+                $"The socket must be a TCP stream socket or a Unix domain stream socket; it is {connectedSocket.AddressFamily}/{connectedSocket.SocketType}/{connectedSocket.ProtocolType}.",
+                nameof(connectedSocket));
         }
 
         if (IsListening(connectedSocket))
@@ -243,13 +253,18 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     private const int IpProtoTcp = 6;
     private const int TcpUserTimeout = 18;
 
+    /// <summary>A TCP socket, or a Unix domain socket (its protocol is reported as Unspecified or Unix).</summary>
+    private static bool IsSupportedStream(Socket socket) =>
+        socket.ProtocolType == ProtocolType.Tcp || socket.AddressFamily == AddressFamily.Unix;
+
     /// <summary>TCP keep-alive as the options say (on every connection: connected, adopted or accepted). On Linux the same
     /// bound also caps how long sent data may go unacknowledged (TCP_USER_TIMEOUT), so a peer that vanishes while we send
     /// is given up on as surely as one that vanishes while idle.</summary>
     private static void ApplyKeepAlive(Socket socket, ConnectionSettings settings)
     {
-        if (settings.KeepAliveTimeSeconds == 0)
+        if (settings.KeepAliveTimeSeconds == 0 || socket.ProtocolType != ProtocolType.Tcp)
         {
+            // Off, or a Unix domain socket (no keep-alive there: the peer is on this machine, and its death closes it).
             return;
         }
 

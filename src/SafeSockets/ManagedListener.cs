@@ -52,19 +52,26 @@ public sealed class ManagedListener : IAsyncDisposable
 
     /// <summary>Binds to <paramref name="localEndPoint"/> and starts listening.</summary>
     /// <param name="localEndPoint">An <see cref="IPEndPoint"/>; port 0 picks a free port (read it from <see cref="LocalEndPoint"/>).
-    /// <see cref="IPAddress.IPv6Any"/> listens in dual mode: IPv6 and IPv4 clients.</param>
+    /// <see cref="IPAddress.IPv6Any"/> listens in dual mode: IPv6 and IPv4 clients. A <see cref="UnixDomainSocketEndPoint"/>
+    /// listens on a Unix socket; the stop removes the socket file, and an existing file at the path is never deleted.</param>
     /// <param name="options">Listener and connection settings; <see langword="null"/> for the documented defaults.</param>
     /// <returns>The listening listener.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="localEndPoint"/> is null.</exception>
-    /// <exception cref="ArgumentException"><paramref name="localEndPoint"/> is not an <see cref="IPEndPoint"/>.</exception>
+    /// <exception cref="ArgumentException"><paramref name="localEndPoint"/> is neither an <see cref="IPEndPoint"/> nor a <see cref="UnixDomainSocketEndPoint"/>.</exception>
     /// <exception cref="SocketException">Binding or listening failed (for example the port is in use); no descriptor is left behind.</exception>
+    /// <exception cref="IOException">A Unix socket path exists and nothing listens on it (a stale file): remove it first.</exception>
     public static ManagedListener Start(EndPoint localEndPoint, ManagedListenerOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(localEndPoint);
+        if (localEndPoint is UnixDomainSocketEndPoint unix)
+        {
+            return StartUnix(unix, options ?? new ManagedListenerOptions());
+        }
+
         if (localEndPoint is not IPEndPoint ip)
         {
             throw new ArgumentException(
-                $"A listener needs an IPEndPoint (an address to bind, such as IPAddress.Loopback, IPAddress.Any or IPAddress.IPv6Any); got {localEndPoint.GetType().Name}. Resolve a host name first.",
+                $"A listener needs an IPEndPoint (an address to bind, such as IPAddress.Loopback, IPAddress.Any or IPAddress.IPv6Any) or a UnixDomainSocketEndPoint; got {localEndPoint.GetType().Name}. Resolve a host name first.",
                 nameof(localEndPoint));
         }
 
@@ -89,6 +96,51 @@ public sealed class ManagedListener : IAsyncDisposable
             throw;
         }
     }
+
+    /// <summary>A Unix domain socket listener. It never deletes a file it did not create: if something listens on the
+    /// path, the bind fails (<see cref="SocketException"/>, <see cref="SocketError.AddressAlreadyInUse"/>); if a file is
+    /// there that nobody listens on (left by a process that ended without removing it, or not a socket at all), an
+    /// <see cref="IOException"/> names it so the operator removes it. <see cref="StopAsync"/> removes the file this
+    /// listener created.</summary>
+    private static ManagedListener StartUnix(UnixDomainSocketEndPoint endPoint, ManagedListenerOptions options)
+    {
+        string path = endPoint.ToString();
+        if (path.Length > 0 && path[0] != '\0' && File.Exists(path) && !SomeoneListensOn(endPoint))
+        {
+            throw new IOException(
+                $"The Unix socket path {path} already exists and nothing listens on it (a stale socket file left by a process that ended without removing it, or another file). Remove it and start again; a listener never deletes a file it did not create.");
+        }
+
+        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            socket.Bind(endPoint);
+            socket.Listen(options.Backlog);
+            return new ManagedListener(socket, options) { _unixPath = path.Length > 0 && path[0] != '\0' ? path : null };
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    private static bool SomeoneListensOn(UnixDomainSocketEndPoint endPoint)
+    {
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            probe.Connect(endPoint);
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
+    }
+
+    // The socket file a Unix domain listener created (removed by the stop); null for IP listeners and abstract names.
+    private string? _unixPath;
 
     /// <summary>The end point the listener is bound to (with the actual port when 0 was asked for).</summary>
     public EndPoint LocalEndPoint { get; }
@@ -194,6 +246,19 @@ public sealed class ManagedListener : IAsyncDisposable
         }
 
         _socket.Dispose();
+        if (_unixPath is { } path)
+        {
+            // Nothing listens on it any more: the next Start on this path finds no stale file.
+            try
+            {
+                File.Delete(path);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                Log.UnexpectedError(_logger, "listener's stop (removing its socket file)", path, ex);
+            }
+        }
+
         _ = RunStopAsync(started, gracePeriod, cancellationToken);
         return started.Task;
     }
@@ -304,7 +369,10 @@ public sealed class ManagedListener : IAsyncDisposable
         ManagedConnection connection;
         try
         {
-            accepted.NoDelay = true;
+            if (accepted.ProtocolType == ProtocolType.Tcp)
+            {
+                accepted.NoDelay = true;
+            }
             connection = ManagedConnection.AdoptTracked(accepted, _connectionSettings);
         }
         catch (Exception ex) when (ex is SocketException or ArgumentException or ObjectDisposedException)

@@ -95,6 +95,12 @@ public sealed class ArgumentTests
     public async Task ConnectAsync_BadArguments_Throw()
     {
         await Assert.ThrowsAsync<ArgumentNullException>(() => ManagedConnection.ConnectAsync(null!).AsTask());
-        await Assert.ThrowsAsync<ArgumentException>(() => ManagedConnection.ConnectAsync(new UnixDomainSocketEndPoint("/tmp/x")).AsTask());
+        await Assert.ThrowsAsync<ArgumentException>(() => ManagedConnection.ConnectAsync(new OtherEndPoint()).AsTask());
     }
+}
+
+/// <summary>An end point kind no stream socket here can connect to.</summary>
+internal sealed class OtherEndPoint : System.Net.EndPoint
+{
+    public override System.Net.Sockets.AddressFamily AddressFamily => System.Net.Sockets.AddressFamily.AppleTalk;
 }

@@ -44,7 +44,8 @@ public sealed class BadInputTests
         [
             // Factories
             new("ConnectAsync(null)", typeof(ArgumentNullException), () => ManagedConnection.ConnectAsync(null!).AsTask()),
-            new("ConnectAsync(unix end point)", typeof(ArgumentException), () => ManagedConnection.ConnectAsync(new UnixDomainSocketEndPoint("/tmp/none")).AsTask()),
+            new("ConnectAsync(unsupported end point kind)", typeof(ArgumentException), () => ManagedConnection.ConnectAsync(new OtherEndPoint()).AsTask()),
+            new("ConnectAsync(unix end point nobody listens on)", typeof(SocketException), () => ManagedConnection.ConnectAsync(new UnixDomainSocketEndPoint("/tmp/safesockets-none-" + Guid.NewGuid().ToString("N"))).AsTask()),
             new("ConnectAsync(refused)", typeof(SocketException), () => ManagedConnection.ConnectAsync(RefusedEndPoint()).AsTask()),
             new("Adopt(null)", typeof(ArgumentNullException), () => Run(() => ManagedConnection.Adopt(null!))),
             new("Adopt(UDP socket)", typeof(ArgumentException), () => Run(() => ManagedConnection.Adopt(udp))),
