@@ -1,14 +1,18 @@
 // EchoServer: echoes every connection until the peer's FIN, then closes gracefully (FIN, drain).
 // Ctrl+C or SIGTERM stops it gracefully: no new connections, live ones get FIN, stragglers are aborted after the grace period.
-//   dotnet run --project samples/EchoServer -- --port 7007 --close-wait-timeout 5
+//   dotnet run --project samples/EchoServer -- --port 7007 --close-wait-timeout 5 --idle-timeout 60
+//   dotnet run --project samples/EchoServer -- --unix /tmp/echo.sock        (a Unix domain socket instead of TCP)
 using System.Globalization;
 using System.Net;
+using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using SafeSockets;
 
 int port = 7007;
 TimeSpan closeWaitTimeout = ManagedConnectionOptions.DefaultCloseWaitTimeout;
 TimeSpan grace = TimeSpan.FromSeconds(10);
+TimeSpan idleTimeout = Timeout.InfiniteTimeSpan;
+string? unixPath = null;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -19,11 +23,18 @@ for (int i = 0; i < args.Length; i++)
         case "--close-wait-timeout" when i + 1 < args.Length:
             closeWaitTimeout = TimeSpan.FromSeconds(double.Parse(args[++i], CultureInfo.InvariantCulture));
             break;
+        case "--idle-timeout" when i + 1 < args.Length:
+            // A connection that carries no byte either way for this long is closed gracefully (CloseOutcome.IdleTimedOut).
+            idleTimeout = TimeSpan.FromSeconds(double.Parse(args[++i], CultureInfo.InvariantCulture));
+            break;
+        case "--unix" when i + 1 < args.Length:
+            unixPath = args[++i];
+            break;
         case "--grace" when i + 1 < args.Length:
             grace = TimeSpan.FromSeconds(double.Parse(args[++i], CultureInfo.InvariantCulture));
             break;
         default:
-            Console.Error.WriteLine("usage: EchoServer [--port N (0 = any free port)] [--close-wait-timeout SECONDS] [--grace SECONDS]");
+            Console.Error.WriteLine("usage: EchoServer [--port N (0 = any free port) | --unix PATH] [--close-wait-timeout SECONDS] [--idle-timeout SECONDS] [--grace SECONDS]");
             return 2;
     }
 }
@@ -38,8 +49,9 @@ void Stop(PosixSignalContext context)
     stopping.Cancel();
 }
 
-var options = new ManagedListenerOptions { Connection = new ManagedConnectionOptions { CloseWaitTimeout = closeWaitTimeout } };
-await using ManagedListener listener = ManagedListener.Start(new IPEndPoint(IPAddress.Loopback, port), options);
+var options = new ManagedListenerOptions { Connection = new ManagedConnectionOptions { CloseWaitTimeout = closeWaitTimeout, IdleTimeout = idleTimeout } };
+EndPoint endPoint = unixPath is null ? new IPEndPoint(IPAddress.Loopback, port) : new UnixDomainSocketEndPoint(unixPath);
+await using ManagedListener listener = ManagedListener.Start(endPoint, options);
 Console.WriteLine($"listening on {listener.LocalEndPoint}");
 
 while (!stopping.IsCancellationRequested)
