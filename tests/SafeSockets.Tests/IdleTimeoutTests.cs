@@ -112,4 +112,40 @@ public sealed class IdleTimeoutTests
         ArgumentOutOfRangeException error = Assert.Throws<ArgumentOutOfRangeException>(() => options.IdleTimeout = TimeSpan.FromMilliseconds(milliseconds));
         Assert.Equal(nameof(ManagedConnectionOptions.IdleTimeout), error.ParamName);
     }
+
+    [Fact]
+    public async Task KeepAlive_IsSetOnAdoptedSockets_AsTheOptionsSay_AndOffWhenInfinite()
+    {
+        (Socket peer, Socket server) = await Loopback.CreatePairAsync();
+        using (peer)
+        {
+            var options = new ManagedConnectionOptions { KeepAliveTime = TimeSpan.FromSeconds(7), KeepAliveInterval = TimeSpan.FromSeconds(3), KeepAliveRetryCount = 4 };
+            await using ManagedConnection connection = ManagedConnection.Adopt(server, options);
+            Assert.Equal(1, (int)server.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
+            Assert.Equal(7, (int)server.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime)!);
+            Assert.Equal(3, (int)server.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval)!);
+            Assert.Equal(4, (int)server.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount)!);
+            peer.Shutdown(SocketShutdown.Send);
+        }
+
+        (Socket peer2, Socket server2) = await Loopback.CreatePairAsync();
+        using (peer2)
+        {
+            await using ManagedConnection connection = ManagedConnection.Adopt(server2, new ManagedConnectionOptions { KeepAliveTime = Timeout.InfiniteTimeSpan });
+            Assert.Equal(0, (int)server2.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
+            peer2.Shutdown(SocketShutdown.Send);
+        }
+    }
+
+    [Fact]
+    public void KeepAlive_BadValues_AreRefusedWithTheOptionsName()
+    {
+        var options = new ManagedConnectionOptions();
+        Assert.Equal("KeepAliveTime", Assert.Throws<ArgumentOutOfRangeException>(() => options.KeepAliveTime = TimeSpan.FromMilliseconds(500)).ParamName);
+        Assert.Equal("KeepAliveInterval", Assert.Throws<ArgumentOutOfRangeException>(() => options.KeepAliveInterval = TimeSpan.FromSeconds(40_000)).ParamName);
+        Assert.Equal("KeepAliveRetryCount", Assert.Throws<ArgumentOutOfRangeException>(() => options.KeepAliveRetryCount = 0).ParamName);
+        Assert.Equal("KeepAliveRetryCount", Assert.Throws<ArgumentOutOfRangeException>(() => options.KeepAliveRetryCount = 128).ParamName);
+        options.KeepAliveTime = Timeout.InfiniteTimeSpan;
+        Assert.Equal(Timeout.InfiniteTimeSpan, options.KeepAliveTime);
+    }
 }

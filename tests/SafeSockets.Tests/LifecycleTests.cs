@@ -299,6 +299,37 @@ public sealed class DescriptorTests
     }
 
     [Fact]
+    public async Task ConnectAsync_EveryFailingEndPointKind_SurfacesSocketExceptionAndLeaksNoDescriptor()
+    {
+        // A host name that cannot resolve (.invalid is reserved), a DnsEndPoint whose only address refuses, and a Unix
+        // socket path nobody listens on: each fails with a SocketException and leaves no descriptor behind.
+        using var placeholder = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        placeholder.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        EndPoint[] targets =
+        [
+            new DnsEndPoint("safesockets-test.invalid", 80),
+            new DnsEndPoint("127.0.0.1", ((IPEndPoint)placeholder.LocalEndPoint!).Port),
+            new UnixDomainSocketEndPoint(Path.Combine(Path.GetTempPath(), $"safesockets-none-{Guid.NewGuid():N}.sock")),
+        ];
+        foreach (EndPoint target in targets)
+        {
+            await Assert.ThrowsAsync<SocketException>(() => ManagedConnection.ConnectAsync(target).AsTask().WaitAsync(TestTimeouts.Passing));
+        }
+
+        int before = Directory.GetFiles("/proc/self/fd").Length;
+        for (int i = 0; i < 20; i++)
+        {
+            foreach (EndPoint target in targets)
+            {
+                await Assert.ThrowsAsync<SocketException>(() => ManagedConnection.ConnectAsync(target).AsTask().WaitAsync(TestTimeouts.Passing));
+            }
+        }
+
+        int after = Directory.GetFiles("/proc/self/fd").Length;
+        Assert.True(after - before < 5, $"descriptors grew from {before} to {after} over 60 failed connects");
+    }
+
+    [Fact]
     public async Task ConnectAsync_Refused_SurfacesSocketExceptionAndLeaksNoDescriptor()
     {
         // A bound but not listening socket: connecting to its port is refused, and no other process can take it.
