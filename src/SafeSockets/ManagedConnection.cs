@@ -276,7 +276,9 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
             socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, settings.KeepAliveRetryCount);
             if (OperatingSystem.IsLinux())
             {
-                int milliseconds = (settings.KeepAliveTimeSeconds + (settings.KeepAliveIntervalSeconds * settings.KeepAliveRetryCount)) * 1000;
+                // Up to 32,767 s + 32,767 s x 127 = 4.2 billion ms: computed in long and capped (about 24.8 days).
+                long total = (settings.KeepAliveTimeSeconds + ((long)settings.KeepAliveIntervalSeconds * settings.KeepAliveRetryCount)) * 1000;
+                int milliseconds = (int)Math.Min(total, int.MaxValue);
                 Span<byte> value = stackalloc byte[sizeof(int)];
                 BitConverter.TryWriteBytes(value, milliseconds);
                 socket.SetRawSocketOption(IpProtoTcp, TcpUserTimeout, value);

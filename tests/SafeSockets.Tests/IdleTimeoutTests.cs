@@ -138,6 +138,27 @@ public sealed class IdleTimeoutTests
     }
 
     [Fact]
+    public async Task KeepAlive_AtItsLargestValues_IsSetWithoutOverflow()
+    {
+        (Socket peer, Socket server) = await Loopback.CreatePairAsync();
+        using (peer)
+        {
+            var options = new ManagedConnectionOptions { KeepAliveTime = TimeSpan.FromSeconds(32_767), KeepAliveInterval = TimeSpan.FromSeconds(32_767), KeepAliveRetryCount = 127 };
+            await using ManagedConnection connection = ManagedConnection.Adopt(server, options);
+            Assert.Equal(32_767, (int)server.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime)!);
+            if (OperatingSystem.IsLinux())
+            {
+                // TCP_USER_TIMEOUT: the total, capped at int.MaxValue ms (not a negative, overflowed value).
+                byte[] value = new byte[4];
+                server.GetRawSocketOption(6, 18, value);
+                Assert.Equal(int.MaxValue, BitConverter.ToInt32(value));
+            }
+
+            peer.Shutdown(SocketShutdown.Send);
+        }
+    }
+
+    [Fact]
     public void KeepAlive_BadValues_AreRefusedWithTheOptionsName()
     {
         var options = new ManagedConnectionOptions();
