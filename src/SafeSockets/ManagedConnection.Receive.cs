@@ -287,9 +287,13 @@ public sealed partial class ManagedConnection
                 else
                 {
                     // Paused: the application is not reading. A FIN behind the unread bytes is invisible to a read, but not to the kernel.
+                    // While paused the connection is not idle (bytes wait for the application), whatever arrives meanwhile.
+                    Volatile.Write(ref _inputPaused, true);
                     StartFinProbe();
                     flush = await flushing.ConfigureAwait(false);
                     StopFinProbe();
+                    Volatile.Write(ref _inputPaused, false);
+                    NoteIo();
                 }
 
                 if (flush.IsCompleted)
@@ -434,6 +438,9 @@ public sealed partial class ManagedConnection
     /// reset, with its own reason; nothing waits for the application.</summary>
     private void OnPeerUnreachable(SocketError error)
     {
+        // Latched before anything else: a teardown already running records PeerUnreachable, and a send that fails next
+        // (EPIPE once the kernel has given up) reports it, not a reset.
+        Volatile.Write(ref _peerUnreachable, true);
         bool first = _lifecycle.TryBeginTeardown(CloseReason.PeerUnreachable);
         if (!_lifecycle.OnPeerReset() && !first)
         {

@@ -231,16 +231,16 @@ public sealed partial class ManagedConnection
                 return new ObjectDisposedException(nameof(ManagedConnection), ThrowHelper.DisposedReason(reason));
             }
 
+            if (SocketErrors.IsConnectionLost(socketError.SocketErrorCode) || (Volatile.Read(ref _peerUnreachable) && SocketErrors.IsConnectionReset(socketError.SocketErrorCode)))
+            {
+                OnPeerUnreachable(socketError.SocketErrorCode);
+                return ThrowHelper.CreatePeerUnreachable(ex);
+            }
+
             if (SocketErrors.IsConnectionReset(socketError.SocketErrorCode))
             {
                 OnPeerReset();
                 return ThrowHelper.CreatePeerReset(ex);
-            }
-
-            if (SocketErrors.IsConnectionLost(socketError.SocketErrorCode))
-            {
-                OnPeerUnreachable(socketError.SocketErrorCode);
-                return ThrowHelper.CreatePeerUnreachable(ex);
             }
 
             return null;

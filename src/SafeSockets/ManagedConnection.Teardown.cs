@@ -30,8 +30,14 @@ public sealed partial class ManagedConnection
     private long _peerFinTimestamp;
     private long _lastActivity;
 
-    // The last byte received or handed to the kernel (IdleTimeout's clock; written only when the bound is on).
+    // The last byte received or handed to the kernel (IdleTimeout's clock; written only when the bound is on), and
+    // whether the receive loop is paused behind bytes the application has not read (not idle either).
     private long _lastIo;
+    private bool _inputPaused;
+
+    // The kernel gave up on the peer (keep-alive or retransmissions timed out): latched, so whoever looks after it (a
+    // running teardown, a failing send) says unreachable, not reset.
+    private bool _peerUnreachable;
 
     // How many times the socket was actually disposed; tests assert exactly one. Counted where it happens, not guarded.
     private int _releases;
@@ -267,7 +273,7 @@ public sealed partial class ManagedConnection
             return CloseOutcome.Faulted;
         }
 
-        if (_lifecycle.Reason == CloseReason.PeerUnreachable)
+        if (_lifecycle.Reason == CloseReason.PeerUnreachable || Volatile.Read(ref _peerUnreachable))
         {
             return CloseOutcome.PeerUnreachable;
         }
@@ -604,7 +610,7 @@ public sealed partial class ManagedConnection
             return long.MaxValue;
         }
 
-        if (SendInFlight())
+        if (SendInFlight() || Volatile.Read(ref _inputPaused))
         {
             Volatile.Write(ref _lastIo, now);
         }

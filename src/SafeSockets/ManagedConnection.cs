@@ -171,7 +171,8 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     /// <param name="options">Teardown bounds; <see langword="null"/> for the documented defaults.</param>
     /// <returns>The managed connection.</returns>
     /// <remarks>If the socket is rejected (an exception is thrown) ownership is not taken: the caller still owns it.
-    /// Socket options such as <c>NoDelay</c> are left as they are.</remarks>
+    /// <c>NoDelay</c> is left as it is; TCP keep-alive is set as the options say (<see cref="ManagedConnectionOptions.KeepAliveTime"/>;
+    /// <see cref="Timeout.InfiniteTimeSpan"/> leaves the socket's own setting alone).</remarks>
     /// <exception cref="ArgumentNullException"><paramref name="connectedSocket"/> is null.</exception>
     /// <exception cref="ObjectDisposedException">The socket is already disposed.</exception>
     /// <exception cref="ArgumentException">The socket is not a TCP stream socket, is listening, or is not connected.</exception>
@@ -229,7 +230,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
 
             try
             {
-                EndPoint? local = _socket.LocalEndPoint;
+                EndPoint? local = Unmapped(_socket.LocalEndPoint);
                 GetExtras().LocalEndPoint = local;
                 return local;
             }
@@ -249,17 +250,13 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     /// <remarks>Never faults. <see cref="CloseAsync"/>'s first caller gets exactly this result.</remarks>
     public Task<CloseResult> Completion => _lifecycle.GetCompletionTask();
 
-    // Linux's TCP_USER_TIMEOUT (netinet/tcp.h): how long sent data may stay unacknowledged before the kernel gives up.
-    private const int IpProtoTcp = 6;
-    private const int TcpUserTimeout = 18;
-
     /// <summary>A TCP socket, or a Unix domain socket (its protocol is reported as Unspecified or Unix).</summary>
     private static bool IsSupportedStream(Socket socket) =>
         socket.ProtocolType == ProtocolType.Tcp || socket.AddressFamily == AddressFamily.Unix;
 
-    /// <summary>TCP keep-alive as the options say (on every connection: connected, adopted or accepted). On Linux the same
-    /// bound also caps how long sent data may go unacknowledged (TCP_USER_TIMEOUT), so a peer that vanishes while we send
-    /// is given up on as surely as one that vanishes while idle.</summary>
+    /// <summary>TCP keep-alive as the options say (on every connection: connected, adopted or accepted).</summary>
+    /// <remarks>TCP_USER_TIMEOUT is deliberately not set: Linux applies it to zero-window probing too, so a live peer that
+    /// merely stops reading for that long would be cut off and reported unreachable.</remarks>
     private static void ApplyKeepAlive(Socket socket, ConnectionSettings settings)
     {
         if (settings.KeepAliveTimeSeconds == 0 || socket.ProtocolType != ProtocolType.Tcp)
@@ -274,19 +271,11 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
             socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, settings.KeepAliveTimeSeconds);
             socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval, settings.KeepAliveIntervalSeconds);
             socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, settings.KeepAliveRetryCount);
-            if (OperatingSystem.IsLinux())
-            {
-                // Up to 32,767 s + 32,767 s x 127 = 4.2 billion ms: computed in long and capped (about 24.8 days).
-                long total = (settings.KeepAliveTimeSeconds + ((long)settings.KeepAliveIntervalSeconds * settings.KeepAliveRetryCount)) * 1000;
-                int milliseconds = (int)Math.Min(total, int.MaxValue);
-                Span<byte> value = stackalloc byte[sizeof(int)];
-                BitConverter.TryWriteBytes(value, milliseconds);
-                socket.SetRawSocketOption(IpProtoTcp, TcpUserTimeout, value);
-            }
         }
-        catch (SocketException)
+        catch (SocketException ex) when (SocketErrors.IsConnectionReset(ex.SocketErrorCode) || ex.SocketErrorCode == SocketError.InvalidArgument)
         {
-            // The peer reset already: the receive loop reports it.
+            // The peer reset already (the socket is dead): the receive loop reports it. Anything else is thrown: the
+            // options were validated, so a failure here is something the caller must hear about.
         }
     }
 

@@ -100,12 +100,14 @@ public sealed class ManagedListener : IAsyncDisposable
     /// <summary>A Unix domain socket listener. It never deletes a file it did not create: if something listens on the
     /// path, the bind fails (<see cref="SocketException"/>, <see cref="SocketError.AddressAlreadyInUse"/>); if a file is
     /// there that nobody listens on (left by a process that ended without removing it, or not a socket at all), an
-    /// <see cref="IOException"/> names it so the operator removes it. <see cref="StopAsync"/> removes the file this
-    /// listener created.</summary>
+    /// <see cref="IOException"/> names it so the operator removes it. The stop disposes the socket, and the runtime removes
+    /// the file it bound. Abstract names (a leading NUL) have no file.</summary>
     private static ManagedListener StartUnix(UnixDomainSocketEndPoint endPoint, ManagedListenerOptions options)
     {
         string path = endPoint.ToString();
-        if (path.Length > 0 && path[0] != '\0' && File.Exists(path) && !SomeoneListensOn(endPoint))
+        SocketAddress address = endPoint.Serialize();
+        bool abstractName = address.Size <= 2 || address[2] == 0; // Linux's abstract names live in no file system
+        if (!abstractName && File.Exists(path) && !SomeoneListensOn(endPoint))
         {
             throw new IOException(
                 $"The Unix socket path {path} already exists and nothing listens on it (a stale socket file left by a process that ended without removing it, or another file). Remove it and start again; a listener never deletes a file it did not create.");
@@ -116,7 +118,7 @@ public sealed class ManagedListener : IAsyncDisposable
         {
             socket.Bind(endPoint);
             socket.Listen(options.Backlog);
-            return new ManagedListener(socket, options) { _unixPath = path.Length > 0 && path[0] != '\0' ? path : null };
+            return new ManagedListener(socket, options);
         }
         catch
         {
@@ -125,22 +127,21 @@ public sealed class ManagedListener : IAsyncDisposable
         }
     }
 
+    /// <summary>Whether something listens on the path: a non-blocking connect (a full backlog must not hang us) that is
+    /// refused means nothing does.</summary>
     private static bool SomeoneListensOn(UnixDomainSocketEndPoint endPoint)
     {
-        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified) { Blocking = false };
         try
         {
             probe.Connect(endPoint);
             return true;
         }
-        catch (SocketException)
+        catch (SocketException ex)
         {
-            return false;
+            return ex.SocketErrorCode != SocketError.ConnectionRefused;
         }
     }
-
-    // The socket file a Unix domain listener created (removed by the stop); null for IP listeners and abstract names.
-    private string? _unixPath;
 
     /// <summary>The end point the listener is bound to (with the actual port when 0 was asked for).</summary>
     public EndPoint LocalEndPoint { get; }
@@ -245,19 +246,8 @@ public sealed class ManagedListener : IAsyncDisposable
             _stopping = true;
         }
 
+        // For a Unix domain socket, the runtime removes the socket file it bound when the socket is disposed.
         _socket.Dispose();
-        if (_unixPath is { } path)
-        {
-            // Nothing listens on it any more: the next Start on this path finds no stale file.
-            try
-            {
-                File.Delete(path);
-            }
-            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-            {
-                Log.UnexpectedError(_logger, "listener's stop (removing its socket file)", path, ex);
-            }
-        }
 
         _ = RunStopAsync(started, gracePeriod, cancellationToken);
         return started.Task;

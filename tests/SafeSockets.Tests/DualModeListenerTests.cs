@@ -22,6 +22,7 @@ public sealed class DualModeListenerTests
 
         // As the client itself sees its address: 127.0.0.1:port for an IPv4 client, not ::ffff:127.0.0.1.
         Assert.Equal(client.LocalEndPoint, connection.RemoteEndPoint);
+        Assert.Equal(client.RemoteEndPoint, connection.LocalEndPoint);
 
         await connection.SendAsync(new byte[] { 42 }).WithTimeout();
         byte[] buffer = new byte[1];

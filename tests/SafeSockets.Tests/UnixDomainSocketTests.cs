@@ -168,4 +168,55 @@ public sealed class UnixDomainSocketTests : IDisposable
         await listener.StopAsync(TimeSpan.FromSeconds(5)).WithTimeout();
         Assert.False(File.Exists(path));
     }
+
+    [Fact]
+    public async Task Start_OnAPathWhoseListenerHasAFullBacklog_FailsAtOnce_InsteadOfHanging()
+    {
+        UnixDomainSocketEndPoint endPoint = NewEndPoint();
+        using var busy = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        busy.Bind(endPoint);
+        busy.Listen(0);
+        var queued = new List<Socket>();
+        try
+        {
+            // Fill the backlog: a non-blocking connect says WouldBlock once it is full.
+            for (int i = 0; i < 64; i++)
+            {
+                var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified) { Blocking = false };
+                queued.Add(client);
+                try
+                {
+                    client.Connect(endPoint);
+                }
+                catch (SocketException ex) when (ex.SocketErrorCode == SocketError.WouldBlock)
+                {
+                    break;
+                }
+            }
+
+            SocketException error = await Assert.ThrowsAsync<SocketException>(() => Task.Run(() => ManagedListener.Start(endPoint)).WithTimeout());
+            Assert.Equal(SocketError.AddressAlreadyInUse, error.SocketErrorCode);
+        }
+        finally
+        {
+            foreach (Socket client in queued)
+            {
+                client.Dispose();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task AbstractName_HasNoFile_AndWorks()
+    {
+        var endPoint = new UnixDomainSocketEndPoint("\0safesockets-" + Guid.NewGuid().ToString("N"));
+        await using ManagedListener listener = ManagedListener.Start(endPoint);
+        Task<ManagedConnection> accept = listener.AcceptAsync().AsTask();
+        await using ManagedConnection client = await ManagedConnection.ConnectAsync(endPoint).WithTimeout();
+        await using ManagedConnection server = await accept.WithTimeout();
+        await client.ShutdownSendAsync().WithTimeout();
+        Assert.Equal(0, await server.ReceiveAsync(new byte[1]).WithTimeout());
+        Assert.Equal(CloseOutcome.Graceful, (await server.CloseAsync().WithTimeout()).Outcome);
+        Assert.Equal(CloseOutcome.Graceful, (await client.CloseAsync().WithTimeout()).Outcome);
+    }
 }

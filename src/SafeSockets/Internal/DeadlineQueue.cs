@@ -96,9 +96,10 @@ internal sealed class DeadlineQueue
     {
         lock (_lock)
         {
-            if (purpose != DeadlinePurpose.DrainBound && owner.DeadlineIndex >= 0 && owner.DeadlinePurpose == DeadlinePurpose.DrainBound)
+            if (owner.DeadlineIndex >= 0 && Outranks(owner.DeadlinePurpose, purpose))
             {
-                // A drain bound is never displaced by a late guard or idle bound (the teardown already began).
+                // A drain bound is never displaced by a late guard or idle bound (the teardown already began), nor a guard
+                // by a late idle bound (the peer's FIN came meanwhile; the guard checks the idle bound too).
                 return;
             }
 
@@ -133,6 +134,18 @@ internal sealed class DeadlineQueue
             }
         }
     }
+
+    /// <summary>Whether a deadline queued for <paramref name="queued"/> must stay when one for <paramref name="incoming"/> comes:
+    /// the later phase of a connection wins (idle bound, then the guard after the peer's FIN, then the drain bound).</summary>
+    private static bool Outranks(DeadlinePurpose queued, DeadlinePurpose incoming) => Rank(queued) > Rank(incoming);
+
+    private static int Rank(DeadlinePurpose purpose) => purpose switch
+    {
+        DeadlinePurpose.DrainBound => 3,
+        DeadlinePurpose.CloseWaitGuard => 2,
+        DeadlinePurpose.IdleBound => 1,
+        _ => 0,
+    };
 
     /// <summary>Removes <paramref name="owner"/>'s deadline if it has one for <paramref name="purpose"/>.</summary>
     public void Cancel(IDeadlineOwner owner, DeadlinePurpose purpose)
