@@ -202,6 +202,24 @@ public sealed class ObservabilityTests
         }
     }
 
+    [Fact]
+    public async Task Metrics_IdleTimeout_IsCountedWithItsOutcomeTag()
+    {
+        await WhenNoConnectionIsLiveAsync();
+        using var closed = new MetricCollector<long>(null, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionsClosed);
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(new ManagedConnectionOptions { TimeProvider = clock, IdleTimeout = TimeSpan.FromSeconds(1) });
+        using (peer)
+        {
+            clock.Advance(TimeSpan.FromSeconds(1));
+            await Peer.ReadToEndAsync(peer).WithTimeout();
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(CloseOutcome.IdleTimedOut, (await connection.Completion.WithTimeout()).Outcome);
+        }
+
+        Assert.Single(closed.GetMeasurementSnapshot(), m => m.MatchesTags(new KeyValuePair<string, object?>("outcome", "idle_timed_out")));
+    }
+
     /// <summary>The meter is process-wide: connections that other tests left closing (a guard, a drain) would be counted
     /// here. Every one ends within its bounds, so wait until none is live (a test that leaks one fails this wait).</summary>
     private static Task WhenNoConnectionIsLiveAsync() =>
