@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
 using System.Net;
 using System.Net.Sockets;
 using SafeSockets;
@@ -18,8 +19,32 @@ listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
 listener.Listen(1);
 Task<Socket> accept = listener.AcceptAsync();
 
+// What an operator would see: the log events and the closed-connections counter's outcome tag.
+var logger = new EventIdLogger();
+string? closedOutcomeTag = null;
+using var meters = new MeterListener();
+meters.InstrumentPublished = (instrument, listener) =>
+{
+    if (instrument.Meter.Name == "SafeSockets" && instrument.Name == "safesockets.connections.closed")
+    {
+        listener.EnableMeasurementEvents(instrument);
+    }
+};
+meters.SetMeasurementEventCallback<long>((_, _, tags, _) =>
+{
+    foreach (KeyValuePair<string, object?> tag in tags)
+    {
+        if (tag.Key == "outcome")
+        {
+            closedOutcomeTag = tag.Value as string;
+        }
+    }
+});
+meters.Start();
+
 var options = new ManagedConnectionOptions
 {
+    Logger = logger,
     KeepAliveTime = TimeSpan.FromSeconds(1),
     KeepAliveInterval = TimeSpan.FromSeconds(1),
     KeepAliveRetryCount = 2,
@@ -77,6 +102,8 @@ catch (Exception ex)
 }
 
 await finished;
+Console.WriteLine($"metricOutcome={closedOutcomeTag}");
+Console.WriteLine($"logEvents={string.Join(',', logger.Events)}");
 return 0;
 
 static void Ip(string arguments)
@@ -87,4 +114,20 @@ static void Ip(string arguments)
     {
         throw new InvalidOperationException($"ip {arguments} exited with {ip.ExitCode}");
     }
+}
+
+/// <summary>Records the event ids the library logs.</summary>
+internal sealed class EventIdLogger : Microsoft.Extensions.Logging.ILogger
+{
+    private readonly System.Collections.Concurrent.ConcurrentQueue<int> _events = new();
+
+    public IEnumerable<int> Events => _events;
+
+    public IDisposable? BeginScope<TState>(TState state)
+        where TState : notnull => null;
+
+    public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
+
+    public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+        _events.Enqueue(eventId.Id);
 }

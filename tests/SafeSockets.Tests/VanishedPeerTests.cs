@@ -55,6 +55,8 @@ public sealed class VanishedPeerTests
         Assert.Equal(nameof(ConnectionState.Closed), facts["state"]);
         Assert.Equal(nameof(PeerUnreachableException), facts["pendingRead"]);
         Assert.Equal(nameof(PeerUnreachableException), facts["laterSend"]);
+        Assert.Equal("peer_unreachable", facts["metricOutcome"]);
+        Assert.Contains("11", facts["logEvents"].Split(','));
 
         // 1 s idle + 2 probes 1 s apart: about 3 s; well under the 60 s the host waits.
         double seconds = double.Parse(facts["seconds"], System.Globalization.CultureInfo.InvariantCulture);
