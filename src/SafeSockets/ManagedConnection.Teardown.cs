@@ -398,12 +398,20 @@ public sealed partial class ManagedConnection
         }
     }
 
-    /// <summary>After the result is recorded: metrics, logs, the listener, and PeerClosed's waiters.</summary>
+    /// <summary>After the result is recorded: metrics, logs, the listener, and PeerClosed's waiters; then Completion (so
+    /// whoever awaits it finds the metrics and logs in place).</summary>
     private void Finish(CloseResult result)
     {
-        Report(result);
-        _settings.Completed?.Invoke(this);
-        FirePeerClosed();
+        try
+        {
+            Report(result);
+            _settings.Completed?.Invoke(this);
+            FirePeerClosed();
+        }
+        finally
+        {
+            _lifecycle.PublishResult();
+        }
     }
 
     /// <summary>One of the input's two holders (the loop's end, the release) lets go; the last gives the input back.</summary>

@@ -613,6 +613,7 @@ internal sealed class ModelConnection
     private CloseResult RecordResult(CloseOutcome outcome)
     {
         CloseResult result = Lifecycle.Record(outcome, 0, TimeSpan.Zero);
+        Lifecycle.PublishResult();
         Log($"Record({outcome}) -> {result.Outcome}");
         lock (_record)
         {

@@ -100,6 +100,12 @@ public sealed class ConnectionLifecycleTests
         CloseResult first = lifecycle.Record(CloseOutcome.Graceful, 7, s_elapsed);
         CloseResult second = lifecycle.Record(CloseOutcome.DrainTimedOut, 9, TimeSpan.Zero);
 
+        // Recorded, not yet published: the owner reports the end first, then Completion completes.
+        Assert.False(completion.IsCompleted);
+        Assert.Equal(first, lifecycle.Result);
+        lifecycle.PublishResult();
+        lifecycle.PublishResult();
+
         Assert.Equal(new CloseResult(CloseOutcome.Graceful, 7, s_elapsed), first);
         Assert.Equal(first, second);
         Assert.Equal(first, lifecycle.Result);
@@ -302,6 +308,7 @@ public sealed class ConnectionLifecycleTests
         Assert.Equal(AbortAction.RunTeardown, lifecycle.RequestAbort());
         Assert.True(lifecycle.TryRelease(out _));
         lifecycle.Record(CloseOutcome.Aborted, 0, s_elapsed);
+        lifecycle.PublishResult();
     }
 
     [Fact]

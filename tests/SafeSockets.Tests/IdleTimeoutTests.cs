@@ -27,6 +27,7 @@ public sealed class IdleTimeoutTests
             Assert.Equal(CloseOutcome.IdleTimedOut, result.Outcome);
             Assert.Equal(ConnectionState.Closed, connection.State);
             Assert.Equal(result, await connection.CloseAsync().WithTimeout());
+            // Completion completes only after the end is logged and counted.
             Assert.Contains(logger.Entries, e => e.Id == 10 && e.Level == Microsoft.Extensions.Logging.LogLevel.Information);
         }
     }

@@ -217,6 +217,7 @@ public sealed class ObservabilityTests
             Assert.Equal(CloseOutcome.IdleTimedOut, (await connection.Completion.WithTimeout()).Outcome);
         }
 
+        // Completion completes only after the end is counted.
         Assert.Single(closed.GetMeasurementSnapshot(), m => m.MatchesTags(new KeyValuePair<string, object?>("outcome", "idle_timed_out")));
     }
 

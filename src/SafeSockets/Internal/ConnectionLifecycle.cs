@@ -17,7 +17,8 @@ namespace SafeSockets.Internal;
 /// <see cref="AbortAction.RunTeardown"/>) and runs the teardown routine; every other party only requests it.</item>
 /// <item>Exactly one caller wins <see cref="TryRelease"/>, the only permission to dispose the socket; it learns there
 /// whether the release is abortive (linger 0), which is decided by the reason at that moment.</item>
-/// <item>The result is written once, in <see cref="Record"/>, after the release; its outcome is <see cref="CloseOutcome.Aborted"/>
+/// <item>The result is written once, in <see cref="Record"/>, after the release, and published (Completion) by
+/// <see cref="PublishResult"/> once the connection has reported it; its outcome is <see cref="CloseOutcome.Aborted"/>
 /// exactly when the release was abortive, so <see cref="State"/> and the outcome cannot disagree.</item>
 /// </list>
 /// </remarks>
@@ -52,8 +53,13 @@ internal sealed class ConnectionLifecycle
     // Written once by Record; valid when _stage == Recorded.
     private CloseResult _result;
 
-    // Completion's task, made on first demand; completed outside the lock after Record.
+    // Completion's task, made on first demand; completed outside the lock by Publish, after Record and after the
+    // connection reported the end (metrics, logs, its listener), so whoever awaits Completion finds them in place
+    // (PublishResult).
     private TaskCompletionSource<CloseResult>? _completion;
+
+    // PublishResult ran: Completion is (or is made) complete.
+    private bool _published;
 
     // An application call (CloseAsync) has been handed the result; later ones get AlreadyClosed.
     private bool _resultClaimed;
@@ -281,23 +287,36 @@ internal sealed class ConnectionLifecycle
     /// <returns>The recorded result (the first one, if called twice).</returns>
     public CloseResult Record(CloseOutcome outcome, long bytesDrained, TimeSpan elapsed)
     {
+        lock (this)
+        {
+            if (_stage != TeardownStage.Recorded)
+            {
+                _result = new CloseResult(_abortive ? CloseOutcome.Aborted : outcome, bytesDrained, elapsed);
+                _stage = TeardownStage.Recorded;
+            }
+
+            return _result;
+        }
+    }
+
+    /// <summary>Completes Completion with the recorded result; the owner calls it once it has reported the end.</summary>
+    public void PublishResult()
+    {
         TaskCompletionSource<CloseResult>? completion;
         CloseResult result;
         lock (this)
         {
-            if (_stage == TeardownStage.Recorded)
+            if (_stage != TeardownStage.Recorded || _published)
             {
-                return _result;
+                return;
             }
 
-            _result = new CloseResult(_abortive ? CloseOutcome.Aborted : outcome, bytesDrained, elapsed);
-            _stage = TeardownStage.Recorded;
-            result = _result;
+            _published = true;
             completion = _completion;
+            result = _result;
         }
 
         completion?.TrySetResult(result);
-        return result;
     }
 
     /// <summary>Completion's task: completes with the one recorded result.</summary>
@@ -305,7 +324,7 @@ internal sealed class ConnectionLifecycle
     {
         lock (this)
         {
-            if (_stage == TeardownStage.Recorded)
+            if (_published)
             {
                 return Task.FromResult(_result);
             }
