@@ -53,9 +53,8 @@ internal sealed class ConnectionLifecycle
     // Written once by Record; valid when _stage == Recorded.
     private CloseResult _result;
 
-    // Completion's task, made on first demand; completed outside the lock by Publish, after Record and after the
-    // connection reported the end (metrics, logs, its listener), so whoever awaits Completion finds them in place
-    // (PublishResult).
+    // Completion's task, made on first demand; completed outside the lock by PublishResult, after Record and after the
+    // connection reported the end (metrics, logs, its listener), so whoever awaits Completion finds them in place.
     private TaskCompletionSource<CloseResult>? _completion;
 
     // PublishResult ran: Completion is (or is made) complete.
@@ -203,7 +202,7 @@ internal sealed class ConnectionLifecycle
     /// <returns><see langword="true"/> if the caller now owns the teardown.</returns>
     public bool TryBeginTeardown(CloseReason reason)
     {
-        ConnectionState before;
+        (ConnectionState Before, ConnectionState After) change;
         lock (this)
         {
             if (_stage != TeardownStage.None)
@@ -213,17 +212,17 @@ internal sealed class ConnectionLifecycle
 
             _stage = TeardownStage.Running;
             _reason = reason;
-            before = Publish();
+            change = Publish();
         }
 
-        _stateChanged(before, ConnectionState.Closing);
+        _stateChanged(change.Before, change.After);
         return true;
     }
 
     /// <summary>Abort: escalates over any teardown that has not released the socket yet, unless the peer reset first.</summary>
     public AbortAction RequestAbort()
     {
-        ConnectionState before;
+        (ConnectionState Before, ConnectionState After) change;
         AbortAction action;
         lock (this)
         {
@@ -248,10 +247,10 @@ internal sealed class ConnectionLifecycle
                     return AbortAction.None;
             }
 
-            before = Publish();
+            change = Publish();
         }
 
-        _stateChanged(before, ConnectionState.Closing);
+        _stateChanged(change.Before, change.After);
         return action;
     }
 
@@ -260,8 +259,7 @@ internal sealed class ConnectionLifecycle
     /// <returns><see langword="true"/> if the caller must dispose the socket now.</returns>
     public bool TryRelease(out bool abortive)
     {
-        ConnectionState before;
-        ConnectionState after;
+        (ConnectionState Before, ConnectionState After) change;
         lock (this)
         {
             abortive = false;
@@ -273,12 +271,10 @@ internal sealed class ConnectionLifecycle
             _stage = TeardownStage.Released;
             _abortive = _reason == CloseReason.Abort;
             abortive = _abortive;
-            before = _state;
-            Publish();
-            after = _state;
+            change = Publish();
         }
 
-        _stateChanged(before, after);
+        _stateChanged(change.Before, change.After);
         return true;
     }
 
@@ -354,8 +350,7 @@ internal sealed class ConnectionLifecycle
     /// <returns><see langword="true"/> for the first time: the caller arms the CLOSE_WAIT guard and fires PeerClosed.</returns>
     public bool OnPeerFin()
     {
-        ConnectionState before;
-        ConnectionState after;
+        (ConnectionState Before, ConnectionState After) change;
         lock (this)
         {
             if (_peerFin)
@@ -364,12 +359,10 @@ internal sealed class ConnectionLifecycle
             }
 
             _peerFin = true;
-            before = _state;
-            Publish();
-            after = _state;
+            change = Publish();
         }
 
-        _stateChanged(before, after);
+        _stateChanged(change.Before, change.After);
         return true;
     }
 
@@ -377,8 +370,7 @@ internal sealed class ConnectionLifecycle
     /// <returns><see langword="true"/> for the first time.</returns>
     public bool OnPeerReset()
     {
-        ConnectionState before;
-        ConnectionState after;
+        (ConnectionState Before, ConnectionState After) change;
         lock (this)
         {
             if (_peerReset)
@@ -388,12 +380,10 @@ internal sealed class ConnectionLifecycle
 
             _peerReset = true;
             _peerFin = true;
-            before = _state;
-            Publish();
-            after = _state;
+            change = Publish();
         }
 
-        _stateChanged(before, after);
+        _stateChanged(change.Before, change.After);
         return true;
     }
 
@@ -401,8 +391,7 @@ internal sealed class ConnectionLifecycle
     /// <returns><see langword="true"/> if the caller is the first and must call <c>Shutdown(Send)</c>.</returns>
     public bool TryMarkSendShutdown()
     {
-        ConnectionState before;
-        ConnectionState after;
+        (ConnectionState Before, ConnectionState After) change;
         lock (this)
         {
             if (_sendShutdown || _stage >= TeardownStage.Released)
@@ -411,12 +400,10 @@ internal sealed class ConnectionLifecycle
             }
 
             _sendShutdown = true;
-            before = _state;
-            Publish();
-            after = _state;
+            change = Publish();
         }
 
-        _stateChanged(before, after);
+        _stateChanged(change.Before, change.After);
         return true;
     }
 
@@ -460,7 +447,7 @@ internal sealed class ConnectionLifecycle
     /// <summary>Drops one reference; the last one takes the teardown in the same step, so no Acquire can slip in.</summary>
     public ReleaseAction ReleaseReference()
     {
-        ConnectionState before;
+        (ConnectionState Before, ConnectionState After) change;
         lock (this)
         {
             if (_leases == 0 || --_leases > 0)
@@ -475,15 +462,16 @@ internal sealed class ConnectionLifecycle
 
             _stage = TeardownStage.Running;
             _reason = CloseReason.Application;
-            before = Publish();
+            change = Publish();
         }
 
-        _stateChanged(before, ConnectionState.Closing);
+        _stateChanged(change.Before, change.After);
         return ReleaseAction.RunTeardown;
     }
 
-    /// <summary>Recomputes the published state from the fields; returns the state before. Under the lock.</summary>
-    private ConnectionState Publish()
+    /// <summary>Recomputes the published state from the fields; returns the change (for the state-change report, made
+    /// after the lock is left). Under the lock.</summary>
+    private (ConnectionState Before, ConnectionState After) Publish()
     {
         ConnectionState before = _state;
         _state = _stage switch
@@ -498,6 +486,6 @@ internal sealed class ConnectionLifecycle
                 _ => ConnectionState.Open,
             },
         };
-        return before;
+        return (before, _state);
     }
 }
