@@ -89,9 +89,10 @@ public sealed class ListenerTests
     [Fact]
     public async Task StopAsync_PeerThatNeverCloses_IsAbortedAtTheDeadlineNotBefore()
     {
+        var logger = new CapturingLogger();
         var options = new ManagedListenerOptions
         {
-            Connection = new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromMinutes(10), DrainIdleTimeout = TimeSpan.FromMinutes(10) },
+            Connection = new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromMinutes(10), DrainIdleTimeout = TimeSpan.FromMinutes(10), Logger = logger },
         };
         ManagedListener listener = StartLoopback(options);
         using Socket stubborn = await ConnectAsync(listener);
@@ -116,6 +117,10 @@ public sealed class ListenerTests
         await stop.WithTimeout();
         Assert.True(clock.Elapsed >= grace - TimeSpan.FromMilliseconds(20), $"stopped after {clock.Elapsed}");
         Assert.Equal(CloseOutcome.Aborted, (await stubbornConnection.Completion.WithTimeout()).Outcome);
+
+        // The stop's log says what happened: one closed gracefully, one aborted at the deadline.
+        LogEntry stopped = Assert.Single(logger.Entries, e => e.Id == 8);
+        Assert.Contains("1 connections closed gracefully, 1 aborted", stopped.Message, StringComparison.Ordinal);
         await Assert.ThrowsAsync<SocketException>(async () =>
         {
             for (int i = 0; i < 100; i++)
