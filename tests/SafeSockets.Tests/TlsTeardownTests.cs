@@ -1,25 +1,20 @@
 using System.Net.Security;
 using System.Net.Sockets;
-using System.Security.Authentication;
-using System.Security.Cryptography;
-using System.Security.Cryptography.X509Certificates;
 using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
 
 public sealed class TlsTeardownTests
 {
-    private static readonly Lazy<X509Certificate2> s_certificate = new(CreateSelfSigned);
-
     [Fact]
     public async Task TlsClose_WithUnreadRequestAndLargeResponse_PeerGetsEveryByteCloseNotifyAndFin()
     {
         (Socket clientSocket, ManagedConnection server) = await Loopback.CreateManagedServerAsync();
         using (clientSocket)
         {
-            await using var serverTls = new SslStream(server.GetStream(), leaveInnerStreamOpen: true);
-            await using var clientTls = new SslStream(new NetworkStream(clientSocket, ownsSocket: false), leaveInnerStreamOpen: true, IsTestCertificate);
-            await HandshakeAsync(serverTls, clientTls);
+            (SslStream serverTlsStream, SslStream clientTlsStream) = await TestTls.HandshakeAsync(server, clientSocket);
+            await using SslStream serverTls = serverTlsStream;
+            await using SslStream clientTls = clientTlsStream;
 
             // The client sends a request the server only partly reads, keeps sending, and reads the answer to the end.
             await clientTls.WriteAsync(Peer.Pattern(100_000)).AsTask().WithTimeout();
@@ -59,9 +54,9 @@ public sealed class TlsTeardownTests
         (Socket clientSocket, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
         using (clientSocket)
         {
-            await using var serverTls = new SslStream(server.GetStream(), leaveInnerStreamOpen: true);
-            await using var clientTls = new SslStream(new NetworkStream(clientSocket, ownsSocket: false), leaveInnerStreamOpen: true, IsTestCertificate);
-            await HandshakeAsync(serverTls, clientTls);
+            (SslStream serverTlsStream, SslStream clientTlsStream) = await TestTls.HandshakeAsync(server, clientSocket);
+            await using SslStream serverTls = serverTlsStream;
+            await using SslStream clientTls = clientTlsStream;
 
             Task<CloseResult> close = serverTls.CloseAsync(server).AsTask();
             Assert.Equal(0, await clientTls.ReadAsync(new byte[10]).AsTask().WithTimeout());
@@ -80,9 +75,9 @@ public sealed class TlsTeardownTests
         await using (server)
         using (clientSocket)
         {
-            await using var serverTls = new SslStream(server.GetStream(), leaveInnerStreamOpen: true);
-            await using var clientTls = new SslStream(new NetworkStream(clientSocket, ownsSocket: false), leaveInnerStreamOpen: true, IsTestCertificate);
-            await HandshakeAsync(serverTls, clientTls);
+            (SslStream serverTlsStream, SslStream clientTlsStream) = await TestTls.HandshakeAsync(server, clientSocket);
+            await using SslStream serverTls = serverTlsStream;
+            await using SslStream clientTls = clientTlsStream;
 
             await serverTls.ShutdownSendAsync(server).WithTimeout();
             Assert.Equal(ConnectionState.SendShutdown, server.State);
@@ -93,34 +88,5 @@ public sealed class TlsTeardownTests
             Assert.Equal(2, await serverTls.ReadAsync(got).AsTask().WithTimeout());
             Assert.Equal(new byte[] { 5, 6 }, got);
         }
-    }
-
-    private static async Task HandshakeAsync(SslStream server, SslStream client)
-    {
-        Task serverAuth = server.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
-        {
-            ServerCertificate = s_certificate.Value,
-            EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
-        });
-        Task clientAuth = client.AuthenticateAsClientAsync(new SslClientAuthenticationOptions { TargetHost = "localhost" });
-        await Task.WhenAll(serverAuth, clientAuth).WithTimeout();
-    }
-
-    // Pins the certificate this test made: any other is refused.
-    private static bool IsTestCertificate(object sender, X509Certificate? certificate, X509Chain? chain, SslPolicyErrors errors) =>
-        certificate is not null && certificate.GetCertHashString() == s_certificate.Value.GetCertHashString();
-
-    private static X509Certificate2 CreateSelfSigned()
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256);
-        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature, critical: true));
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1")], critical: false));
-        var san = new SubjectAlternativeNameBuilder();
-        san.AddDnsName("localhost");
-        request.CertificateExtensions.Add(san.Build());
-        using X509Certificate2 certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
-        // Round-trip through PKCS#12 so the private key is usable by the TLS stack on every platform.
-        return X509CertificateLoader.LoadPkcs12(certificate.Export(X509ContentType.Pkcs12), password: null);
     }
 }
