@@ -18,6 +18,10 @@ internal static class Program
                 return Teardown.ReliabilityCommands.IdleAsync(args[1..]).GetAwaiter().GetResult();
             case "fin-latency":
                 return Teardown.FinLatencyCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
+            case "hotpath":
+                return Teardown.HotPathCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
+            case "hotpath-run":
+                return Teardown.HotPathCommand.RunOneAsync(args[1..]).GetAwaiter().GetResult();
             case "alloc":
                 return Teardown.AllocCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
             case "idle-peers":

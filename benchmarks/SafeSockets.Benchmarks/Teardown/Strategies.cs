@@ -35,7 +35,8 @@ internal sealed class RawGraceful : Strategy
 
     protected override async Task RunServerAsync(Socket accepted)
     {
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await AnswerAsync(accepted, Response, buffer);
         await ReadToEndAsync(accepted, buffer);
         accepted.Shutdown(SocketShutdown.Send);
@@ -52,13 +53,15 @@ internal sealed class RawDisposeClientFirst : Strategy
     public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
         using Socket client = await ConnectAndSendAsync(server, Request, cancellationToken);
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await ReceiveExactlyAsync(client, ResponseBytes, buffer);
     }
 
     protected override async Task RunServerAsync(Socket accepted)
     {
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await AnswerAsync(accepted, Response, buffer);
         await ReadToEndAsync(accepted, buffer);
     }
@@ -74,13 +77,15 @@ internal sealed class RawDisposeServerFirst : Strategy
     public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
         using Socket client = await ConnectAndSendAsync(server, Request, cancellationToken);
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await ReadToEndAsync(client, buffer);
     }
 
     protected override async Task RunServerAsync(Socket accepted)
     {
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await AnswerAsync(accepted, Response, buffer);
     }
 }
@@ -98,7 +103,8 @@ internal sealed class RawUnread : Strategy
 
     protected override async Task RunServerAsync(Socket accepted)
     {
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await AnswerAsync(accepted, LargeResponse, buffer);
     }
 }
@@ -115,14 +121,16 @@ internal sealed class RawAbort : Strategy
     public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
         using Socket client = await ConnectAndSendAsync(server, Request, cancellationToken);
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await ReceiveExactlyAsync(client, ResponseBytes, buffer);
         client.LingerState = new LingerOption(true, 0);
     }
 
     protected override async Task RunServerAsync(Socket accepted)
     {
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await AnswerAsync(accepted, Response, buffer);
         await ReadToEndAsync(accepted, buffer);
     }
@@ -207,7 +215,8 @@ internal sealed class ManagedGraceful : ManagedStrategy
     public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
         ManagedConnection client = await ManagedConnection.ConnectAsync(server, null, cancellationToken);
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await client.SendAsync(Request);
         await ReceiveExactlyAsync(client, ResponseBytes, buffer);
         CloseResult result = await client.CloseAsync();
@@ -219,7 +228,8 @@ internal sealed class ManagedGraceful : ManagedStrategy
 
     protected override async Task RunManagedServerAsync(ManagedConnection connection)
     {
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await ReceiveExactlyAsync(connection, RequestBytes, buffer);
         await connection.SendAsync(Response);
         while (await connection.ReceiveAsync(buffer) > 0)
@@ -242,7 +252,8 @@ internal sealed class ManagedLeases : ManagedStrategy
         ManagedConnection created = await ManagedConnection.ConnectAsync(server, null, cancellationToken);
         ConnectionLease lease = created.Acquire();
         await created.DisposeAsync();
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await lease.Connection.SendAsync(Request);
         await ReceiveExactlyAsync(lease.Connection, ResponseBytes, buffer);
         await lease.DisposeAsync();
@@ -251,7 +262,8 @@ internal sealed class ManagedLeases : ManagedStrategy
     protected override async Task RunManagedServerAsync(ManagedConnection connection)
     {
         await using ConnectionLease lease = connection.Acquire();
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await ReceiveExactlyAsync(lease.Connection, RequestBytes, buffer);
         await lease.Connection.SendAsync(Response);
         while (await lease.Connection.ReceiveAsync(buffer) > 0)
@@ -271,7 +283,8 @@ internal sealed class ManagedUnread : ManagedStrategy
 
     protected override async Task RunManagedServerAsync(ManagedConnection connection)
     {
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await ReceiveExactlyAsync(connection, RequestBytes, buffer);
         await connection.SendAsync(LargeResponse);
         await connection.CloseAsync();
@@ -290,7 +303,8 @@ internal sealed class ManagedAbort : ManagedStrategy
     public override async Task RunClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
         ManagedConnection client = await ManagedConnection.ConnectAsync(server, null, cancellationToken);
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await client.SendAsync(Request);
         await ReceiveExactlyAsync(client, ResponseBytes, buffer);
         client.Abort();
@@ -298,7 +312,8 @@ internal sealed class ManagedAbort : ManagedStrategy
 
     protected override async Task RunManagedServerAsync(ManagedConnection connection)
     {
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await ReceiveExactlyAsync(connection, RequestBytes, buffer);
         await connection.SendAsync(Response);
         while (await connection.ReceiveAsync(buffer) > 0)

@@ -24,6 +24,19 @@ internal sealed class Observations
     }
 }
 
+/// <summary>A buffer from the shared array pool for one cycle's reads: the harness's own per-cycle work must not
+/// allocate (a fresh buffer per cycle and end was 0.5 KB of every cycle's figure, for every strategy alike).</summary>
+internal readonly struct BufferLease : IDisposable
+{
+    private BufferLease(byte[] array) => Array = array;
+
+    public byte[] Array { get; }
+
+    public static BufferLease Rent(int size = 256) => new(System.Buffers.ArrayPool<byte>.Shared.Rent(size));
+
+    public void Dispose() => System.Buffers.ArrayPool<byte>.Shared.Return(Array);
+}
+
 /// <summary>One way to end a connection, with both ends in this process: a server side run for each accepted
 /// socket, and a client side run for each cycle (connect → request → response → teardown).</summary>
 internal abstract class Strategy
@@ -136,7 +149,8 @@ internal abstract class Strategy
     protected async Task RawGracefulClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
         using Socket client = await ConnectAndSendAsync(server, Request, cancellationToken);
-        byte[] buffer = new byte[256];
+        using BufferLease bufferLease = BufferLease.Rent();
+        byte[] buffer = bufferLease.Array;
         await ReceiveExactlyAsync(client, ResponseBytes, buffer);
         client.Shutdown(SocketShutdown.Send);
         await ReadToEndAsync(client, buffer);
@@ -147,7 +161,8 @@ internal abstract class Strategy
     protected async Task UnreadClientAsync(EndPoint server, CancellationToken cancellationToken)
     {
         using Socket client = await ConnectAndSendAsync(server, RequestWithUnread, cancellationToken);
-        byte[] buffer = new byte[64 * 1024];
+        using BufferLease bufferLease = BufferLease.Rent(64 * 1024);
+        byte[] buffer = bufferLease.Array;
         long received = await ReadToEndAsync(client, buffer);
         Observed.Lost(LargeResponseBytes - received);
     }
