@@ -22,6 +22,10 @@ internal static class Program
                 return Teardown.HotPathCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
             case "hotpath-run":
                 return Teardown.HotPathCommand.RunOneAsync(args[1..]).GetAwaiter().GetResult();
+            case "proxy":
+                return Teardown.ProxyCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
+            case "proxy-run":
+                return Teardown.ProxyCommand.RunRoundAsync(args[1..]).GetAwaiter().GetResult();
             case "alloc":
                 return Teardown.AllocCommand.RunAsync(args[1..]).GetAwaiter().GetResult();
             case "idle-peers":
