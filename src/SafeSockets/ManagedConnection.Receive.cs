@@ -196,11 +196,11 @@ public sealed partial class ManagedConnection
         Exception? pipeError = null;
         SocketIoArgs? receiveArgs = null;
         bool dropArgs = false;
+        ReaderHandOff.Continuation caught = default;
         try
         {
-            // Yield so the constructor returns before the first read is issued.
-            await Task.Yield();
             bool discard = false;
+            bool first = true;
             CancellationToken token = s_stopDrainWithShutdown ? default : _extras!.ReceiveCts!.Token;
 
             // Reads need no token where shutdown(SHUT_RD) stops them, so a pooled operation object can do them.
@@ -218,12 +218,47 @@ public sealed partial class ManagedConnection
             {
                 if (waitForData)
                 {
-                    await ReceiveOnceAsync(_socket, receiveArgs, Memory<byte>.Empty, token).ConfigureAwait(false);
+                    // The loop starts in the constructor: the first wait is issued there, and the constructor returns once it
+                    // is pending. If bytes (or the FIN, or an error) were already there, the loop first yields, so that no
+                    // teardown can start before the constructor has returned.
+                    ValueTask<int> wait = ReceiveOnceAsync(_socket, receiveArgs, Memory<byte>.Empty, token);
+                    if (first)
+                    {
+                        first = false;
+                        if (wait.IsCompleted)
+                        {
+                            await Task.Yield();
+                        }
+                    }
+
+                    if (caught.IsEmpty || wait.IsCompleted)
+                    {
+                        caught = HandOffQueued(caught);
+                        await wait.ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        ReaderHandOff.Continuation handOff = caught;
+                        caught = default;
+                        await new ReaderHandOff.Awaitable(wait, handOff, this, s_onHandOffError);
+                    }
                 }
 
                 // While draining, the same memory is reused and never advanced: the bytes are discarded.
                 Memory<byte> memory = writer.GetMemory(readSize);
-                int received = await ReceiveOnceAsync(_socket, receiveArgs, memory, token).ConfigureAwait(false);
+                ValueTask<int> reading = ReceiveOnceAsync(_socket, receiveArgs, memory, token);
+                int received;
+                if (caught.IsEmpty || reading.IsCompleted)
+                {
+                    caught = HandOffQueued(caught);
+                    received = await reading.ConfigureAwait(false);
+                }
+                else
+                {
+                    ReaderHandOff.Continuation handOff = caught;
+                    caught = default;
+                    received = await new ReaderHandOff.Awaitable(reading, handOff, this, s_onHandOffError);
+                }
                 bool draining = HasIo(IoInputTaken);
                 waitForData = received < memory.Length && !draining;
                 if (received == 0)
@@ -278,7 +313,19 @@ public sealed partial class ManagedConnection
                     readSize /= 2;
                 }
 
-                ValueTask<FlushResult> flushing = writer.FlushAsync();
+                // A reader waiting for these bytes is not resumed here: its continuation is caught and run once the next
+                // read is pending (Internal/ReaderHandOff.cs).
+                ValueTask<FlushResult> flushing;
+                ReaderHandOff.Arm();
+                try
+                {
+                    flushing = writer.FlushAsync();
+                }
+                finally
+                {
+                    caught = ReaderHandOff.Disarm();
+                }
+
                 FlushResult flush;
                 if (flushing.IsCompleted)
                 {
@@ -286,6 +333,7 @@ public sealed partial class ManagedConnection
                 }
                 else
                 {
+                    caught = HandOffQueued(caught);
                     // Paused: the application is not reading. A FIN behind the unread bytes is invisible to a read, but not to the kernel.
                     // While paused the connection is not idle (bytes wait for the application), whatever arrives meanwhile.
                     Volatile.Write(ref _inputPaused, true);
@@ -345,7 +393,20 @@ public sealed partial class ManagedConnection
         }
         finally
         {
-            writer.Complete(pipeError);
+            // A continuation still caught (the loop ended between its flush and its next read) is queued, and so is the
+            // reader woken by the end of the input: locally, since this thread is about to finish with the connection.
+            // Never run inline here: a reader that waited synchronously for the close would wait for this very loop.
+            caught = HandOffQueued(caught);
+            ReaderHandOff.Arm();
+            try
+            {
+                writer.Complete(pipeError);
+            }
+            finally
+            {
+                caught = ReaderHandOff.Disarm();
+            }
+
             LetGoOfInput();
             if (receiveArgs is not null)
             {
@@ -359,7 +420,26 @@ public sealed partial class ManagedConnection
                     SocketIoArgs.Return(receiveArgs);
                 }
             }
+
+            HandOffQueued(caught);
         }
+    }
+
+    private static readonly Action<object, Exception> s_onHandOffError = static (owner, ex) =>
+    {
+        var connection = (ManagedConnection)owner;
+        Log.UnexpectedError(connection._settings.Logger, "input reader continuation", connection.RemoteEndPoint?.ToString(), ex);
+    };
+
+    /// <summary>Queues a caught reader continuation, if there is one; returns the empty one to store back.</summary>
+    private static ReaderHandOff.Continuation HandOffQueued(ReaderHandOff.Continuation caught)
+    {
+        if (!caught.IsEmpty)
+        {
+            caught.Queue();
+        }
+
+        return default;
     }
 
     /// <summary>One read: through the pooled operation when the loop has one, else through the socket's own (with the token).</summary>

@@ -46,7 +46,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     // on first use, so a connection that is only opened, used and closed stays small.
     private Extras? _extras;
 
-    private ManagedConnection(Socket socket, ConnectionSettings settings, EndPoint? remoteEndPoint)
+    private ManagedConnection(Socket socket, ConnectionSettings settings, EndPoint? remoteEndPoint, bool applyKeepAlive = true)
     {
         _socket = socket;
         _settings = settings;
@@ -55,7 +55,11 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         // keeping it costs nothing, whereas asking the socket after a connect means getpeername and three allocations.
         RemoteEndPoint = Unmapped(remoteEndPoint ?? socket.RemoteEndPoint);
 
-        ApplyKeepAlive(socket, settings);
+        if (applyKeepAlive)
+        {
+            ApplyKeepAlive(socket, settings);
+        }
+
         _inputPooled = settings.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
         _input = _inputPooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(settings.MaxInputBufferSize));
         Metrics.ConnectionOpened();
@@ -74,9 +78,27 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
 
         // Consumed exactly once, by the teardown (which checks IsCompleted just before its single await); after that the
         // pooled box may serve another connection, so nothing else may look at it. Abort never awaits it.
+        // Started without the creator's execution context: the loop belongs to no caller (its AsyncLocals, an Activity,
+        // must not follow it), and the readers it resumes run in their own contexts.
+        bool restoreFlow = !ExecutionContext.IsFlowSuppressed();
+        if (restoreFlow)
+        {
+            ExecutionContext.SuppressFlow();
+        }
+
+        try
+        {
 #pragma warning disable CA2012
-        _receiveLoop = ReceiveLoopAsync();
+            _receiveLoop = ReceiveLoopAsync();
 #pragma warning restore CA2012
+        }
+        finally
+        {
+            if (restoreFlow)
+            {
+                ExecutionContext.RestoreFlow();
+            }
+        }
     }
 
     /// <summary>Connects to <paramref name="remoteEndPoint"/> over TCP and returns the managed connection.</summary>
@@ -201,8 +223,11 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     }
 
     /// <summary>Adopt for a listener: its callbacks are in place before the receive loop can finish the connection.</summary>
-    internal static ManagedConnection AdoptTracked(Socket accepted, ConnectionSettings listenerSettings) =>
-        new(accepted, listenerSettings, null);
+    /// <param name="accepted">The accepted socket.</param>
+    /// <param name="listenerSettings">The listener's connection settings, with its callbacks.</param>
+    /// <param name="applyKeepAlive">Whether to set keep-alive here (not where the socket inherited it from the listener).</param>
+    internal static ManagedConnection AdoptTracked(Socket accepted, ConnectionSettings listenerSettings, bool applyKeepAlive) =>
+        new(accepted, listenerSettings, null, applyKeepAlive);
 
     /// <summary>What the kernel reports about this connection right now (Linux <c>TCP_INFO</c>).</summary>
     /// <returns>The kernel's view; <see cref="TcpConnectionInfo.IsAvailable"/> is <see langword="false"/> off Linux or once the socket is released.</returns>
@@ -257,7 +282,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     /// <summary>TCP keep-alive as the options say (on every connection: connected, adopted or accepted).</summary>
     /// <remarks>TCP_USER_TIMEOUT is deliberately not set: Linux applies it to zero-window probing too, so a live peer that
     /// merely stops reading for that long would be cut off and reported unreachable.</remarks>
-    private static void ApplyKeepAlive(Socket socket, ConnectionSettings settings)
+    internal static void ApplyKeepAlive(Socket socket, ConnectionSettings settings)
     {
         if (settings.KeepAliveTimeSeconds == 0 || socket.ProtocolType != ProtocolType.Tcp)
         {
@@ -299,6 +324,9 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     /// <summary>The input pipe, for tests that check a pooled pipe is never shared by two live connections.</summary>
     internal object InputPipe => _input;
 
+    /// <summary>The socket, for tests that check its options.</summary>
+    internal Socket Socket => _socket;
+
     /// <summary>The lifecycle, for tests and the listener.</summary>
     internal ConnectionLifecycle Lifecycle => _lifecycle;
 
@@ -315,8 +343,9 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     /// <summary>Sets <paramref name="bit"/> in <see cref="_io"/>; <see langword="true"/> if this call set it.</summary>
     private bool TrySetIo(int bit) => (Interlocked.Or(ref _io, bit) & bit) == 0;
 
-    // The receive loop writes inline (it is already on a pool thread); the application's reads resume on the pool.
-    private static PipeOptions CreateInputPipeOptions(int pause) => CreatePipeOptions(pause, reader: PipeScheduler.ThreadPool, writer: PipeScheduler.Inline);
+    // The receive loop writes inline (it is already on a pool thread); the application's reads resume on the thread that
+    // completed the loop's read, once the loop's next read is pending (Internal/ReaderHandOff.cs), else on the pool.
+    private static PipeOptions CreateInputPipeOptions(int pause) => CreatePipeOptions(pause, reader: ReaderHandOff.Scheduler, writer: PipeScheduler.Inline);
 
     // The send loop reads inline; the application's flushes resume on the pool.
     internal static PipeOptions CreateOutputPipeOptions(int pause) => CreatePipeOptions(pause, reader: PipeScheduler.Inline, writer: PipeScheduler.ThreadPool);

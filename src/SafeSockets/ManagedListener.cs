@@ -38,6 +38,10 @@ public sealed class ManagedListener : IAsyncDisposable
     private volatile bool _abortStragglers;
     private Task? _stopTask;
 
+    // Whether an accepted TCP socket starts with the listening socket's NoDelay and keep-alive settings (Linux: the
+    // kernel clones them). Elsewhere each accepted socket is set on its own.
+    private static readonly bool s_acceptedInheritOptions = OperatingSystem.IsLinux();
+
     private ManagedListener(Socket socket, ManagedListenerOptions options)
     {
         _socket = socket;
@@ -87,6 +91,14 @@ public sealed class ManagedListener : IAsyncDisposable
             }
 
             socket.Bind(ip);
+            if (s_acceptedInheritOptions)
+            {
+                // Set once here instead of five setsockopt calls per accepted connection: Linux copies NoDelay and the
+                // keep-alive settings of a listening socket into every socket it accepts.
+                socket.NoDelay = true;
+                ManagedConnection.ApplyKeepAlive(socket, options.Connection.Settings);
+            }
+
             socket.Listen(options.Backlog);
             return new ManagedListener(socket, options);
         }
@@ -359,11 +371,13 @@ public sealed class ManagedListener : IAsyncDisposable
         ManagedConnection connection;
         try
         {
-            if (accepted.ProtocolType == ProtocolType.Tcp)
+            bool tcp = accepted.ProtocolType == ProtocolType.Tcp;
+            if (tcp && !s_acceptedInheritOptions)
             {
                 accepted.NoDelay = true;
             }
-            connection = ManagedConnection.AdoptTracked(accepted, _connectionSettings);
+
+            connection = ManagedConnection.AdoptTracked(accepted, _connectionSettings, applyKeepAlive: tcp && !s_acceptedInheritOptions);
         }
         catch (Exception ex) when (ex is SocketException or ArgumentException or ObjectDisposedException)
         {

@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Time.Testing;
 using SafeSockets.Tests.Infrastructure;
@@ -137,6 +138,37 @@ public sealed class IdleTimeoutTests
             await using ManagedConnection connection = ManagedConnection.Adopt(server2, new ManagedConnectionOptions { KeepAliveTime = Timeout.InfiniteTimeSpan });
             Assert.Equal(0, (int)server2.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
             peer2.Shutdown(SocketShutdown.Send);
+        }
+    }
+
+    [Fact]
+    public async Task KeepAliveAndNoDelay_AreSetOnAcceptedConnections_AsTheOptionsSay_AndKeepAliveOffWhenInfinite()
+    {
+        // On Linux the listener sets them once on its own socket and the kernel copies them into every accepted one.
+        var options = new ManagedConnectionOptions { KeepAliveTime = TimeSpan.FromSeconds(7), KeepAliveInterval = TimeSpan.FromSeconds(3), KeepAliveRetryCount = 4 };
+        await using (ManagedListener listener = ManagedListener.Start(new IPEndPoint(IPAddress.Loopback, 0), new ManagedListenerOptions { Connection = options }))
+        using (var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        {
+            await peer.ConnectAsync(listener.LocalEndPoint).WithTimeout();
+            await using ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
+            Socket accepted = connection.Socket;
+            Assert.True(accepted.NoDelay);
+            Assert.Equal(1, (int)accepted.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
+            Assert.Equal(7, (int)accepted.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime)!);
+            Assert.Equal(3, (int)accepted.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval)!);
+            Assert.Equal(4, (int)accepted.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount)!);
+            peer.Shutdown(SocketShutdown.Send);
+        }
+
+        var off = new ManagedConnectionOptions { KeepAliveTime = Timeout.InfiniteTimeSpan };
+        await using (ManagedListener listener = ManagedListener.Start(new IPEndPoint(IPAddress.Loopback, 0), new ManagedListenerOptions { Connection = off }))
+        using (var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        {
+            await peer.ConnectAsync(listener.LocalEndPoint).WithTimeout();
+            await using ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
+            Assert.True(connection.Socket.NoDelay);
+            Assert.Equal(0, (int)connection.Socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
+            peer.Shutdown(SocketShutdown.Send);
         }
     }
 

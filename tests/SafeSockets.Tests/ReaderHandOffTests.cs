@@ -1,0 +1,149 @@
+using System.Net.Sockets;
+using SafeSockets.Tests.Infrastructure;
+
+namespace SafeSockets.Tests;
+
+/// <summary>The receive loop resumes a waiting reader on its own thread, after its next read is pending
+/// (Internal/ReaderHandOff.cs). Whatever the reader then does with that thread, the loop must go on without it:
+/// these readers block the thread they were resumed on, or wait synchronously for the connection itself.</summary>
+public sealed class ReaderHandOffTests
+{
+    [Fact]
+    public async Task ReaderThatBlocksItsThread_AfterItsBytes_DoesNotStopFinDetection()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        await using (connection)
+        using (peer)
+        using (var release = new ManualResetEventSlim())
+        {
+            var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var resumed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            async Task ReaderAsync()
+            {
+                byte[] buffer = new byte[16];
+                Assert.Equal(5, await PendingReceiveAsync(connection, buffer, waiting));
+
+                // Resumed (on whatever thread the library chose): block it, as a handler doing synchronous work would.
+                resumed.SetResult();
+                Assert.True(release.Wait(TestTimeouts.Passing), "the test never released the reader");
+            }
+
+            Task reader = Task.Run(ReaderAsync);
+            await waiting.Task.WithTimeout();
+            await peer.SendAsync(new byte[5], SocketFlags.None);
+            await resumed.Task.WithTimeout();
+
+            // The reader's thread is blocked; the peer's FIN must still be seen.
+            peer.Shutdown(SocketShutdown.Send);
+            await connection.PeerClosed.WhenCanceled().WithTimeout();
+            Assert.Equal(ConnectionState.PeerShutdown, connection.State);
+
+            release.Set();
+            await reader.WithTimeout();
+        }
+    }
+
+    [Fact]
+    public async Task ReaderThatClosesSynchronously_AfterItsBytes_DoesNotDeadlock()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        {
+            var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            async Task<CloseResult> ReaderAsync()
+            {
+                byte[] buffer = new byte[16];
+                Assert.Equal(5, await PendingReceiveAsync(connection, buffer, waiting));
+
+                // Sync over async on the thread the read resumed on: the close drains, which needs the receive loop.
+                return connection.CloseAsync().AsTask().GetAwaiter().GetResult();
+            }
+
+            Task<CloseResult> reader = Task.Run(ReaderAsync);
+            await waiting.Task.WithTimeout();
+            await peer.SendAsync(new byte[5], SocketFlags.None);
+
+            // The peer answers our FIN with its own once it has read to the end.
+            PeerReadResult seen = await Peer.ReadToEndAsync(peer).WithTimeout();
+            peer.Shutdown(SocketShutdown.Send);
+
+            Assert.Equal(PeerEnd.Fin, seen.End);
+            Assert.Equal(CloseOutcome.Graceful, (await reader.WithTimeout()).Outcome);
+        }
+    }
+
+    [Fact]
+    public async Task ReaderThatReadsSynchronously_AfterItsBytes_GetsTheNextBytes()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        await using (connection)
+        using (peer)
+        {
+            var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var blocked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            async Task<int> ReaderAsync()
+            {
+                byte[] buffer = new byte[16];
+                Assert.Equal(5, await PendingReceiveAsync(connection, buffer, waiting));
+                blocked.SetResult();
+
+                // Sync over async: the next bytes come through the loop, which must not need this thread.
+                return connection.ReceiveAsync(buffer).AsTask().GetAwaiter().GetResult();
+            }
+
+            Task<int> reader = Task.Run(ReaderAsync);
+            await waiting.Task.WithTimeout();
+            await peer.SendAsync(new byte[5], SocketFlags.None);
+            await blocked.Task.WithTimeout();
+            await peer.SendAsync(new byte[7], SocketFlags.None);
+
+            Assert.Equal(7, await reader.WithTimeout());
+        }
+    }
+
+    [Fact]
+    public async Task TransportReaderThatBlocksItsThread_DoesNotStopFinDetection()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        await using (connection)
+        using (peer)
+        using (var release = new ManualResetEventSlim())
+        {
+            var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var resumed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            async Task ReaderAsync()
+            {
+                ValueTask<System.IO.Pipelines.ReadResult> pending = connection.Transport.Input.ReadAsync();
+                Assert.False(pending.IsCompleted);
+                waiting.SetResult();
+                System.IO.Pipelines.ReadResult result = await pending;
+                long length = result.Buffer.Length;
+                connection.Transport.Input.AdvanceTo(result.Buffer.End);
+                Assert.Equal(5, length);
+                resumed.SetResult();
+                Assert.True(release.Wait(TestTimeouts.Passing), "the test never released the reader");
+            }
+
+            Task reader = Task.Run(ReaderAsync);
+            await waiting.Task.WithTimeout();
+            await peer.SendAsync(new byte[5], SocketFlags.None);
+            await resumed.Task.WithTimeout();
+
+            peer.Shutdown(SocketShutdown.Send);
+            await connection.PeerClosed.WhenCanceled().WithTimeout();
+
+            release.Set();
+            await reader.WithTimeout();
+        }
+    }
+
+    /// <summary>Starts a receive and reports once it is pending, so the bytes the test sends next find a reader waiting
+    /// (the case the hand-off serves) rather than an input the reader empties by itself.</summary>
+    private static ValueTask<int> PendingReceiveAsync(ManagedConnection connection, byte[] buffer, TaskCompletionSource waiting)
+    {
+        ValueTask<int> pending = connection.ReceiveAsync(buffer);
+        Assert.False(pending.IsCompleted);
+        waiting.SetResult();
+        return pending;
+    }
+}
