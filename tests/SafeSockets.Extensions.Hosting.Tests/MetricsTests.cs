@@ -1,0 +1,125 @@
+using System.Diagnostics.Metrics;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+using Microsoft.Extensions.Hosting;
+using OpenTelemetry;
+using OpenTelemetry.Metrics;
+using SafeSockets.Diagnostics;
+using SafeSockets.Extensions.Hosting.Tests.Infrastructure;
+using SafeSockets.Tests.Infrastructure;
+
+namespace SafeSockets.Extensions.Hosting.Tests;
+
+/// <summary>Hosted metrics: the host's IMeterFactory meter, OpenTelemetry's connection tags, the duration histogram's buckets.</summary>
+public sealed class MetricsTests
+{
+    private static readonly double[] s_kestrelBuckets = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300];
+
+    [Fact]
+    public async Task HostedConnection_RecordsToTheHostsMeterFactory_WithServerAndNetworkTags()
+    {
+        HostApplicationBuilder builder = TestHosts.Builder();
+        builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name);
+        using IHost host = builder.Build();
+        IMeterFactory meterFactory = host.Services.GetRequiredService<IMeterFactory>();
+        using var opened = new MetricCollector<long>(meterFactory, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionsOpened);
+        using var duration = new MetricCollector<double>(meterFactory, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionDuration);
+        // The static meter (no scope) must not see a hosted connection.
+        using var staticDuration = new MetricCollector<double>(null, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionDuration);
+        await host.StartAsync().WithTimeout();
+        int port = TestHosts.EndPointOf(host).Port;
+
+        using (Socket peer = await TestHosts.ConnectEchoedAsync(host))
+        {
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        }
+
+        await duration.WaitForMeasurementsAsync(1).WithTimeout();
+        KeyValuePair<string, object?>[] server =
+        [
+            new("network.transport", "tcp"), new("network.type", "ipv4"), new("server.address", "127.0.0.1"), new("server.port", port),
+        ];
+        CollectedMeasurement<long> open = Assert.Single(opened.GetMeasurementSnapshot());
+        Assert.True(open.MatchesTags(server), "opened carries exactly the connection's tags");
+        CollectedMeasurement<double> ended = Assert.Single(duration.GetMeasurementSnapshot());
+        Assert.True(ended.MatchesTags([.. server, new("outcome", "graceful")]), "a graceful end has its outcome and no error.type");
+        Assert.InRange(ended.Value, 0, TestTimeouts.Passing.TotalSeconds);
+        Assert.DoesNotContain(staticDuration.GetMeasurementSnapshot(), m => m.ContainsTags(new KeyValuePair<string, object?>("server.port", port)));
+        await host.StopAsync().WithTimeout();
+    }
+
+    [Fact]
+    public async Task OpenTelemetryInMemoryExporter_GetsTheDurationHistogramWithItsAdvisedBuckets()
+    {
+        var exported = new List<Metric>();
+        HostApplicationBuilder builder = TestHosts.Builder();
+        builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name);
+        builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
+            .AddMeter(SafeSocketsMetrics.MeterName)
+            .AddInMemoryExporter(exported));
+        using IHost host = builder.Build();
+        await host.StartAsync().WithTimeout();
+        int port = TestHosts.EndPointOf(host).Port;
+        Recorder recorder = host.Services.GetRequiredService<Recorder>();
+
+        using (Socket peer = await TestHosts.ConnectEchoedAsync(host))
+        {
+            ManagedConnection connection = await recorder.NextAsync();
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            await connection.Completion.WithTimeout();
+        }
+
+        Assert.True(host.Services.GetRequiredService<MeterProvider>().ForceFlush(30_000), "the exporter flushed");
+        Metric histogram = exported.Last(m => m.Name == SafeSocketsMetrics.ConnectionDuration);
+        Assert.Equal(MetricType.Histogram, histogram.MetricType);
+        Assert.Equal("s", histogram.Unit);
+        MetricPoint point = Single(histogram, port);
+        Assert.Equal(1, point.GetHistogramCount());
+        var bounds = new List<double>();
+        foreach (HistogramBucket bucket in point.GetHistogramBuckets())
+        {
+            bounds.Add(bucket.ExplicitBound);
+        }
+
+        Assert.Equal([.. s_kestrelBuckets, double.PositiveInfinity], bounds);
+        Dictionary<string, object?> tags = Tags(point);
+        Assert.Equal("tcp", tags["network.transport"]);
+        Assert.Equal("ipv4", tags["network.type"]);
+        Assert.Equal("127.0.0.1", tags["server.address"]);
+        Assert.Equal("graceful", tags["outcome"]);
+        Assert.False(tags.ContainsKey("error.type"));
+
+        Metric closed = exported.Last(m => m.Name == SafeSocketsMetrics.ConnectionsClosed);
+        Assert.Equal(1, Single(closed, port).GetSumLong());
+        await host.StopAsync().WithTimeout();
+    }
+
+    private static MetricPoint Single(Metric metric, int port)
+    {
+        var points = new List<MetricPoint>();
+        foreach (ref readonly MetricPoint point in metric.GetMetricPoints())
+        {
+            if (Tags(point).TryGetValue("server.port", out object? p) && Equals(p, port))
+            {
+                points.Add(point);
+            }
+        }
+
+        return Assert.Single(points);
+    }
+
+    private static Dictionary<string, object?> Tags(MetricPoint point)
+    {
+        var tags = new Dictionary<string, object?>();
+        foreach (KeyValuePair<string, object?> tag in point.Tags)
+        {
+            tags[tag.Key] = tag.Value;
+        }
+
+        return tags;
+    }
+}
