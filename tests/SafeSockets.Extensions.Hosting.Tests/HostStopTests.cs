@@ -1,11 +1,6 @@
 using System.Diagnostics.Metrics;
-using System.Net.Sockets;
-using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
-using Microsoft.Extensions.Hosting;
 using SafeSockets.Diagnostics;
-using SafeSockets.Extensions.Hosting.Tests.Infrastructure;
-using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Extensions.Hosting.Tests;
 
@@ -15,11 +10,8 @@ public sealed class HostStopTests
     [Fact]
     public async Task StopAsync_EveryPeerReadsFin_AndEveryConnectionEndsGracefully()
     {
-        HostApplicationBuilder builder = TestHosts.Builder();
-        builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name);
-        using IHost host = builder.Build();
-        await host.StartAsync().WithTimeout();
-        Recorder recorder = host.Services.GetRequiredService<Recorder>();
+        using IHost host = await TestHosts.StartAsync<EchoHandler>();
+        Recorder recorder = TestHosts.RecorderOf(host);
 
         var peers = new List<Socket>();
         var connections = new List<ManagedConnection>();
@@ -52,13 +44,11 @@ public sealed class HostStopTests
     public async Task StopAsync_AbortsOnlyTheStragglerAtTheShutdownDeadline()
     {
         // Drain bounds far beyond the host's shutdown timeout: only the deadline can end the straggler's drain.
-        HostApplicationBuilder builder = TestHosts.Builder(("Connection:DrainTimeout", "00:05:00"), ("Connection:DrainIdleTimeout", "00:05:00"));
-        builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name);
-        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(1));
-        using IHost host = builder.Build();
+        using IHost host = await TestHosts.StartAsync<EchoHandler>(
+            b => b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(1)),
+            ("Connection:DrainTimeout", "00:05:00"), ("Connection:DrainIdleTimeout", "00:05:00"));
         using var closed = new MetricCollector<long>(host.Services.GetRequiredService<IMeterFactory>(), SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionsClosed);
-        await host.StartAsync().WithTimeout();
-        Recorder recorder = host.Services.GetRequiredService<Recorder>();
+        Recorder recorder = TestHosts.RecorderOf(host);
 
         using Socket cooperative = await TestHosts.ConnectEchoedAsync(host);
         ManagedConnection cooperativeConnection = await recorder.NextAsync();
@@ -86,11 +76,8 @@ public sealed class HostStopTests
     [Fact]
     public async Task HandlerThrows_PeerStillReadsFin_AndTheListenerGoesOn()
     {
-        HostApplicationBuilder builder = TestHosts.Builder();
-        builder.Services.AddManagedListener<ThrowingHandler>(TestHosts.Name);
-        using IHost host = builder.Build();
-        await host.StartAsync().WithTimeout();
-        Recorder recorder = host.Services.GetRequiredService<Recorder>();
+        using IHost host = await TestHosts.StartAsync<ThrowingHandler>();
+        Recorder recorder = TestHosts.RecorderOf(host);
 
         for (int i = 0; i < 2; i++)
         {

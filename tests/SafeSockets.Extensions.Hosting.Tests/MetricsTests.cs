@@ -1,14 +1,9 @@
 using System.Diagnostics.Metrics;
 using System.Net;
-using System.Net.Sockets;
-using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
-using Microsoft.Extensions.Hosting;
 using OpenTelemetry;
 using OpenTelemetry.Metrics;
 using SafeSockets.Diagnostics;
-using SafeSockets.Extensions.Hosting.Tests.Infrastructure;
-using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Extensions.Hosting.Tests;
 
@@ -20,15 +15,12 @@ public sealed class MetricsTests
     [Fact]
     public async Task HostedConnection_RecordsToTheHostsMeterFactory_WithServerAndNetworkTags()
     {
-        HostApplicationBuilder builder = TestHosts.Builder();
-        builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name);
-        using IHost host = builder.Build();
+        using IHost host = await TestHosts.StartAsync<EchoHandler>();
         IMeterFactory meterFactory = host.Services.GetRequiredService<IMeterFactory>();
         using var opened = new MetricCollector<long>(meterFactory, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionsOpened);
         using var duration = new MetricCollector<double>(meterFactory, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionDuration);
         // The static meter (no scope) must not see a hosted connection.
         using var staticDuration = new MetricCollector<double>(null, SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionDuration);
-        await host.StartAsync().WithTimeout();
         int port = TestHosts.EndPointOf(host).Port;
 
         using (Socket peer = await TestHosts.ConnectEchoedAsync(host))
@@ -55,15 +47,11 @@ public sealed class MetricsTests
     public async Task OpenTelemetryInMemoryExporter_GetsTheDurationHistogramWithItsAdvisedBuckets()
     {
         var exported = new List<Metric>();
-        HostApplicationBuilder builder = TestHosts.Builder();
-        builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name);
-        builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
+        using IHost host = await TestHosts.StartAsync<EchoHandler>(b => b.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
             .AddMeter(SafeSocketsMetrics.MeterName)
-            .AddInMemoryExporter(exported));
-        using IHost host = builder.Build();
-        await host.StartAsync().WithTimeout();
+            .AddInMemoryExporter(exported)));
         int port = TestHosts.EndPointOf(host).Port;
-        Recorder recorder = host.Services.GetRequiredService<Recorder>();
+        Recorder recorder = TestHosts.RecorderOf(host);
 
         using (Socket peer = await TestHosts.ConnectEchoedAsync(host))
         {

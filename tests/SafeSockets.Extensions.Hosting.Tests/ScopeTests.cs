@@ -1,9 +1,3 @@
-using System.Net.Sockets;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Hosting;
-using SafeSockets.Extensions.Hosting.Tests.Infrastructure;
-using SafeSockets.Tests.Infrastructure;
-
 namespace SafeSockets.Extensions.Hosting.Tests;
 
 /// <summary>One dependency-injection scope per connection, disposed when its connection's handler is done.</summary>
@@ -12,12 +6,8 @@ public sealed class ScopeTests
     [Fact]
     public async Task EachConnection_GetsAScopeOfItsOwn_DisposedWhenItsHandlerReturns()
     {
-        HostApplicationBuilder builder = TestHosts.Builder();
-        builder.Services.AddScoped<ScopeProbe>();
-        builder.Services.AddManagedListener<ScopedEchoHandler>(TestHosts.Name);
-        using IHost host = builder.Build();
-        await host.StartAsync().WithTimeout();
-        Recorder recorder = host.Services.GetRequiredService<Recorder>();
+        using IHost host = await TestHosts.StartAsync<ScopedEchoHandler>(b => b.Services.AddScoped<ScopeProbe>());
+        Recorder recorder = TestHosts.RecorderOf(host);
 
         using Socket first = await TestHosts.ConnectEchoedAsync(host);
         using Socket second = await TestHosts.ConnectEchoedAsync(host);

@@ -40,6 +40,30 @@ internal static class TestHosts
         return builder;
     }
 
+    /// <summary>Builds and starts a host whose listener serves with <typeparamref name="THandler"/>; <paramref name="configure"/>
+    /// adds to the builder first (services, host options).</summary>
+    public static async Task<IHost> StartAsync<THandler>(Action<HostApplicationBuilder>? configure = null, params (string Key, string? Value)[] settings)
+        where THandler : class, IConnectionHandler
+    {
+        HostApplicationBuilder builder = Builder(settings);
+        builder.Services.AddManagedListener<THandler>(Name);
+        configure?.Invoke(builder);
+        IHost host = builder.Build();
+        try
+        {
+            await host.StartAsync().WithTimeout();
+            return host;
+        }
+        catch
+        {
+            host.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>What the host's handlers saw.</summary>
+    public static Recorder RecorderOf(IHost host) => host.Services.GetRequiredService<Recorder>();
+
     /// <summary>The port the started listener took.</summary>
     public static IPEndPoint EndPointOf(IHost host) =>
         (IPEndPoint)host.Services.GetServices<IHostedService>().OfType<ManagedListenerService>().Single(s => s.Name == Name).LocalEndPoint!;
