@@ -43,6 +43,50 @@ public sealed class MetricsTests
         await host.StopAsync().WithTimeout();
     }
 
+    [Theory]
+    [InlineData("127.0.0.1", AddressFamily.InterNetwork, "ipv4")]
+    [InlineData("::1", AddressFamily.InterNetworkV6, "ipv6")]
+    [InlineData("127.0.0.1", AddressFamily.InterNetworkV6, "ipv4")] // an IPv4 client of a dual-mode listener on [::]
+    public async Task DualModeListener_TagsEachConnectionWithItsOwnNetworkType(string client, AddressFamily listenerFamily, string networkType)
+    {
+        string listen = listenerFamily == AddressFamily.InterNetworkV6 ? "[::]:0" : "127.0.0.1:0";
+        using IHost host = await TestHosts.StartAsync<EchoHandler>(null, ("EndPoint", listen));
+        using var opened = new MetricCollector<long>(host.Services.GetRequiredService<IMeterFactory>(), SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionsOpened);
+        int port = TestHosts.EndPointOf(host).Port;
+
+        IPAddress address = IPAddress.Parse(client);
+        using (var peer = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp))
+        {
+            await peer.ConnectAsync(new IPEndPoint(address, port)).WithTimeout();
+            await opened.WaitForMeasurementsAsync(1).WithTimeout();
+        }
+
+        CollectedMeasurement<long> open = Assert.Single(opened.GetMeasurementSnapshot());
+        string serverAddress = listenerFamily == AddressFamily.InterNetworkV6 ? "::" : "127.0.0.1";
+        Assert.True(
+            open.MatchesTags(Tag("network.transport", "tcp"), Tag("network.type", networkType), Tag("server.address", serverAddress), Tag("server.port", port)),
+            string.Join(", ", open.Tags));
+        await host.StopAsync().WithTimeout();
+    }
+
+    [Fact]
+    public async Task UnixListener_TagsTransportUnixAndThePath_NoPortNoNetworkType()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"safesockets-hosting-{Guid.NewGuid():N}.sock");
+        using IHost host = await TestHosts.StartAsync<EchoHandler>(null, ("EndPoint", "unix:" + path));
+        using var opened = new MetricCollector<long>(host.Services.GetRequiredService<IMeterFactory>(), SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionsOpened);
+        using (var peer = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+        {
+            await peer.ConnectAsync(new UnixDomainSocketEndPoint(path)).WithTimeout();
+            await opened.WaitForMeasurementsAsync(1).WithTimeout();
+        }
+
+        CollectedMeasurement<long> open = Assert.Single(opened.GetMeasurementSnapshot());
+        Assert.True(open.MatchesTags(Tag("network.transport", "unix"), Tag("server.address", path)), string.Join(", ", open.Tags));
+        await host.StopAsync().WithTimeout();
+        Assert.False(File.Exists(path), "the stop removes the socket file");
+    }
+
     [Fact]
     public async Task OpenTelemetryInMemoryExporter_GetsTheDurationHistogramWithItsAdvisedBuckets()
     {
@@ -85,6 +129,8 @@ public sealed class MetricsTests
         Assert.Equal(1, Single(closed, port).GetSumLong());
         await host.StopAsync().WithTimeout();
     }
+
+    private static KeyValuePair<string, object?> Tag(string name, object? value) => new(name, value);
 
     private static MetricPoint Single(Metric metric, int port)
     {
