@@ -1,5 +1,7 @@
 using System.Diagnostics.Metrics;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Testing;
 using SafeSockets.Diagnostics;
 
 namespace SafeSockets.Extensions.Hosting.Tests;
@@ -89,6 +91,35 @@ public sealed class HostStopTests
         }
 
         await host.StopAsync().WithTimeout();
+    }
+
+    [Fact]
+    public async Task StopAsync_HandlerIgnoringTheStop_StopStillEndsAtTheShutdownDeadline_PeerReadsFin()
+    {
+        using IHost host = await TestHosts.StartAsync<StuckHandler>(b =>
+        {
+            b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(1));
+            b.Services.AddFakeLogging();
+        });
+        Recorder recorder = TestHosts.RecorderOf(host);
+        using var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await peer.ConnectAsync(TestHosts.EndPointOf(host)).WithTimeout();
+        ManagedConnection connection = await recorder.NextAsync();
+
+        Task stop = host.StopAsync();
+
+        // The listener closes the connection under the stuck handler: the peer gets FIN and answers with its own.
+        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        peer.Shutdown(SocketShutdown.Send);
+        Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+
+        // The handler never returns, yet the stop ends at the host's deadline and says so.
+        await stop.WithTimeout();
+        Assert.False(recorder.Release.Task.IsCompleted);
+        FakeLogRecord warning = Assert.Single(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Id.Id == 107);
+        Assert.Equal(LogLevel.Warning, warning.Level);
+        Assert.Contains("1 handlers had not returned", warning.Message, StringComparison.Ordinal);
+        recorder.Release.SetResult();
     }
 
     private static KeyValuePair<string, object?> Tag(string name, object? value) => new(name, value);

@@ -61,9 +61,6 @@ internal sealed class ConnectionTags
     /// <summary>The tags of a connection's end: <see cref="Common"/>, <c>outcome</c>, and <c>error.type</c> unless graceful.</summary>
     public KeyValuePair<string, object?>[] Ended(CloseOutcome outcome) => _ended[(int)outcome];
 
-    /// <summary>The snake_case name of an outcome, as the <c>outcome</c> and <c>error.type</c> tags carry it.</summary>
-    public static string OutcomeName(CloseOutcome outcome) => s_outcomeNames[(int)outcome];
-
     /// <summary>Tags for a connection with no listener (connected or adopted): transport and network type, no server.</summary>
     public static ConnectionTags ForClient(AddressFamily socketFamily, EndPoint? remote) =>
         socketFamily == AddressFamily.Unix ? s_unix : IsIPv4(socketFamily, remote) ? s_tcp4 : s_tcp6;

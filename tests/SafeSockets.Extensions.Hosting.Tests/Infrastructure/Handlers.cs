@@ -10,6 +10,9 @@ internal sealed class Recorder
 
     public ConcurrentQueue<ScopeProbe> Probes { get; } = new();
 
+    /// <summary>What a <see cref="StuckHandler"/> waits for, whatever the host does.</summary>
+    public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     public void Handed(ManagedConnection connection) => _connections.Writer.TryWrite(connection);
 
     /// <summary>The next connection a handler received, within the test timeout.</summary>
@@ -72,5 +75,15 @@ internal sealed class ThrowingHandler(Recorder recorder) : IConnectionHandler
         int n = await connection.ReceiveAsync(buffer, stopping);
         await connection.SendAsync(buffer.AsMemory(0, n), stopping);
         throw new InvalidOperationException("the handler's own bug");
+    }
+}
+
+/// <summary>Ignores the stop: waits for the test's release, as a handler stuck on something else would.</summary>
+internal sealed class StuckHandler(Recorder recorder) : IConnectionHandler
+{
+    public async ValueTask HandleAsync(ManagedConnection connection, CancellationToken stopping)
+    {
+        recorder.Handed(connection);
+        await recorder.Release.Task;
     }
 }
