@@ -449,24 +449,31 @@ public sealed partial class ManagedConnection
     /// <summary>Metrics and logs for a finished connection.</summary>
     private void Report(CloseResult result)
     {
-        KeyValuePair<string, object?> outcomeTag = Metrics.OutcomeTag(result.Outcome);
-        Metrics.Closed.Add(1, outcomeTag);
-        Metrics.CloseDuration.Record(result.Elapsed.TotalSeconds, outcomeTag);
+        Instruments instruments = _settings.Instruments;
+        ConnectionTags tags = MetricTags;
+        ReadOnlySpan<KeyValuePair<string, object?>> ended = tags.Ended(result.Outcome);
+        instruments.Closed.Add(1, ended);
+        instruments.CloseDuration.Record(result.Elapsed.TotalSeconds, ended);
+        if (instruments.ConnectionDuration.Enabled)
+        {
+            instruments.ConnectionDuration.Record(_settings.TimeProvider.GetElapsedTime(_openedTimestamp).TotalSeconds, ended);
+        }
+
         if (result.BytesDrained > 0)
         {
-            Metrics.Drained.Add(result.BytesDrained);
+            instruments.Drained.Add(result.BytesDrained, tags.Common);
         }
 
         long peerFin = Volatile.Read(ref _peerFinTimestamp);
-        if (peerFin != 0 && Metrics.PeerFinToClose.Enabled)
+        if (peerFin != 0 && instruments.PeerFinToClose.Enabled)
         {
-            Metrics.PeerFinToClose.Record(_settings.TimeProvider.GetElapsedTime(peerFin).TotalSeconds);
+            instruments.PeerFinToClose.Record(_settings.TimeProvider.GetElapsedTime(peerFin).TotalSeconds, tags.Common);
         }
 
         switch (result.Outcome)
         {
             case CloseOutcome.CloseWaitTimedOut:
-                Metrics.ForcedCloses.Add(1);
+                instruments.ForcedCloses.Add(1, tags.Common);
                 if (_settings.Logger.IsEnabled(LogLevel.Warning))
                 {
                     Log.ForcedCloseAfterPeerFin(_settings.Logger, Volatile.Read(ref _extras)?.LocalEndPoint?.ToString(), RemoteEndPoint?.ToString(), _settings.CloseWaitTimeout);
@@ -474,7 +481,7 @@ public sealed partial class ManagedConnection
 
                 break;
             case CloseOutcome.Aborted:
-                Metrics.Aborts.Add(1);
+                instruments.Aborts.Add(1, tags.Common);
                 Log.Aborted(_settings.Logger, RemoteEndPoint?.ToString());
                 break;
             case CloseOutcome.PeerReset:
@@ -835,6 +842,9 @@ public sealed partial class ManagedConnection
     /// <summary>Logs an exception nobody expected, at Error (event 9).</summary>
     internal void ReportUnexpected(string where, Exception exception) =>
         Log.UnexpectedError(_settings.Logger, where, RemoteEndPoint?.ToString(), exception);
+
+    /// <summary>This connection's metric tags (precomputed per listener, or per address family without one).</summary>
+    internal ConnectionTags MetricTags => _settings.TagsFor(_socket.AddressFamily, RemoteEndPoint);
 
     internal TimeSpan DrainTimeout => _settings.DrainTimeout;
 

@@ -29,6 +29,9 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     private readonly Socket _socket;
     private readonly ConnectionSettings _settings;
 
+    // When the connection was created, for safesockets.connection.duration.
+    private readonly long _openedTimestamp;
+
     // Phase, teardown reason, result and owners: the one place the lifecycle lives (Internal/ConnectionLifecycle.cs).
     private readonly ConnectionLifecycle _lifecycle = new();
 
@@ -62,7 +65,9 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
 
         _inputPooled = settings.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
         _input = _inputPooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(settings.MaxInputBufferSize));
+        _openedTimestamp = settings.TimeProvider.GetTimestamp();
         Metrics.ConnectionOpened();
+        settings.Instruments.Opened.Add(1, MetricTags.Common);
         if (!s_stopDrainWithShutdown)
         {
             GetExtras().ReceiveCts = new CancellationTokenSource();

@@ -1,3 +1,4 @@
+using System.Diagnostics.Metrics;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using SafeSockets.Internal;
@@ -41,6 +42,7 @@ public sealed class ManagedConnectionOptions
     private int _keepAliveRetryCount = DefaultKeepAliveRetryCount;
     private TimeProvider _timeProvider = TimeProvider.System;
     private ILogger _logger = NullLogger.Instance;
+    private IMeterFactory? _meterFactory;
     private int _maxInputBufferSize = DefaultBufferSize;
     private int _maxOutputBufferSize = DefaultBufferSize;
 
@@ -236,6 +238,21 @@ public sealed class ManagedConnectionOptions
         {
             ArgumentNullException.ThrowIfNull(value, nameof(Logger));
             _logger = value;
+            _settings = null;
+        }
+    }
+
+    /// <summary>Where the <c>SafeSockets</c> meter of these connections (and of a listener started with these options) comes from.</summary>
+    /// <remarks>Defaults to <see langword="null"/>: the process-wide static meter, for code without dependency injection.
+    /// With a factory (the host's <see cref="IMeterFactory"/>), the connections record to the factory's <c>SafeSockets</c>
+    /// meter instead, which the factory owns and disposes; <c>safesockets.connections.current</c> stays on the static meter
+    /// (it counts every connection of the process). The instruments are listed in docs/options.md.</remarks>
+    public IMeterFactory? MeterFactory
+    {
+        get => _meterFactory;
+        set
+        {
+            _meterFactory = value;
             _settings = null;
         }
     }

@@ -51,7 +51,7 @@ public sealed class ManagedListener : IAsyncDisposable
         _timeProvider = options.Connection.TimeProvider;
         LocalEndPoint = socket.LocalEndPoint!;
         // A snapshot: later changes to the options object do not reach this listener's connections.
-        _connectionSettings = options.Connection.Settings.WithCallbacks(OnConnectionCompleted, OnDrainStarted);
+        _connectionSettings = options.Connection.Settings.WithCallbacks(OnConnectionCompleted, OnDrainStarted, LocalEndPoint);
     }
 
     /// <summary>Binds to <paramref name="localEndPoint"/> and starts listening.</summary>
@@ -408,7 +408,7 @@ public sealed class ManagedListener : IAsyncDisposable
         {
             if (!_stopping)
             {
-                Metrics.Rejected.Add(1);
+                _connectionSettings.Instruments.Rejected.Add(1, connection.MetricTags.Common);
                 if (_logger.IsEnabled(LogLevel.Information))
                 {
                     Log.ConnectionRejected(_logger, LocalEndPoint.ToString(), _maxConnections, connection.RemoteEndPoint?.ToString());
@@ -475,7 +475,7 @@ public sealed class ManagedListener : IAsyncDisposable
         {
             if (oldest.CutDrainShort())
             {
-                Metrics.CutShort.Add(1);
+                _connectionSettings.Instruments.CutShort.Add(1, oldest.MetricTags.Common);
                 if (_logger.IsEnabled(LogLevel.Warning))
                 {
                     Log.DrainBudgetExceeded(_logger, _maxDraining, oldest.RemoteEndPoint?.ToString());

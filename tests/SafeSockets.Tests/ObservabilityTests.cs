@@ -11,6 +11,8 @@ namespace SafeSockets.Tests;
 [Collection(ExclusiveTests.Name)]
 public sealed class ObservabilityTests
 {
+    private static KeyValuePair<string, object?> Tag(string name, object? value) => new(name, value);
+
     [Fact]
     public async Task Metrics_CountOpenedClosedByOutcome_DurationsAndForcedCloses()
     {
@@ -52,9 +54,15 @@ public sealed class ObservabilityTests
         Assert.Equal(3, opened.GetMeasurementSnapshot().EvaluateAsCounter());
         IReadOnlyList<CollectedMeasurement<long>> closes = closed.GetMeasurementSnapshot();
         Assert.Equal(3, closes.Count);
-        Assert.Equal(1, closes.Count(m => m.MatchesTags(new KeyValuePair<string, object?>("outcome", "graceful"))));
-        Assert.Equal(1, closes.Count(m => m.MatchesTags(new KeyValuePair<string, object?>("outcome", "close_wait_timed_out"))));
-        Assert.Equal(1, closes.Count(m => m.MatchesTags(new KeyValuePair<string, object?>("outcome", "aborted"))));
+        Assert.Equal(1, closes.Count(m => m.ContainsTags(new KeyValuePair<string, object?>("outcome", "graceful"))));
+        Assert.Equal(1, closes.Count(m => m.ContainsTags(new KeyValuePair<string, object?>("outcome", "close_wait_timed_out"))));
+        Assert.Equal(1, closes.Count(m => m.ContainsTags(new KeyValuePair<string, object?>("outcome", "aborted"))));
+        // OpenTelemetry's connection tags (no listener: no server.*), and error.type on every end but the graceful one.
+        Assert.All(closes, m => Assert.True(m.ContainsTags(Tag("network.transport", "tcp"), Tag("network.type", "ipv4")), "network tags"));
+        Assert.All(closes, m => Assert.False(m.Tags.ContainsKey("server.port"), "a connection without a listener has no server tags"));
+        Assert.False(closes.Single(m => m.ContainsTags(new KeyValuePair<string, object?>("outcome", "graceful"))).Tags.ContainsKey("error.type"));
+        Assert.Single(closes, m => m.ContainsTags(Tag("outcome", "aborted"), Tag("error.type", "aborted")));
+        Assert.Single(closes, m => m.ContainsTags(Tag("outcome", "close_wait_timed_out"), Tag("error.type", "close_wait_timed_out")));
         Assert.Equal(1, forced.GetMeasurementSnapshot().EvaluateAsCounter());
         Assert.Equal(1, aborts.GetMeasurementSnapshot().EvaluateAsCounter());
         Assert.Equal(777, drained.GetMeasurementSnapshot().EvaluateAsCounter());
@@ -218,7 +226,7 @@ public sealed class ObservabilityTests
         }
 
         // Completion completes only after the end is counted.
-        Assert.Single(closed.GetMeasurementSnapshot(), m => m.MatchesTags(new KeyValuePair<string, object?>("outcome", "idle_timed_out")));
+        Assert.Single(closed.GetMeasurementSnapshot(), m => m.ContainsTags(new KeyValuePair<string, object?>("outcome", "idle_timed_out")));
     }
 
     /// <summary>The meter is process-wide: connections that other tests left closing (a guard, a drain) would be counted

@@ -8,10 +8,10 @@ public static class SafeSocketsMetrics
     /// <summary>The meter's name: <c>SafeSockets</c>.</summary>
     public const string MeterName = "SafeSockets";
 
-    /// <summary>Counter: connections created (connected, adopted or accepted).</summary>
+    /// <summary>Counter: connections created (connected, adopted or accepted); the connection tags (see <see cref="ConnectionDuration"/>).</summary>
     public const string ConnectionsOpened = "safesockets.connections.opened";
 
-    /// <summary>Counter: connections whose socket was released; tag <c>outcome</c> (see <see cref="CloseOutcome"/>, snake_case).</summary>
+    /// <summary>Counter: connections whose socket was released; tag <c>outcome</c> (see <see cref="CloseOutcome"/>, snake_case), <c>error.type</c> and the connection tags as <see cref="ConnectionDuration"/>.</summary>
     public const string ConnectionsClosed = "safesockets.connections.closed";
 
     /// <summary>Up-down counter: live connections by tag <c>state</c>: <c>open</c>, <c>send_shutdown</c>, <c>peer_shutdown</c> (CLOSE_WAIT), <c>both_shutdown</c>, <c>draining</c>.</summary>
@@ -37,25 +37,29 @@ public static class SafeSocketsMetrics
 
     /// <summary>Counter: connections a listener accepted and closed at once because it had <c>MaxConnections</c> already.</summary>
     public const string ConnectionsRejected = "safesockets.connections.rejected";
+
+    /// <summary>Histogram (s): from the connection's creation (accept, connect or adopt) to the release of its socket, as
+    /// Kestrel's <c>kestrel.connection.duration</c>; tags <c>network.transport</c> (<c>tcp</c>, <c>unix</c>),
+    /// <c>network.type</c> (<c>ipv4</c>, <c>ipv6</c>), <c>server.address</c> and <c>server.port</c> (a listener's
+    /// connections), <c>outcome</c>, and <c>error.type</c> (the outcome, for every end but <c>graceful</c>).</summary>
+    public const string ConnectionDuration = "safesockets.connection.duration";
 }
 
-/// <summary>The instruments; recording is skipped entirely while nobody listens.</summary>
+/// <summary>The process-wide part of the metrics: the static meter (for code without dependency injection), its
+/// instruments, and the live-connection gauge, which every connection feeds whichever meter it records to.</summary>
 internal static class Metrics
 {
-    private static readonly Meter s_meter = new(SafeSocketsMetrics.MeterName, typeof(Metrics).Assembly.GetName().Version?.ToString());
+    internal static readonly string? Version = typeof(Metrics).Assembly.GetName().Version?.ToString();
 
-    public static readonly Counter<long> Opened = s_meter.CreateCounter<long>(SafeSocketsMetrics.ConnectionsOpened, "{connection}", "Connections created.");
-    public static readonly Counter<long> Closed = s_meter.CreateCounter<long>(SafeSocketsMetrics.ConnectionsClosed, "{connection}", "Connections released, by close outcome.");
+    private static readonly Meter s_meter = new(SafeSocketsMetrics.MeterName, Version);
+
+    /// <summary>The instruments of the static meter: what connections record to unless their options name an <see cref="IMeterFactory"/>.</summary>
+    public static readonly Instruments Default = new(s_meter);
+
     // Live connections per state category, kept always (two interlocked operations per transition) so the observable
-    // counter is right whenever a listener subscribes, not only for connections created after it.
+    // counter is right whenever a listener subscribes, not only for connections created after it. Process-wide, so it
+    // lives on the static meter only (a second copy on a factory's meter of the same name would count twice).
     private static readonly long[] s_current = new long[5];
-    public static readonly Counter<long> Drained = s_meter.CreateCounter<long>(SafeSocketsMetrics.BytesDrained, "By", "Bytes read and discarded while draining.");
-    public static readonly Histogram<double> CloseDuration = s_meter.CreateHistogram<double>(SafeSocketsMetrics.CloseDuration, "s", "Time from close start to socket release.");
-    public static readonly Histogram<double> PeerFinToClose = s_meter.CreateHistogram<double>(SafeSocketsMetrics.PeerFinToCloseDuration, "s", "Time from the peer's FIN to our socket release.");
-    public static readonly Counter<long> ForcedCloses = s_meter.CreateCounter<long>(SafeSocketsMetrics.CloseWaitForcedCloses, "{connection}", "Closes forced by CloseWaitTimeout.");
-    public static readonly Counter<long> Aborts = s_meter.CreateCounter<long>(SafeSocketsMetrics.Aborts, "{connection}", "Deliberate aborts (RST).");
-    public static readonly Counter<long> CutShort = s_meter.CreateCounter<long>(SafeSocketsMetrics.DrainsCutShort, "{connection}", "Drains cut short by a listener's draining budget.");
-    public static readonly Counter<long> Rejected = s_meter.CreateCounter<long>(SafeSocketsMetrics.ConnectionsRejected, "{connection}", "Connections closed at once over MaxConnections.");
 
     private static readonly KeyValuePair<string, object?>[] s_stateTags =
     [
@@ -65,23 +69,6 @@ internal static class Metrics
         new("state", "both_shutdown"),
         new("state", "draining"),
     ];
-
-    private static readonly KeyValuePair<string, object?>[] s_outcomeTags =
-    [
-        new("outcome", "graceful"),
-        new("outcome", "drain_timed_out"),
-        new("outcome", "drain_limit_exceeded"),
-        new("outcome", "peer_reset"),
-        new("outcome", "aborted"),
-        new("outcome", "already_closed"),
-        new("outcome", "close_wait_timed_out"),
-        new("outcome", "drain_budget_exceeded"),
-        new("outcome", "faulted"),
-        new("outcome", "idle_timed_out"),
-        new("outcome", "peer_unreachable"),
-    ];
-
-    public static KeyValuePair<string, object?> OutcomeTag(CloseOutcome outcome) => s_outcomeTags[(int)outcome];
 
     static Metrics()
     {
@@ -124,11 +111,8 @@ internal static class Metrics
         }
     }
 
-    public static void ConnectionOpened()
-    {
-        Opened.Add(1);
-        Interlocked.Increment(ref s_current[0]);
-    }
+    /// <summary>A connection was created: counted as open in the gauge.</summary>
+    public static void ConnectionOpened() => Interlocked.Increment(ref s_current[0]);
 
     private static IEnumerable<Measurement<long>> ObserveCurrent()
     {

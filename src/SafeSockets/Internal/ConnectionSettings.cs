@@ -1,5 +1,8 @@
 using System.IO.Pipelines;
+using System.Net;
+using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
+using SafeSockets.Diagnostics;
 
 namespace SafeSockets.Internal;
 
@@ -29,9 +32,10 @@ internal sealed class ConnectionSettings
         KeepAliveTimeSeconds = options.KeepAliveTime == Timeout.InfiniteTimeSpan ? 0 : (int)Math.Ceiling(options.KeepAliveTime.TotalSeconds);
         KeepAliveIntervalSeconds = (int)Math.Ceiling(options.KeepAliveInterval.TotalSeconds);
         KeepAliveRetryCount = options.KeepAliveRetryCount;
+        Instruments = options.MeterFactory is { } meterFactory ? Instruments.For(meterFactory) : Metrics.Default;
     }
 
-    private ConnectionSettings(ConnectionSettings source, Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted)
+    private ConnectionSettings(ConnectionSettings source, Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted, EndPoint listenerEndPoint)
     {
         TimeProvider = source.TimeProvider;
         DrainTimeout = source.DrainTimeout;
@@ -50,9 +54,15 @@ internal sealed class ConnectionSettings
         KeepAliveTimeSeconds = source.KeepAliveTimeSeconds;
         KeepAliveIntervalSeconds = source.KeepAliveIntervalSeconds;
         KeepAliveRetryCount = source.KeepAliveRetryCount;
+        Instruments = source.Instruments;
         Completed = completed;
         DrainStarted = drainStarted;
+        (_listenerIPv4Tags, _listenerIPv6Tags) = ConnectionTags.ForListener(listenerEndPoint);
     }
+
+    // A listener's tags (server.address and server.port), made once per listener; null for connections without one.
+    private readonly ConnectionTags? _listenerIPv4Tags;
+    private readonly ConnectionTags? _listenerIPv6Tags;
 
     public TimeProvider TimeProvider { get; }
 
@@ -92,15 +102,23 @@ internal sealed class ConnectionSettings
 
     public int KeepAliveRetryCount { get; }
 
+    /// <summary>The instruments the connections record to: the static meter's, or those of the options' meter factory.</summary>
+    public Instruments Instruments { get; }
+
     /// <summary>A listener's callback: told once, when a connection is finished.</summary>
     public Action<ManagedConnection>? Completed { get; }
 
     /// <summary>A listener's callback: told when a connection starts draining (for the draining budget).</summary>
     public Action<ManagedConnection>? DrainStarted { get; }
 
-    /// <summary>The same settings with a listener's callbacks; made once per listener.</summary>
-    public ConnectionSettings WithCallbacks(Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted) =>
-        new(this, completed, drainStarted);
+    /// <summary>The same settings with a listener's callbacks and metric tags; made once per listener.</summary>
+    public ConnectionSettings WithCallbacks(Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted, EndPoint listenerEndPoint) =>
+        new(this, completed, drainStarted, listenerEndPoint);
+
+    /// <summary>The metric tags of one connection (precomputed: nothing is allocated per connection).</summary>
+    public ConnectionTags TagsFor(AddressFamily socketFamily, EndPoint? remote) =>
+        _listenerIPv4Tags is null || _listenerIPv6Tags is null ? ConnectionTags.ForClient(socketFamily, remote)
+        : ConnectionTags.IsIPv4(socketFamily, remote) ? _listenerIPv4Tags : _listenerIPv6Tags;
 
     /// <summary>A duration in this settings' timestamp units (options cap every bound, so this cannot overflow).</summary>
     public long ToTicks(TimeSpan duration) => (long)((Int128)duration.Ticks * TimeProvider.TimestampFrequency / TimeSpan.TicksPerSecond);

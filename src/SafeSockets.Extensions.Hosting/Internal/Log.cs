@@ -1,0 +1,28 @@
+using Microsoft.Extensions.Logging;
+
+namespace SafeSockets.Extensions.Hosting.Internal;
+
+/// <summary>The hosted listener's events, source-generated so a disabled logger costs a branch.</summary>
+internal static partial class Log
+{
+    [LoggerMessage(101, LogLevel.Information, "SafeSockets listener '{Name}' listening on {EndPoint}")]
+    public static partial void Listening(ILogger logger, string name, string endPoint);
+
+    [LoggerMessage(102, LogLevel.Information, "SafeSockets listener '{Name}' stopping: no more accepts; every connection is closed gracefully (FIN) and those still open when the host's shutdown timeout ends are aborted.")]
+    public static partial void Stopping(ILogger logger, string name);
+
+    [LoggerMessage(103, LogLevel.Information, "SafeSockets listener '{Name}' stopped.")]
+    public static partial void Stopped(ILogger logger, string name);
+
+    [LoggerMessage(104, LogLevel.Error, "The handler of SafeSockets listener '{Name}' failed for {RemoteEndPoint}; the connection is closed.")]
+    public static partial void HandlerFailed(ILogger logger, string name, string? remoteEndPoint, Exception exception);
+
+    [LoggerMessage(105, LogLevel.Debug, "The peer {RemoteEndPoint} of SafeSockets listener '{Name}' went away while the handler ran ({Reason}).")]
+    public static partial void PeerGone(ILogger logger, string name, string? remoteEndPoint, string reason);
+
+    [LoggerMessage(106, LogLevel.Error, "SafeSockets listener '{Name}' failed to accept; accepting goes on.")]
+    public static partial void AcceptFailed(ILogger logger, string name, Exception exception);
+
+    [LoggerMessage(107, LogLevel.Warning, "SafeSockets listener '{Name}': {Count} handlers had not returned when the host's shutdown timeout ended (their connections are released).")]
+    public static partial void HandlersStillRunning(ILogger logger, string name, long count);
+}

@@ -1,0 +1,173 @@
+using System.Net;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace SafeSockets.Extensions.Hosting.Internal;
+
+/// <summary>One hosted listener: starts it with the host, runs each accepted connection through a handler from a scope of
+/// its own and closes it gracefully, and on the host's stop closes every connection gracefully within the host's shutdown
+/// timeout (the stop's token), aborting only those still open when it ends.</summary>
+internal sealed class ManagedListenerService : IHostedService, IDisposable
+{
+    private static readonly TimeSpan s_acceptBackoff = TimeSpan.FromMilliseconds(100);
+
+    private readonly Type _handlerType;
+    private readonly IServiceScopeFactory _scopes;
+    private readonly IOptionsMonitor<HostedListenerOptions> _options;
+    private readonly ILogger _logger;
+
+    // Cancelled when the host starts to stop: the handlers' `stopping` token.
+    private readonly CancellationTokenSource _stopping = new();
+
+    // Handlers running, plus one for the accept loop; the one that brings it to zero completes _handlersDone.
+    private long _running = 1;
+    private readonly TaskCompletionSource _handlersDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    private ManagedListener? _listener;
+    private Task? _acceptLoop;
+
+    public ManagedListenerService(string name, Type handlerType, IServiceScopeFactory scopes, IOptionsMonitor<HostedListenerOptions> options, ILoggerFactory? loggerFactory)
+    {
+        Name = name;
+        _handlerType = handlerType;
+        _scopes = scopes;
+        _options = options;
+        _logger = loggerFactory?.CreateLogger(ListenerHostDefaults.LoggerCategory) ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
+    }
+
+    /// <summary>The listener's name (its options' name and configuration section).</summary>
+    public string Name { get; }
+
+    /// <summary>Where the listener listens once started (the port chosen, for port 0); null before.</summary>
+    public EndPoint? LocalEndPoint => _listener?.LocalEndPoint;
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        HostedListenerOptions options = _options.Get(Name);
+        _listener = ManagedListener.Start(options.EndPoint!, options.Listener);
+        Log.Listening(_logger, Name, _listener.LocalEndPoint.ToString() ?? "?");
+        _acceptLoop = AcceptLoopAsync(_listener);
+        return Task.CompletedTask;
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (_listener is null)
+        {
+            return;
+        }
+
+        Log.Stopping(_logger, Name);
+        await _stopping.CancelAsync().ConfigureAwait(false);
+
+        // Graceful for as long as the host allows: its token is cancelled at HostOptions.ShutdownTimeout, and then the
+        // listener aborts the connections still open. Either way the stop completes once every connection is released.
+        await _listener.StopAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
+        if (_acceptLoop is not null)
+        {
+            await _acceptLoop.ConfigureAwait(false);
+        }
+
+        try
+        {
+            await _handlersDone.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            Log.HandlersStillRunning(_logger, Name, Volatile.Read(ref _running));
+        }
+
+        Log.Stopped(_logger, Name);
+    }
+
+    public void Dispose() => _stopping.Dispose();
+
+    private async Task AcceptLoopAsync(ManagedListener listener)
+    {
+        try
+        {
+            while (true)
+            {
+                ManagedConnection connection;
+                try
+                {
+                    connection = await listener.AcceptAsync().ConfigureAwait(false);
+                }
+                catch (ObjectDisposedException)
+                {
+                    return; // stopped
+                }
+#pragma warning disable CA1031 // Logged; a listener that cannot accept one connection (descriptors exhausted) goes on.
+                catch (Exception ex)
+#pragma warning restore CA1031
+                {
+                    Log.AcceptFailed(_logger, Name, ex);
+                    await Task.Delay(s_acceptBackoff, CancellationToken.None).ConfigureAwait(false);
+                    continue;
+                }
+
+                Interlocked.Increment(ref _running);
+
+                // Off the accept loop: a handler that blocks before its first await must not hold up the next accept.
+                ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Service.RunAsync(s.Connection), (Service: this, Connection: connection), preferLocal: false);
+            }
+        }
+        finally
+        {
+            HandlerDone();
+        }
+    }
+
+    private async Task RunAsync(ManagedConnection connection)
+    {
+        try
+        {
+            AsyncServiceScope scope = _scopes.CreateAsyncScope();
+            await using (scope.ConfigureAwait(false))
+            {
+                var handler = (IConnectionHandler)scope.ServiceProvider.GetRequiredService(_handlerType);
+                await handler.HandleAsync(connection, _stopping.Token).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+        {
+            // The handler saw the stop.
+        }
+        catch (Exception ex) when (ex is ConnectionResetException or PeerUnreachableException)
+        {
+            Log.PeerGone(_logger, Name, connection.RemoteEndPoint?.ToString(), ex.GetType().Name);
+        }
+#pragma warning disable CA1031 // An exception nobody expected is logged at Error; the connection is still closed below.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            Log.HandlerFailed(_logger, Name, connection.RemoteEndPoint?.ToString(), ex);
+        }
+
+        try
+        {
+            // Bounded by the connection's drain bounds, and by the listener's abort at the host's shutdown deadline.
+            await connection.CloseAsync().ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // The close does not throw for the peer's behaviour; anything else is logged, never lost.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            Log.HandlerFailed(_logger, Name, connection.RemoteEndPoint?.ToString(), ex);
+        }
+        finally
+        {
+            HandlerDone();
+        }
+    }
+
+    private void HandlerDone()
+    {
+        if (Interlocked.Decrement(ref _running) == 0)
+        {
+            _handlersDone.TrySetResult();
+        }
+    }
+}

@@ -1,0 +1,126 @@
+using System.Diagnostics.Metrics;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Testing;
+using SafeSockets.Diagnostics;
+
+namespace SafeSockets.Extensions.Hosting.Tests;
+
+/// <summary>The host's stop: every peer gets FIN; only a connection still open at the shutdown deadline is aborted.</summary>
+public sealed class HostStopTests
+{
+    [Fact]
+    public async Task StopAsync_EveryPeerReadsFin_AndEveryConnectionEndsGracefully()
+    {
+        using IHost host = await TestHosts.StartAsync<EchoHandler>();
+        Recorder recorder = TestHosts.RecorderOf(host);
+
+        var peers = new List<Socket>();
+        var connections = new List<ManagedConnection>();
+        for (int i = 0; i < 3; i++)
+        {
+            peers.Add(await TestHosts.ConnectEchoedAsync(host));
+            connections.Add(await recorder.NextAsync());
+        }
+
+        Task stop = host.StopAsync();
+
+        // Each peer reads to the end and sees FIN, not RST; then closes its side, as a well-behaved client does.
+        foreach (Socket peer in peers)
+        {
+            PeerReadResult end = await Peer.ReadToEndAsync(peer).WithTimeout();
+            Assert.Equal(PeerEnd.Fin, end.End);
+            peer.Shutdown(SocketShutdown.Send);
+        }
+
+        await stop.WithTimeout();
+        foreach (ManagedConnection connection in connections)
+        {
+            Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+        }
+
+        peers.ForEach(p => p.Dispose());
+    }
+
+    [Fact]
+    public async Task StopAsync_AbortsOnlyTheStragglerAtTheShutdownDeadline()
+    {
+        // Drain bounds far beyond the host's shutdown timeout: only the deadline can end the straggler's drain.
+        using IHost host = await TestHosts.StartAsync<EchoHandler>(
+            b => b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(1)),
+            ("Connection:DrainTimeout", "00:05:00"), ("Connection:DrainIdleTimeout", "00:05:00"));
+        using var closed = new MetricCollector<long>(host.Services.GetRequiredService<IMeterFactory>(), SafeSocketsMetrics.MeterName, SafeSocketsMetrics.ConnectionsClosed);
+        Recorder recorder = TestHosts.RecorderOf(host);
+
+        using Socket cooperative = await TestHosts.ConnectEchoedAsync(host);
+        ManagedConnection cooperativeConnection = await recorder.NextAsync();
+        using Socket straggler = await TestHosts.ConnectEchoedAsync(host);
+        ManagedConnection stragglerConnection = await recorder.NextAsync();
+
+        Task stop = host.StopAsync();
+
+        // Both get the FIN at once; the cooperative peer answers with its own, the straggler never does.
+        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(cooperative).WithTimeout()).End);
+        cooperative.Shutdown(SocketShutdown.Send);
+        byte[] one = new byte[1];
+        Assert.Equal(0, await straggler.ReceiveAsync(one, SocketFlags.None).WithTimeout());
+
+        await stop.WithTimeout();
+        Assert.Equal(CloseOutcome.Graceful, (await cooperativeConnection.Completion.WithTimeout()).Outcome);
+        Assert.Equal(CloseOutcome.Aborted, (await stragglerConnection.Completion.WithTimeout()).Outcome);
+
+        IReadOnlyList<CollectedMeasurement<long>> ends = closed.GetMeasurementSnapshot();
+        Assert.Equal(2, ends.Count);
+        Assert.Single(ends, m => m.ContainsTags(Tag("outcome", "graceful")) && !m.Tags.ContainsKey("error.type"));
+        Assert.Single(ends, m => m.ContainsTags(Tag("outcome", "aborted"), Tag("error.type", "aborted")));
+    }
+
+    [Fact]
+    public async Task HandlerThrows_PeerStillReadsFin_AndTheListenerGoesOn()
+    {
+        using IHost host = await TestHosts.StartAsync<ThrowingHandler>();
+        Recorder recorder = TestHosts.RecorderOf(host);
+
+        for (int i = 0; i < 2; i++)
+        {
+            using Socket peer = await TestHosts.ConnectEchoedAsync(host);
+            ManagedConnection connection = await recorder.NextAsync();
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+        }
+
+        await host.StopAsync().WithTimeout();
+    }
+
+    [Fact]
+    public async Task StopAsync_HandlerIgnoringTheStop_StopStillEndsAtTheShutdownDeadline_PeerReadsFin()
+    {
+        using IHost host = await TestHosts.StartAsync<StuckHandler>(b =>
+        {
+            b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(1));
+            b.Services.AddFakeLogging();
+        });
+        Recorder recorder = TestHosts.RecorderOf(host);
+        using var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await peer.ConnectAsync(TestHosts.EndPointOf(host)).WithTimeout();
+        ManagedConnection connection = await recorder.NextAsync();
+
+        Task stop = host.StopAsync();
+
+        // The listener closes the connection under the stuck handler: the peer gets FIN and answers with its own.
+        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        peer.Shutdown(SocketShutdown.Send);
+        Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+
+        // The handler never returns, yet the stop ends at the host's deadline and says so.
+        await stop.WithTimeout();
+        Assert.False(recorder.Release.Task.IsCompleted);
+        FakeLogRecord warning = Assert.Single(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Id.Id == 107);
+        Assert.Equal(LogLevel.Warning, warning.Level);
+        Assert.Contains("1 handlers had not returned", warning.Message, StringComparison.Ordinal);
+        recorder.Release.SetResult();
+    }
+
+    private static KeyValuePair<string, object?> Tag(string name, object? value) => new(name, value);
+}
