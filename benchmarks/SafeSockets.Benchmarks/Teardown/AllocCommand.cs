@@ -21,8 +21,8 @@ internal static class AllocCommand
             var managed = new List<double>();
             for (int round = 0; round < 3; round++)
             {
-                raw.Add(await MeasureAsync(cycle.RawGraceful, cycles));
-                managed.Add(await MeasureAsync(cycle.ManagedGraceful, cycles));
+                raw.Add(await MeasureAsync(cycle.RawCycleAsync, cycles));
+                managed.Add(await MeasureAsync(cycle.ManagedCycleAsync, cycles));
             }
 
             double rawMedian = Median(raw);
