@@ -94,32 +94,60 @@ public sealed class HostStopTests
     }
 
     [Fact]
-    public async Task StopAsync_HandlerIgnoringTheStop_StopStillEndsAtTheShutdownDeadline_PeerReadsFin()
+    public async Task StopAsync_HandlerIgnoringTheStop_KeepsItsConnectionUntilTheShutdownDeadline_ThenItIsAborted_WithoutAnError()
     {
-        using IHost host = await TestHosts.StartAsync<StuckHandler>(b =>
+        using IHost host = await TestHosts.StartAsync<TokenlessEchoHandler>(b =>
         {
             b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(1));
             b.Services.AddFakeLogging();
         });
         Recorder recorder = TestHosts.RecorderOf(host);
-        using var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        await peer.ConnectAsync(TestHosts.EndPointOf(host)).WithTimeout();
+        using Socket peer = await TestHosts.ConnectEchoedAsync(host);
         ManagedConnection connection = await recorder.NextAsync();
 
         Task stop = host.StopAsync();
 
-        // The listener closes the connection under the stuck handler: the peer gets FIN and answers with its own.
-        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
-        peer.Shutdown(SocketShutdown.Send);
-        Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
-
-        // The handler never returns, yet the stop ends at the host's deadline and says so.
+        // The connection is the handler's until it returns: no FIN under it (the read would return 0 first), only the
+        // reset when the host's shutdown timeout ends.
+        PeerReadResult end = await Peer.ReadToEndAsync(peer).WithTimeout();
+        Assert.Equal(new PeerReadResult(0, PeerEnd.Reset, null), end);
         await stop.WithTimeout();
-        Assert.False(recorder.Release.Task.IsCompleted);
-        FakeLogRecord warning = Assert.Single(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Id.Id == 107);
+        Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
+
+        // The handler's receive fails under it; that is the stop, not a failure: nothing at Error, one Warning (107).
+        await TestHosts.ServiceOf(host).HandlersCompleted.WithTimeout();
+        FakeLogRecord[] loud = [.. host.Services.GetFakeLogCollector().GetSnapshot().Where(r => r.Level >= LogLevel.Warning)];
+        FakeLogRecord warning = Assert.Single(loud);
+        Assert.Equal(107, warning.Id.Id);
         Assert.Equal(LogLevel.Warning, warning.Level);
         Assert.Contains("1 handlers had not returned", warning.Message, StringComparison.Ordinal);
-        recorder.Release.SetResult();
+    }
+
+    [Fact]
+    public async Task StopAsync_HandlerMidReply_DeliversItsWholeReply_ThenFin_AndNothingIsLoggedAsAnError()
+    {
+        using IHost host = await TestHosts.StartAsync<ReplyAfterStopHandler>(b =>
+        {
+            b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(10));
+            b.Services.AddFakeLogging();
+        });
+        Recorder recorder = TestHosts.RecorderOf(host);
+        using var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        await peer.ConnectAsync(TestHosts.EndPointOf(host)).WithTimeout();
+        await peer.SendAsync(new byte[] { 7 }, SocketFlags.None).WithTimeout();
+        ManagedConnection connection = await recorder.NextAsync(); // the handler has the request and works on it
+
+        Task stop = host.StopAsync();
+
+        // The handler replies 300 ms into the stop; the reply arrives whole, then the FIN of the close after it returns.
+        PeerReadResult reply = await Peer.ReadToEndAsync(peer, keepData: true).WithTimeout();
+        Assert.Equal(PeerEnd.Fin, reply.End);
+        Assert.Equal(new byte[] { 7 }, reply.Data);
+        peer.Shutdown(SocketShutdown.Send);
+        await stop.WithTimeout();
+        Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+        await TestHosts.ServiceOf(host).HandlersCompleted.WithTimeout();
+        Assert.DoesNotContain(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Level >= LogLevel.Warning);
     }
 
     private static KeyValuePair<string, object?> Tag(string name, object? value) => new(name, value);

@@ -8,7 +8,7 @@ internal static partial class Log
     [LoggerMessage(101, LogLevel.Information, "SafeSockets listener '{Name}' listening on {EndPoint}")]
     public static partial void Listening(ILogger logger, string name, string endPoint);
 
-    [LoggerMessage(102, LogLevel.Information, "SafeSockets listener '{Name}' stopping: no more accepts; every connection is closed gracefully (FIN) and those still open when the host's shutdown timeout ends are aborted.")]
+    [LoggerMessage(102, LogLevel.Information, "SafeSockets listener '{Name}' stopping: no more accepts; the handlers are told to finish (each connection is closed gracefully when its handler returns) and the connections still open when the host's shutdown timeout ends are aborted.")]
     public static partial void Stopping(ILogger logger, string name);
 
     [LoggerMessage(103, LogLevel.Information, "SafeSockets listener '{Name}' stopped.")]
@@ -23,6 +23,9 @@ internal static partial class Log
     [LoggerMessage(106, LogLevel.Error, "SafeSockets listener '{Name}' failed to accept; accepting goes on.")]
     public static partial void AcceptFailed(ILogger logger, string name, Exception exception);
 
-    [LoggerMessage(107, LogLevel.Warning, "SafeSockets listener '{Name}': {Count} handlers had not returned when the host's shutdown timeout ended (their connections are released).")]
+    [LoggerMessage(107, LogLevel.Warning, "SafeSockets listener '{Name}': {Count} handlers had not returned when the host's shutdown timeout ended (their connections are aborted).")]
     public static partial void HandlersStillRunning(ILogger logger, string name, long count);
+
+    [LoggerMessage(109, LogLevel.Debug, "The handler of SafeSockets listener '{Name}' for {RemoteEndPoint} ended with the stop ({Reason}).")]
+    public static partial void HandlerEndedByStop(ILogger logger, string name, string? remoteEndPoint, string reason);
 }

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Net;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -7,8 +8,9 @@ using Microsoft.Extensions.Options;
 namespace SafeSockets.Extensions.Hosting.Internal;
 
 /// <summary>One hosted listener: starts it with the host, runs each accepted connection through a handler from a scope of
-/// its own and closes it gracefully, and on the host's stop closes every connection gracefully within the host's shutdown
-/// timeout (the stop's token), aborting only those still open when it ends.</summary>
+/// its own and closes it gracefully when the handler returns. On the host's stop, as Kestrel: no more accepts, the
+/// handlers' <c>stopping</c> token is cancelled and each handler finishes and returns (its connection then closed
+/// gracefully); the connections still open when the host's shutdown timeout (the stop's token) ends are aborted.</summary>
 internal sealed class ManagedListenerService : IHostedService, IDisposable
 {
     private static readonly TimeSpan s_acceptBackoff = TimeSpan.FromMilliseconds(100);
@@ -24,6 +26,9 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
     // Handlers running, plus one for the accept loop; the one that brings it to zero completes _handlersDone.
     private long _running = 1;
     private readonly TaskCompletionSource _handlersDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    // The connections whose handlers have not returned yet: aborted when the host's shutdown timeout ends.
+    private readonly ConcurrentDictionary<ManagedConnection, byte> _handled = new(ReferenceEqualityComparer.Instance);
 
     private ManagedListener? _listener;
     private Task? _acceptLoop;
@@ -43,6 +48,9 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
     /// <summary>Where the listener listens once started (the port chosen, for port 0); null before.</summary>
     public EndPoint? LocalEndPoint => _listener?.LocalEndPoint;
 
+    /// <summary>Completes when the accept loop and every handler have ended (each handler's connection closed).</summary>
+    internal Task HandlersCompleted => _handlersDone.Task;
+
     public Task StartAsync(CancellationToken cancellationToken)
     {
         HostedListenerOptions options = _options.Get(Name);
@@ -59,12 +67,11 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
             return;
         }
 
+        // As Kestrel: no more accepts (a new connection is refused), and every handler is told to finish; each one's
+        // connection stays its own until it returns, and is then closed gracefully (RunAsync).
         Log.Stopping(_logger, Name);
+        _listener.StopAccepting();
         await _stopping.CancelAsync().ConfigureAwait(false);
-
-        // Graceful for as long as the host allows: its token is cancelled at HostOptions.ShutdownTimeout, and then the
-        // listener aborts the connections still open. Either way the stop completes once every connection is released.
-        await _listener.StopAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
         if (_acceptLoop is not null)
         {
             await _acceptLoop.ConfigureAwait(false);
@@ -76,9 +83,18 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
         }
         catch (OperationCanceledException)
         {
+            // The host's shutdown timeout ended: the connections of the handlers still running are aborted (RST, no FIN
+            // first: the handler never finished with it), and their reads and writes fail.
             Log.HandlersStillRunning(_logger, Name, Volatile.Read(ref _running));
+            foreach (ManagedConnection connection in _handled.Keys)
+            {
+                connection.Abort();
+            }
         }
 
+        // Every handler has returned and closed its connection, or the host's shutdown timeout (the token) has ended:
+        // then the listener aborts the connections still open (closing ones). The stop completes once every one is released.
+        await _listener.StopAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
         Log.Stopped(_logger, Name);
     }
 
@@ -109,6 +125,7 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
                 }
 
                 Interlocked.Increment(ref _running);
+                _handled.TryAdd(connection, 0);
 
                 // Off the accept loop: a handler that blocks before its first await must not hold up the next accept.
                 ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Service.RunAsync(s.Connection), (Service: this, Connection: connection), preferLocal: false);
@@ -131,13 +148,14 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
                 await handler.HandleAsync(connection, _stopping.Token).ConfigureAwait(false);
             }
         }
-        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
-        {
-            // The handler saw the stop.
-        }
         catch (Exception ex) when (ex is ConnectionResetException or PeerUnreachableException)
         {
             Log.PeerGone(_logger, Name, connection.RemoteEndPoint?.ToString(), ex.GetType().Name);
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException && _stopping.IsCancellationRequested)
+        {
+            // The handler saw the stop (its token), or still ran when the shutdown timeout aborted its connection.
+            Log.HandlerEndedByStop(_logger, Name, connection.RemoteEndPoint?.ToString(), ex.GetType().Name);
         }
 #pragma warning disable CA1031 // An exception nobody expected is logged at Error; the connection is still closed below.
         catch (Exception ex)
@@ -159,6 +177,7 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
         }
         finally
         {
+            _handled.TryRemove(connection, out _);
             HandlerDone();
         }
     }
