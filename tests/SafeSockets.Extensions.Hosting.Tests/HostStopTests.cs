@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using System.Net;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Testing;
@@ -148,6 +149,67 @@ public sealed class HostStopTests
         Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
         await TestHosts.ServiceOf(host).HandlersCompleted.WithTimeout();
         Assert.DoesNotContain(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Level >= LogLevel.Warning);
+    }
+
+    [Fact]
+    public async Task StopAsync_TwoListeners_BothStopAcceptingAtOnce_EachCooperativePeerGetsFinBeforeTheDeadline_OnlyStragglersAreAborted()
+    {
+        // Drain bounds far beyond the shutdown timeout: only the deadline ends a straggler's drain.
+        (string, string?)[] longDrain = [("Connection:DrainTimeout", "00:05:00"), ("Connection:DrainIdleTimeout", "00:05:00")];
+        HostApplicationBuilder builder = TestHosts.Builder(longDrain);
+        TestHosts.AddListenerSection(builder, "second", longDrain);
+        builder.Services.AddManagedListener<EchoHandler>("second");     // registered first: the host stops it last
+        builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name); // registered last: the host stops it first
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(2));
+        using IHost host = builder.Build();
+        await host.StartAsync().WithTimeout();
+        Recorder recorder = TestHosts.RecorderOf(host);
+        IPEndPoint[] listeners = [TestHosts.EndPointOf(host), TestHosts.EndPointOf(host, "second")];
+
+        // On each listener a cooperative peer (answers the FIN with its own) and a straggler (never does).
+        var cooperative = new List<(Socket Peer, ManagedConnection Connection)>();
+        var stragglers = new List<(Socket Peer, ManagedConnection Connection)>();
+        foreach (IPEndPoint listener in listeners)
+        {
+            Socket peer = await TestHosts.ConnectEchoedAsync(listener);
+            cooperative.Add((peer, await recorder.NextAsync()));
+            peer = await TestHosts.ConnectEchoedAsync(listener);
+            stragglers.Add((peer, await recorder.NextAsync()));
+        }
+
+        Task stop = host.StopAsync();
+
+        // Both cooperative peers get FIN while the stop is still running (the stragglers hold it to the 2 s deadline).
+        foreach ((Socket peer, _) in cooperative)
+        {
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        }
+
+        Assert.False(stop.IsCompleted, "the cooperative peers' FIN came before the deadline");
+
+        // Neither listener accepts any more: a connection attempted now is refused by both.
+        foreach (IPEndPoint listener in listeners)
+        {
+            Assert.Equal(SocketError.ConnectionRefused, await TestHosts.TryConnectAsync(listener));
+        }
+
+        foreach ((Socket peer, _) in cooperative)
+        {
+            peer.Shutdown(SocketShutdown.Send);
+        }
+
+        await stop.WithTimeout();
+        foreach ((Socket peer, ManagedConnection connection) in cooperative)
+        {
+            Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+            peer.Dispose();
+        }
+
+        foreach ((Socket peer, ManagedConnection connection) in stragglers)
+        {
+            Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
+            peer.Dispose();
+        }
     }
 
     private static KeyValuePair<string, object?> Tag(string name, object? value) => new(name, value);

@@ -11,7 +11,7 @@ namespace SafeSockets.Extensions.Hosting.Internal;
 /// its own and closes it gracefully when the handler returns. On the host's stop, as Kestrel: no more accepts, the
 /// handlers' <c>stopping</c> token is cancelled and each handler finishes and returns (its connection then closed
 /// gracefully); the connections still open when the host's shutdown timeout (the stop's token) ends are aborted.</summary>
-internal sealed class ManagedListenerService : IHostedService, IDisposable
+internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposable
 {
     private static readonly TimeSpan s_acceptBackoff = TimeSpan.FromMilliseconds(100);
 
@@ -32,6 +32,9 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
 
     private ManagedListener? _listener;
     private Task? _acceptLoop;
+
+    // The first step of the stop (no more accepts, 'stopping' cancelled): taken once, by StoppingAsync or StopAsync.
+    private Task? _stopBegun;
 
     public ManagedListenerService(string name, Type handlerType, IServiceScopeFactory scopes, IOptionsMonitor<HostedListenerOptions> options, ILoggerFactory? loggerFactory)
     {
@@ -60,6 +63,15 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
         return Task.CompletedTask;
     }
 
+    public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StartedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>The first step of the stop, which the host runs for every hosted service before any <see cref="StopAsync"/>:
+    /// every hosted listener stops accepting and tells its handlers to finish at the same moment, so none goes on
+    /// accepting while another drains, and all share the whole shutdown timeout.</summary>
+    public Task StoppingAsync(CancellationToken cancellationToken) => BeginStopAsync();
+
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         if (_listener is null)
@@ -67,11 +79,8 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
             return;
         }
 
-        // As Kestrel: no more accepts (a new connection is refused), and every handler is told to finish; each one's
-        // connection stays its own until it returns, and is then closed gracefully (RunAsync).
-        Log.Stopping(_logger, Name);
-        _listener.StopAccepting();
-        await _stopping.CancelAsync().ConfigureAwait(false);
+        // Done already when the host called StoppingAsync; not when the service is stopped on its own.
+        await BeginStopAsync().ConfigureAwait(false);
         if (_acceptLoop is not null)
         {
             await _acceptLoop.ConfigureAwait(false);
@@ -98,7 +107,45 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
         Log.Stopped(_logger, Name);
     }
 
+    public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
     public void Dispose() => _stopping.Dispose();
+
+    private Task BeginStopAsync()
+    {
+        if (_listener is null)
+        {
+            return Task.CompletedTask;
+        }
+
+        var begun = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        if (Interlocked.CompareExchange(ref _stopBegun, begun.Task, null) is { } running)
+        {
+            return running;
+        }
+
+        _ = BeginStopCoreAsync(_listener, begun);
+        return begun.Task;
+    }
+
+    private async Task BeginStopCoreAsync(ManagedListener listener, TaskCompletionSource begun)
+    {
+        try
+        {
+            // As Kestrel: no more accepts (a new connection is refused), and every handler is told to finish; each one's
+            // connection stays its own until it returns, and is then closed gracefully (RunAsync).
+            Log.Stopping(_logger, Name);
+            listener.StopAccepting();
+            await _stopping.CancelAsync().ConfigureAwait(false);
+            begun.TrySetResult();
+        }
+#pragma warning disable CA1031 // Surfaced through the returned task.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            begun.TrySetException(ex);
+        }
+    }
 
     private async Task AcceptLoopAsync(ManagedListener listener)
     {
