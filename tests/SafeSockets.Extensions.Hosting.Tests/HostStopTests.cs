@@ -212,5 +212,27 @@ public sealed class HostStopTests
         }
     }
 
+    [Fact]
+    public async Task StopAsync_StoppingCallbackThrows_TheListenerStillStops_AndThePeerGetsFin()
+    {
+        using IHost host = await TestHosts.StartAsync<ThrowingCallbackHandler>(b => b.Services.AddFakeLogging());
+        Recorder recorder = TestHosts.RecorderOf(host);
+        IPEndPoint listener = TestHosts.EndPointOf(host);
+        using Socket peer = await TestHosts.ConnectEchoedAsync(host);
+        ManagedConnection connection = await recorder.NextAsync();
+
+        Task stop = host.StopAsync();
+        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        peer.Shutdown(SocketShutdown.Send);
+        await stop.WithTimeout(); // the callback's exception is logged, not thrown out of the stop
+        Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+        Assert.Equal(SocketError.ConnectionRefused, await TestHosts.TryConnectAsync(listener));
+
+        FakeLogRecord error = Assert.Single(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Level >= LogLevel.Warning);
+        Assert.Equal(LogLevel.Error, error.Level);
+        Assert.Equal(108, error.Id.Id);
+        Assert.Equal("the stop callback's own bug", Assert.IsType<InvalidOperationException>(Assert.Single(Assert.IsType<AggregateException>(error.Exception).InnerExceptions)).Message);
+    }
+
     private static KeyValuePair<string, object?> Tag(string name, object? value) => new(name, value);
 }

@@ -26,6 +26,9 @@ internal static partial class Log
     [LoggerMessage(107, LogLevel.Warning, "SafeSockets listener '{Name}': {Count} handlers had not returned when the host's shutdown timeout ended (their connections are aborted).")]
     public static partial void HandlersStillRunning(ILogger logger, string name, long count);
 
+    [LoggerMessage(108, LogLevel.Error, "A callback registered on the stopping token of SafeSockets listener '{Name}' threw; the stop goes on.")]
+    public static partial void StoppingCallbackFailed(ILogger logger, string name, Exception exception);
+
     [LoggerMessage(109, LogLevel.Debug, "The handler of SafeSockets listener '{Name}' for {RemoteEndPoint} ended with the stop ({Reason}).")]
     public static partial void HandlerEndedByStop(ILogger logger, string name, string? remoteEndPoint, string reason);
 }

@@ -79,32 +79,38 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposa
             return;
         }
 
-        // Done already when the host called StoppingAsync; not when the service is stopped on its own.
-        await BeginStopAsync().ConfigureAwait(false);
-        if (_acceptLoop is not null)
-        {
-            await _acceptLoop.ConfigureAwait(false);
-        }
-
         try
         {
-            await _handlersDone.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            // The host's shutdown timeout ended: the connections of the handlers still running are aborted (RST, no FIN
-            // first: the handler never finished with it), and their reads and writes fail.
-            Log.HandlersStillRunning(_logger, Name, Volatile.Read(ref _running));
-            foreach (ManagedConnection connection in _handled.Keys)
+            // Done already when the host called StoppingAsync; not when the service is stopped on its own.
+            await BeginStopAsync().ConfigureAwait(false);
+            if (_acceptLoop is not null)
             {
-                connection.Abort();
+                await _acceptLoop.ConfigureAwait(false);
+            }
+
+            try
+            {
+                await _handlersDone.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // The host's shutdown timeout ended: the connections of the handlers still running are aborted (RST, no
+                // FIN first: the handler never finished with it), and their reads and writes fail.
+                Log.HandlersStillRunning(_logger, Name, Volatile.Read(ref _running));
+                foreach (ManagedConnection connection in _handled.Keys)
+                {
+                    connection.Abort();
+                }
             }
         }
-
-        // Every handler has returned and closed its connection, or the host's shutdown timeout (the token) has ended:
-        // then the listener aborts the connections still open (closing ones). The stop completes once every one is released.
-        await _listener.StopAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
-        Log.Stopped(_logger, Name);
+        finally
+        {
+            // Whatever happened above: every handler has returned and closed its connection, or the host's shutdown
+            // timeout (the token) has ended and the listener aborts the connections still open (closing ones). The stop
+            // completes once every one is released.
+            await _listener.StopAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
+            Log.Stopped(_logger, Name);
+        }
     }
 
     public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
@@ -130,20 +136,23 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposa
 
     private async Task BeginStopCoreAsync(ManagedListener listener, TaskCompletionSource begun)
     {
+        // As Kestrel: no more accepts (a new connection is refused), and every handler is told to finish; each one's
+        // connection stays its own until it returns, and is then closed gracefully (RunAsync).
+        Log.Stopping(_logger, Name);
+        listener.StopAccepting();
         try
         {
-            // As Kestrel: no more accepts (a new connection is refused), and every handler is told to finish; each one's
-            // connection stays its own until it returns, and is then closed gracefully (RunAsync).
-            Log.Stopping(_logger, Name);
-            listener.StopAccepting();
             await _stopping.CancelAsync().ConfigureAwait(false);
-            begun.TrySetResult();
         }
-#pragma warning disable CA1031 // Surfaced through the returned task.
+#pragma warning disable CA1031 // A callback the application registered on 'stopping' threw (every callback still ran): logged, and the stop goes on.
         catch (Exception ex)
 #pragma warning restore CA1031
         {
-            begun.TrySetException(ex);
+            Log.StoppingCallbackFailed(_logger, Name, ex);
+        }
+        finally
+        {
+            begun.TrySetResult();
         }
     }
 
