@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Net;
+using System.Net.Sockets;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -11,7 +12,7 @@ namespace SafeSockets.Extensions.Hosting.Internal;
 /// its own and closes it gracefully when the handler returns. On the host's stop, as Kestrel: no more accepts, the
 /// handlers' <c>stopping</c> token is cancelled and each handler finishes and returns (its connection then closed
 /// gracefully); the connections still open when the host's shutdown timeout (the stop's token) ends are aborted.</summary>
-internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposable
+internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDisposable, IDisposable
 {
     private static readonly TimeSpan s_acceptBackoff = TimeSpan.FromMilliseconds(100);
 
@@ -20,8 +21,10 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposa
     private readonly IOptionsMonitor<HostedListenerOptions> _options;
     private readonly ILogger _logger;
 
-    // Cancelled when the host starts to stop: the handlers' `stopping` token.
+    // Cancelled when the host starts to stop: the handlers' `stopping` token. Disposed only once every handler has ended
+    // (a handler still running at the deadline may still register on its token); the token is taken once, here.
     private readonly CancellationTokenSource _stopping = new();
+    private readonly CancellationToken _stoppingToken;
 
     // Handlers running, plus one for the accept loop; the one that brings it to zero completes _handlersDone.
     private long _running = 1;
@@ -35,6 +38,7 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposa
 
     // The first step of the stop (no more accepts, 'stopping' cancelled): taken once, by StoppingAsync or StopAsync.
     private Task? _stopBegun;
+    private int _disposed;
 
     public ManagedListenerService(string name, Type handlerType, IServiceScopeFactory scopes, IOptionsMonitor<HostedListenerOptions> options, ILoggerFactory? loggerFactory)
     {
@@ -43,6 +47,7 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposa
         _scopes = scopes;
         _options = options;
         _logger = loggerFactory?.CreateLogger(ListenerHostDefaults.LoggerCategory) ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
+        _stoppingToken = _stopping.Token;
     }
 
     /// <summary>The listener's name (its options' name and configuration section).</summary>
@@ -57,7 +62,18 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposa
     public Task StartAsync(CancellationToken cancellationToken)
     {
         HostedListenerOptions options = _options.Get(Name);
-        _listener = ManagedListener.Start(options.EndPoint!, options.Listener);
+        EndPoint endPoint = options.EndPoint!;
+        try
+        {
+            _listener = ManagedListener.Start(endPoint, options.Listener);
+        }
+        catch (Exception ex) when (ex is SocketException or IOException or ArgumentException)
+        {
+            // With several listeners, a bare "Address already in use" does not say whose, nor where to change it.
+            throw new InvalidOperationException(
+                $"SafeSockets listener '{Name}' could not listen on {endPoint} (configuration key {ConfigurationBinding.SectionPath(Name)}:EndPoint): {ex.Message}", ex);
+        }
+
         Log.Listening(_logger, Name, _listener.LocalEndPoint.ToString() ?? "?");
         _acceptLoop = AcceptLoopAsync(_listener);
         return Task.CompletedTask;
@@ -74,9 +90,9 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposa
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
-        if (_listener is null)
+        if (_listener is null || Volatile.Read(ref _disposed) != 0)
         {
-            return;
+            return; // never started, or disposed (which stopped it)
         }
 
         try
@@ -115,7 +131,36 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposa
 
     public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
-    public void Dispose() => _stopping.Dispose();
+    /// <summary>Stops what a stop did not: after a failed start (this or another service's) or when the host is disposed
+    /// without a stop, nothing may go on accepting on a disposed service provider. No more accepts, the open connections
+    /// are aborted (there is no deadline left to wait for), and the handlers' <c>stopping</c> token is cancelled. After a
+    /// completed stop there is nothing left to do.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        if (_listener is not null)
+        {
+            _listener.StopAccepting();
+            foreach (ManagedConnection connection in _handled.Keys)
+            {
+                connection.Abort();
+            }
+
+            await _listener.StopAsync(TimeSpan.Zero).ConfigureAwait(false);
+            await BeginStopAsync().ConfigureAwait(false);
+        }
+
+        if (_handlersDone.Task.IsCompleted || _listener is null)
+        {
+            _stopping.Dispose();
+        }
+    }
+
+    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
 
     private Task BeginStopAsync()
     {
@@ -201,14 +246,14 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IDisposa
             await using (scope.ConfigureAwait(false))
             {
                 var handler = (IConnectionHandler)scope.ServiceProvider.GetRequiredService(_handlerType);
-                await handler.HandleAsync(connection, _stopping.Token).ConfigureAwait(false);
+                await handler.HandleAsync(connection, _stoppingToken).ConfigureAwait(false);
             }
         }
         catch (Exception ex) when (ex is ConnectionResetException or PeerUnreachableException)
         {
             Log.PeerGone(_logger, Name, connection.RemoteEndPoint?.ToString(), ex.GetType().Name);
         }
-        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException && _stopping.IsCancellationRequested)
+        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException && _stoppingToken.IsCancellationRequested)
         {
             // The handler saw the stop (its token), or still ran when the shutdown timeout aborted its connection.
             Log.HandlerEndedByStop(_logger, Name, connection.RemoteEndPoint?.ToString(), ex.GetType().Name);
