@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 
 namespace SafeSockets.Extensions.Hosting.Tests;
@@ -81,6 +82,84 @@ public sealed class ConfigurationTests
     /// <summary>Starts a host with <paramref name="settings"/> and returns the error that stops it.</summary>
     private static async Task<OptionsValidationException> StartFailsAsync(params (string Key, string? Value)[] settings) =>
         await Assert.ThrowsAsync<OptionsValidationException>(() => TestHosts.StartAsync<EchoHandler>(null, settings));
+
+    [Fact]
+    public async Task TwoListenersSharingOptionObjects_EachGetsItsOwnConfiguration_AndTheSharedObjectsAreLeftAlone()
+    {
+        var sharedConnection = new ManagedConnectionOptions();
+        var sharedListener = new ManagedListenerOptions();
+        HostApplicationBuilder builder = TestHosts.Builder(("Connection:IdleTimeout", "00:01:00"), ("Backlog", "11"));
+        TestHosts.AddListenerSection(builder, "second", ("Connection:IdleTimeout", "00:05:00"), ("Backlog", "22"));
+        TestHosts.AddListenerSection(builder, "third", ("Connection:IdleTimeout", "00:07:00"), ("Backlog", "33"));
+        builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name, o => o.Listener.Connection = sharedConnection);
+        builder.Services.AddManagedListener<EchoHandler>("second", o => o.Listener.Connection = sharedConnection);
+        builder.Services.AddManagedListener<EchoHandler>("third", o => o.Listener = sharedListener);
+        using IHost host = builder.Build();
+        await host.StartAsync().WithTimeout();
+
+        IOptionsMonitor<HostedListenerOptions> monitor = host.Services.GetRequiredService<IOptionsMonitor<HostedListenerOptions>>();
+        HostedListenerOptions echo = monitor.Get(TestHosts.Name), second = monitor.Get("second"), third = monitor.Get("third");
+        Assert.Equal(TimeSpan.FromMinutes(1), echo.Listener.Connection.IdleTimeout);
+        Assert.Equal(TimeSpan.FromMinutes(5), second.Listener.Connection.IdleTimeout);
+        Assert.Equal(TimeSpan.FromMinutes(7), third.Listener.Connection.IdleTimeout);
+        Assert.Equal(11, echo.Listener.Backlog);
+        Assert.Equal(22, second.Listener.Backlog);
+        Assert.Equal(33, third.Listener.Backlog);
+
+        // The code's objects are not the host's to write: still their defaults, no logger or meter factory put in.
+        foreach (ManagedConnectionOptions shared in new[] { sharedConnection, sharedListener.Connection })
+        {
+            Assert.Equal(Timeout.InfiniteTimeSpan, shared.IdleTimeout);
+            Assert.Same(NullLogger.Instance, shared.Logger);
+            Assert.Null(shared.MeterFactory);
+        }
+
+        Assert.Equal(ManagedListenerOptions.DefaultBacklog, sharedListener.Backlog);
+        await host.StopAsync().WithTimeout();
+    }
+
+    [Fact]
+    public void OptionsCopy_CopiesEverySettableProperty()
+    {
+        // Every public settable property of the core's options: a new one the copy misses fails here.
+        var connection = new ManagedConnectionOptions
+        {
+            DrainTimeout = TimeSpan.FromSeconds(1), DrainIdleTimeout = TimeSpan.FromSeconds(2), MaxDrainBytes = 3,
+            CloseWaitTimeout = TimeSpan.FromSeconds(4), IdleTimeout = TimeSpan.FromSeconds(5), KeepAliveTime = TimeSpan.FromSeconds(6),
+            KeepAliveInterval = TimeSpan.FromSeconds(7), KeepAliveRetryCount = 8, TimeProvider = new OtherTimeProvider(),
+            MaxInputBufferSize = 4096, MaxOutputBufferSize = 8192, Logger = new Microsoft.Extensions.Logging.Testing.FakeLogger(),
+            MeterFactory = new TestMeterFactory(),
+        };
+        var listener = new ManagedListenerOptions { Connection = connection, Backlog = 9, MaxConnections = 10, MaxDrainingConnections = 11 };
+
+        ManagedListenerOptions copy = SafeSockets.Extensions.Hosting.Internal.OptionsCopy.Of(listener);
+
+        Assert.NotSame(listener, copy);
+        Assert.NotSame(connection, copy.Connection);
+        AssertSameValues(listener, copy, nameof(ManagedListenerOptions.Connection));
+        AssertSameValues(connection, copy.Connection);
+    }
+
+    private static void AssertSameValues<T>(T expected, T actual, params string[] except)
+    {
+        System.Reflection.PropertyInfo[] settable = [.. typeof(T).GetProperties().Where(p => p.CanWrite && p.SetMethod!.IsPublic && !except.Contains(p.Name))];
+        Assert.NotEmpty(settable);
+        foreach (System.Reflection.PropertyInfo property in settable)
+        {
+            Assert.True(Equals(property.GetValue(expected), property.GetValue(actual)), $"{typeof(T).Name}.{property.Name} is not copied");
+        }
+    }
+
+    private sealed class OtherTimeProvider : TimeProvider;
+
+    private sealed class TestMeterFactory : System.Diagnostics.Metrics.IMeterFactory
+    {
+        public System.Diagnostics.Metrics.Meter Create(System.Diagnostics.Metrics.MeterOptions options) => new(options);
+
+        public void Dispose()
+        {
+        }
+    }
 
     [Fact]
     public void AddManagedListener_SameNameTwice_Throws()

@@ -54,7 +54,15 @@ internal sealed class ConfigurationBinding : IConfigureNamedOptions<HostedListen
 
     public void Configure(string? name, HostedListenerOptions options)
     {
-        if (_configuration is null || !string.Equals(name, _name, StringComparison.Ordinal))
+        if (!string.Equals(name, _name, StringComparison.Ordinal))
+        {
+            return;
+        }
+
+        // The code's configure ran before: bind into a copy of what it set, never into its objects (several listeners
+        // given one ManagedConnectionOptions would otherwise get each other's configuration).
+        options.Listener = OptionsCopy.Of(options.Listener);
+        if (_configuration is null)
         {
             return;
         }
