@@ -49,7 +49,11 @@ public sealed class ConfigurationTests
 
     [Theory]
     [InlineData("Connection:DrainTimeout", "00:00:00", "SafeSockets:Listeners:echo:Connection:DrainTimeout = '00:00:00' is out of range: DrainTimeout must be greater than zero.")]
-    [InlineData("Connection:DrainTimeout", "5s", "SafeSockets:Listeners:echo:Connection:DrainTimeout = '5s' is not a time span: write hh:mm:ss such as \"00:00:05\"")]
+    [InlineData("Connection:DrainTimeout", "5s", "SafeSockets:Listeners:echo:Connection:DrainTimeout = '5s' is not a time span: write hh:mm:ss such as \"00:00:30\"")]
+    [InlineData("Connection:IdleTimeout", "5", "SafeSockets:Listeners:echo:Connection:IdleTimeout = '5' is not a time span: write hh:mm:ss such as \"00:00:30\"")]
+    [InlineData("Connection:IdleTimeout", "1.00:00", "SafeSockets:Listeners:echo:Connection:IdleTimeout = '1.00:00' is not a time span: write hh:mm:ss such as \"00:00:30\"")]
+    [InlineData("Connection:IdleTimeout", "-00:00:00.001", "SafeSockets:Listeners:echo:Connection:IdleTimeout = '-00:00:00.001' is negative: write hh:mm:ss such as \"00:00:30\"")]
+    [InlineData("Connection:IdleTimeout", "-1", "SafeSockets:Listeners:echo:Connection:IdleTimeout = '-1' is not a time span: write hh:mm:ss such as \"00:00:30\"")]
     [InlineData("Connection:KeepAliveTime", "00:00:00.500", "SafeSockets:Listeners:echo:Connection:KeepAliveTime = '00:00:00.500' is out of range: KeepAliveTime must be from 1 second to 32767 seconds")]
     [InlineData("Backlog", "0", "SafeSockets:Listeners:echo:Backlog = '0' is out of range: Backlog ('0') must be greater than or equal to '1'.")]
     [InlineData("MaxConnections", "many", "SafeSockets:Listeners:echo:MaxConnections = 'many' is not a whole number")]
@@ -66,9 +70,9 @@ public sealed class ConfigurationTests
     [Fact]
     public async Task Start_TwoBadValues_BothAreReported()
     {
-        OptionsValidationException error = await StartFailsAsync(("Connection:DrainIdleTimeout", "-00:00:01"), ("MaxDrainingConnections", "-1"));
+        OptionsValidationException error = await StartFailsAsync(("Connection:DrainIdleTimeout", "00:00:00"), ("MaxDrainingConnections", "-1"));
         Assert.Equal(2, error.Failures.Count());
-        Assert.Contains("SafeSockets:Listeners:echo:Connection:DrainIdleTimeout = '-00:00:01' is out of range: DrainIdleTimeout must not be negative.", error.Failures);
+        Assert.Contains("SafeSockets:Listeners:echo:Connection:DrainIdleTimeout = '00:00:00' is out of range: DrainIdleTimeout must be greater than zero.", error.Failures);
         Assert.Contains(error.Failures, f => f.StartsWith("SafeSockets:Listeners:echo:MaxDrainingConnections = '-1' is out of range:", StringComparison.Ordinal));
     }
 
@@ -82,6 +86,15 @@ public sealed class ConfigurationTests
     /// <summary>Starts a host with <paramref name="settings"/> and returns the error that stops it.</summary>
     private static async Task<OptionsValidationException> StartFailsAsync(params (string Key, string? Value)[] settings) =>
         await Assert.ThrowsAsync<OptionsValidationException>(() => TestHosts.StartAsync<EchoHandler>(null, settings));
+
+    [Fact]
+    public async Task Start_TimeSpanWithDays_IsAccepted()
+    {
+        using IHost host = await TestHosts.StartAsync<EchoHandler>(null, ("Connection:IdleTimeout", "1.02:03:04.5"));
+        HostedListenerOptions options = host.Services.GetRequiredService<IOptionsMonitor<HostedListenerOptions>>().Get(TestHosts.Name);
+        Assert.Equal(new TimeSpan(1, 2, 3, 4, 500), options.Listener.Connection.IdleTimeout);
+        await host.StopAsync().WithTimeout();
+    }
 
     [Fact]
     public async Task TwoListenersSharingOptionObjects_EachGetsItsOwnConfiguration_AndTheSharedObjectsAreLeftAlone()
@@ -169,4 +182,5 @@ public sealed class ConfigurationTests
         ArgumentException error = Assert.Throws<ArgumentException>(() => services.AddManagedListener<EchoHandler>(TestHosts.Name));
         Assert.Contains("'echo' is already registered", error.Message, StringComparison.Ordinal);
     }
+
 }
