@@ -7,7 +7,8 @@ namespace SafeSockets.Extensions.Hosting;
 /// <para>On the host's stop the handler's <c>stopping</c> token is cancelled; the connection stays the handler's until it
 /// returns or the host's shutdown timeout ends (see <see cref="HandleAsync"/>).</para>
 /// <para>Register the listener with <c>services.AddManagedListener&lt;THandler&gt;(name)</c>; the handler type is registered
-/// as scoped unless it is already registered.</para>
+/// as scoped unless it is already registered. The host's start makes one handler (in a scope disposed at once) so that a
+/// missing dependency fails the start rather than every connection.</para>
 /// </remarks>
 public interface IConnectionHandler
 {

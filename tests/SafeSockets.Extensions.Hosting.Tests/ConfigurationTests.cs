@@ -1,3 +1,4 @@
+using System.Net;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 
@@ -97,6 +98,18 @@ public sealed class ConfigurationTests
     }
 
     [Fact]
+    public async Task Start_EndPointInCodeThatIsNotAnAddress_FailsValidationNamingTheKey()
+    {
+        HostApplicationBuilder builder = TestHosts.Builder(("EndPoint", null));
+        builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name, o => o.EndPoint = new DnsEndPoint("localhost", 7000));
+        using IHost host = builder.Build();
+        OptionsValidationException error = await Assert.ThrowsAsync<OptionsValidationException>(() => host.StartAsync().WithTimeout());
+        Assert.Equal(
+            "SafeSockets:Listeners:echo:EndPoint must be an IPEndPoint or a UnixDomainSocketEndPoint; got DnsEndPoint (Unspecified/localhost:7000). Resolve a host name to an address first.",
+            Assert.Single(error.Failures));
+    }
+
+    [Fact]
     public async Task TwoListenersSharingOptionObjects_EachGetsItsOwnConfiguration_AndTheSharedObjectsAreLeftAlone()
     {
         var sharedConnection = new ManagedConnectionOptions();
@@ -183,4 +196,12 @@ public sealed class ConfigurationTests
         Assert.Contains("'echo' is already registered", error.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void AddManagedListener_SameNameInAnotherCase_Throws_BecauseConfigurationKeysIgnoreCase()
+    {
+        var services = new ServiceCollection();
+        services.AddManagedListener<EchoHandler>(TestHosts.Name);
+        ArgumentException error = Assert.Throws<ArgumentException>(() => services.AddManagedListener<EchoHandler>("ECHO"));
+        Assert.Contains("'ECHO' is already registered", error.Message, StringComparison.Ordinal);
+    }
 }

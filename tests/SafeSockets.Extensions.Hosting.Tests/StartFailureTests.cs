@@ -60,6 +60,19 @@ public sealed class StartFailureTests
     }
 
     [Fact]
+    public async Task Start_HandlerWithAMissingDependency_FailsTheStart_NamingTheListenerAndTheHandler()
+    {
+        HostApplicationBuilder builder = TestHosts.Builder();
+        builder.Services.AddManagedListener<MissingDependencyHandler>(TestHosts.Name);
+        using IHost host = builder.Build();
+
+        InvalidOperationException error = await Assert.ThrowsAsync<InvalidOperationException>(() => host.StartAsync().WithTimeout());
+        Assert.StartsWith($"SafeSockets listener 'echo' cannot make its handler {typeof(MissingDependencyHandler).FullName}: ", error.Message, StringComparison.Ordinal);
+        Assert.Contains(nameof(IUnregisteredService), error.InnerException!.Message, StringComparison.Ordinal);
+        Assert.Null(TestHosts.ServiceOf(host).LocalEndPoint); // nothing listens
+    }
+
+    [Fact]
     public async Task StopAsync_AfterDispose_DoesNotThrow()
     {
         IHost host = await TestHosts.StartAsync<EchoHandler>();

@@ -59,9 +59,24 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
     /// <summary>Completes when the accept loop and every handler have ended (each handler's connection closed).</summary>
     internal Task HandlersCompleted => _handlersDone.Task;
 
-    public Task StartAsync(CancellationToken cancellationToken)
+    public async Task StartAsync(CancellationToken cancellationToken)
     {
         HostedListenerOptions options = _options.Get(Name);
+
+        // One handler made now, in a scope of its own: a missing dependency fails the start, not every connection.
+        try
+        {
+            AsyncServiceScope scope = _scopes.CreateAsyncScope();
+            await using (scope.ConfigureAwait(false))
+            {
+                _ = scope.ServiceProvider.GetRequiredService(_handlerType);
+            }
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or ArgumentException)
+        {
+            throw new InvalidOperationException($"SafeSockets listener '{Name}' cannot make its handler {_handlerType.FullName}: {ex.Message}", ex);
+        }
+
         EndPoint endPoint = options.EndPoint!;
         try
         {
@@ -76,7 +91,6 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
 
         Log.Listening(_logger, Name, _listener.LocalEndPoint.ToString() ?? "?");
         _acceptLoop = AcceptLoopAsync(_listener);
-        return Task.CompletedTask;
     }
 
     public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
