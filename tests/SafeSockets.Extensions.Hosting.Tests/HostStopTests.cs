@@ -13,7 +13,7 @@ public sealed class HostStopTests
     [Fact]
     public async Task StopAsync_EveryPeerReadsFin_AndEveryConnectionEndsGracefully()
     {
-        using IHost host = await TestHosts.StartAsync<EchoHandler>();
+        using IHost host = await TestHosts.StartAsync<EchoHandler>(b => b.Services.AddFakeLogging());
         Recorder recorder = TestHosts.RecorderOf(host);
 
         var peers = new List<Socket>();
@@ -40,6 +40,8 @@ public sealed class HostStopTests
             Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
         }
 
+        FakeLogRecord stopped = Assert.Single(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Id.Id == 103);
+        Assert.Equal("SafeSockets listener 'echo' stopped: 3 connections closed gracefully, 0 aborted at the shutdown deadline, 0 ended otherwise (a peer's reset, a drain bound).", stopped.Message);
         peers.ForEach(p => p.Dispose());
     }
 
@@ -161,6 +163,7 @@ public sealed class HostStopTests
         builder.Services.AddManagedListener<EchoHandler>("second");     // registered first: the host stops it last
         builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name); // registered last: the host stops it first
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(2));
+        builder.Services.AddFakeLogging();
         using IHost host = builder.Build();
         await host.StartAsync().WithTimeout();
         Recorder recorder = TestHosts.RecorderOf(host);
@@ -210,6 +213,14 @@ public sealed class HostStopTests
             Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
             peer.Dispose();
         }
+
+        string[] stopped = [.. host.Services.GetFakeLogCollector().GetSnapshot().Where(r => r.Id.Id == 103).Select(r => r.Message).Order(StringComparer.Ordinal)];
+        Assert.Equal(
+            [
+                "SafeSockets listener 'echo' stopped: 1 connections closed gracefully, 1 aborted at the shutdown deadline, 0 ended otherwise (a peer's reset, a drain bound).",
+                "SafeSockets listener 'second' stopped: 1 connections closed gracefully, 1 aborted at the shutdown deadline, 0 ended otherwise (a peer's reset, a drain bound).",
+            ],
+            stopped);
     }
 
     [Fact]

@@ -11,8 +11,8 @@ internal static partial class Log
     [LoggerMessage(102, LogLevel.Information, "SafeSockets listener '{Name}' stopping: no more accepts; the handlers are told to finish (each connection is closed gracefully when its handler returns) and the connections still open when the host's shutdown timeout ends are aborted.")]
     public static partial void Stopping(ILogger logger, string name);
 
-    [LoggerMessage(103, LogLevel.Information, "SafeSockets listener '{Name}' stopped.")]
-    public static partial void Stopped(ILogger logger, string name);
+    [LoggerMessage(103, LogLevel.Information, "SafeSockets listener '{Name}' stopped: {Graceful} connections closed gracefully, {Aborted} aborted at the shutdown deadline, {Other} ended otherwise (a peer's reset, a drain bound).")]
+    public static partial void Stopped(ILogger logger, string name, int graceful, int aborted, int other);
 
     [LoggerMessage(104, LogLevel.Error, "The handler of SafeSockets listener '{Name}' failed for {RemoteEndPoint}; the connection is closed.")]
     public static partial void HandlerFailed(ILogger logger, string name, string? remoteEndPoint, Exception exception);

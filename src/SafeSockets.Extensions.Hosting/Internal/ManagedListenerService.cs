@@ -40,6 +40,9 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
     private Task? _stopBegun;
     private int _disposed;
 
+    // The connections open when the stop began (accepting over): how they ended is event 103's count.
+    private ManagedConnection[] _openAtStop = [];
+
     public ManagedListenerService(string name, Type handlerType, IServiceScopeFactory scopes, IOptionsMonitor<HostedListenerOptions> options, ILoggerFactory? loggerFactory)
     {
         Name = name;
@@ -139,11 +142,28 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
             // timeout (the token) has ended and the listener aborts the connections still open (closing ones). The stop
             // completes once every one is released.
             await _listener.StopAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
-            Log.Stopped(_logger, Name);
+            LogStopped(_openAtStop);
         }
     }
 
     public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>Event 103 with how the connections open at the stop ended (all released: the listener's stop is over).</summary>
+    private void LogStopped(ManagedConnection[] open)
+    {
+        int graceful = 0, aborted = 0;
+        foreach (ManagedConnection connection in open)
+        {
+            if (connection.Completion.IsCompletedSuccessfully)
+            {
+                CloseOutcome outcome = connection.Completion.Result.Outcome;
+                graceful += outcome == CloseOutcome.Graceful ? 1 : 0;
+                aborted += outcome == CloseOutcome.Aborted ? 1 : 0;
+            }
+        }
+
+        Log.Stopped(_logger, Name, graceful, aborted, open.Length - graceful - aborted);
+    }
 
     /// <summary>Stops what a stop did not: after a failed start (this or another service's) or when the host is disposed
     /// without a stop, nothing may go on accepting on a disposed service provider. No more accepts, the open connections
@@ -211,6 +231,12 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
         }
         finally
         {
+            if (_acceptLoop is not null)
+            {
+                await _acceptLoop.ConfigureAwait(false); // ends at once: its accept fails now
+            }
+
+            _openAtStop = [.. _handled.Keys];
             begun.TrySetResult();
         }
     }
