@@ -99,11 +99,7 @@ public sealed class HostStopTests
     [Fact]
     public async Task StopAsync_HandlerIgnoringTheStop_KeepsItsConnectionUntilTheShutdownDeadline_ThenItIsAborted_WithoutAnError()
     {
-        using IHost host = await TestHosts.StartAsync<TokenlessEchoHandler>(b =>
-        {
-            b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(1));
-            b.Services.AddFakeLogging();
-        });
+        using IHost host = await StartLoggedAsync<TokenlessEchoHandler>(TimeSpan.FromSeconds(1));
         Recorder recorder = TestHosts.RecorderOf(host);
         using Socket peer = await TestHosts.ConnectEchoedAsync(host);
         ManagedConnection connection = await recorder.NextAsync();
@@ -129,11 +125,7 @@ public sealed class HostStopTests
     [Fact]
     public async Task StopAsync_HandlerMidReply_DeliversItsWholeReply_ThenFin_AndNothingIsLoggedAsAnError()
     {
-        using IHost host = await TestHosts.StartAsync<ReplyAfterStopHandler>(b =>
-        {
-            b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(10));
-            b.Services.AddFakeLogging();
-        });
+        using IHost host = await StartLoggedAsync<ReplyAfterStopHandler>(TimeSpan.FromSeconds(10));
         Recorder recorder = TestHosts.RecorderOf(host);
         using var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         await peer.ConnectAsync(TestHosts.EndPointOf(host)).WithTimeout();
@@ -244,6 +236,16 @@ public sealed class HostStopTests
         Assert.Equal(108, error.Id.Id);
         Assert.Equal("the stop callback's own bug", Assert.IsType<InvalidOperationException>(Assert.Single(Assert.IsType<AggregateException>(error.Exception).InnerExceptions)).Message);
     }
+
+    /// <summary>A started host whose listener serves with <typeparamref name="THandler"/>, with fake logging and the
+    /// given shutdown timeout.</summary>
+    private static Task<IHost> StartLoggedAsync<THandler>(TimeSpan shutdownTimeout)
+        where THandler : class, IConnectionHandler =>
+        TestHosts.StartAsync<THandler>(b =>
+        {
+            b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = shutdownTimeout);
+            b.Services.AddFakeLogging();
+        });
 
     private static KeyValuePair<string, object?> Tag(string name, object? value) => new(name, value);
 }
