@@ -2,8 +2,9 @@
 // Settings come from appsettings.json (SafeSockets:Listeners:echo), overridable on the command line or by environment:
 //   dotnet run --project samples/HostedEchoServer
 //   dotnet run --project samples/HostedEchoServer -- --SafeSockets:Listeners:echo:EndPoint=127.0.0.1:0
-// Ctrl+C or SIGTERM (kill -TERM <pid>, `docker stop`, systemd) stops it gracefully: no new connections, every live one gets
-// FIN, and only those still open after HostOptions:ShutdownTimeout (10 s here) are aborted. OpenTelemetry's console exporter
+// Ctrl+C or SIGTERM (kill -TERM <pid>, `docker stop`, systemd) stops it gracefully: no new connections, every handler's
+// `stopping` token is cancelled, each connection gets FIN when its handler returns, and only those still open after
+// HostOptions:ShutdownTimeout (10 s here) are aborted. OpenTelemetry's console exporter
 // prints the SafeSockets metrics every Metrics:ExportIntervalMilliseconds, and once more at the stop.
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;

@@ -24,7 +24,9 @@ public sealed class HostedListenerOptions
 
     /// <summary>The listener's options, with the options of every accepted connection in <see cref="ManagedListenerOptions.Connection"/>.</summary>
     /// <remarks>Defaults to the documented defaults. Unless set, the host fills in its logger factory's <c>SafeSockets</c>
-    /// logger and its <c>IMeterFactory</c>.</remarks>
+    /// logger and its <c>IMeterFactory</c>. The listener's options are a copy of the object set here (and of its
+    /// <see cref="ManagedListenerOptions.Connection"/>), made before configuration is bound: one object may be given to
+    /// several listeners, and neither configuration nor the host writes into it.</remarks>
     /// <exception cref="ArgumentNullException">The value is null.</exception>
     public ManagedListenerOptions Listener
     {

@@ -23,7 +23,7 @@ public static class ManagedListenerServiceCollectionExtensions
     /// <remarks>The options are validated when the host starts (a bad configuration value stops it with an error naming the
     /// key and the rule). On the host's stop, the listener stops accepting, closes every connection gracefully (FIN, bounded
     /// drain) and aborts those still open when the host's shutdown timeout ends.</remarks>
-    /// <exception cref="ArgumentException"><paramref name="name"/> is empty, contains ':' or is already used.</exception>
+    /// <exception cref="ArgumentException"><paramref name="name"/> is empty, contains ':' or is already used (ignoring case).</exception>
     public static IServiceCollection AddManagedListener<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicConstructors)] THandler>(
         this IServiceCollection services, string name, Action<HostedListenerOptions>? configure = null)
         where THandler : class, IConnectionHandler
@@ -35,9 +35,10 @@ public static class ManagedListenerServiceCollectionExtensions
             throw new ArgumentException($"A listener's name is a configuration key and cannot contain ':'; got '{name}'.", nameof(name));
         }
 
-        if (services.Any(d => d.ServiceType == typeof(ListenerName) && d.ImplementationInstance is ListenerName used && used.Name == name))
+        // Configuration keys ignore case: "echo" and "Echo" would bind the same section.
+        if (services.Select(d => d.ImplementationInstance).OfType<ListenerName>().FirstOrDefault(used => string.Equals(used.Name, name, StringComparison.OrdinalIgnoreCase)) is { } taken)
         {
-            throw new ArgumentException($"A SafeSockets listener named '{name}' is already registered.", nameof(name));
+            throw new ArgumentException($"A SafeSockets listener named '{name}' is already registered (as '{taken.Name}'; names are configuration keys, which ignore case).", nameof(name));
         }
 
         services.AddSingleton(new ListenerName(name));

@@ -11,8 +11,10 @@ namespace SafeSockets;
 /// <para><see cref="StopAsync"/> stops accepting, closes every live connection gracefully (FIN, drain) and aborts only those
 /// still open when the grace period ends. A draining budget (<see cref="ManagedListenerOptions.MaxDrainingConnections"/>)
 /// cuts the oldest drains short under pressure.</para>
-/// <para>Thread safety: <see cref="AcceptAsync"/> may be called concurrently; <see cref="StopAsync"/> and
-/// <see cref="DisposeAsync"/> may be called from any thread, any number of times.</para>
+/// <para><see cref="StopAccepting"/> does the first step alone (no more accepts, the connections left to their owners), for
+/// a server that lets its handlers finish before <see cref="StopAsync"/> closes the rest.</para>
+/// <para>Thread safety: <see cref="AcceptAsync"/> may be called concurrently; <see cref="StopAccepting"/>,
+/// <see cref="StopAsync"/> and <see cref="DisposeAsync"/> may be called from any thread, any number of times.</para>
 /// </remarks>
 public sealed class ManagedListener : IAsyncDisposable
 {
@@ -33,6 +35,9 @@ public sealed class ManagedListener : IAsyncDisposable
     private readonly Dictionary<ManagedConnection, LinkedListNode<ManagedConnection>> _drainNodes = new(ReferenceEqualityComparer.Instance);
     private int _acceptsInProgress;
     private volatile bool _stopping;
+
+    // StopAccepting was called (or the stop began): no more accepts, and a socket accepted in a race with it is closed.
+    private volatile bool _acceptingStopped;
 
     // The grace period is over (or was cancelled): a connection tracked from now on is aborted, not closed gracefully.
     private volatile bool _abortStragglers;
@@ -206,7 +211,7 @@ public sealed class ManagedListener : IAsyncDisposable
             catch (Exception ex)
             {
                 EndAccept(null);
-                if (_stopping && ex is SocketException or ObjectDisposedException)
+                if (_acceptingStopped && ex is SocketException or ObjectDisposedException)
                 {
                     ThrowIfStopped();
                 }
@@ -226,6 +231,25 @@ public sealed class ManagedListener : IAsyncDisposable
                 return connection;
             }
         }
+    }
+
+    /// <summary>Stops accepting and leaves the accepted connections to their owners: the listening socket is closed, so a
+    /// new connection attempt is refused (for a Unix domain socket, its file is removed), and every pending or later
+    /// <see cref="AcceptAsync"/> throws <see cref="ObjectDisposedException"/>. A socket the kernel handed over in a race with
+    /// this call is closed gracefully, never handed out.</summary>
+    /// <remarks>For a stop in two steps, as a server under a host does it: stop accepting and tell the handlers to finish
+    /// (each closes its connection when it is done), then <see cref="StopAsync"/> with what is left of the deadline closes
+    /// the connections still open and aborts those still open when it ends. Calling it again, or after
+    /// <see cref="StopAsync"/>, does nothing.</remarks>
+    public void StopAccepting()
+    {
+        lock (_sync)
+        {
+            _acceptingStopped = true;
+        }
+
+        // For a Unix domain socket, the runtime removes the socket file it bound when the socket is disposed.
+        _socket.Dispose();
     }
 
     /// <summary>Stops accepting, closes every live connection gracefully, and aborts those still open when <paramref name="gracePeriod"/> ends.</summary>
@@ -256,6 +280,7 @@ public sealed class ManagedListener : IAsyncDisposable
         lock (_sync)
         {
             _stopping = true;
+            _acceptingStopped = true;
         }
 
         // For a Unix domain socket, the runtime removes the socket file it bound when the socket is disposed.
@@ -401,12 +426,12 @@ public sealed class ManagedListener : IAsyncDisposable
             }
 
             count = _live.Count;
-            refuse = _stopping || count > _maxConnections;
+            refuse = _acceptingStopped || count > _maxConnections;
         }
 
         if (refuse)
         {
-            if (!_stopping)
+            if (!_acceptingStopped)
             {
                 _connectionSettings.Instruments.Rejected.Add(1, connection.MetricTags.Common);
                 if (_logger.IsEnabled(LogLevel.Information))
@@ -499,9 +524,9 @@ public sealed class ManagedListener : IAsyncDisposable
 
     private void ThrowIfStopped()
     {
-        if (_stopping)
+        if (_acceptingStopped)
         {
-            throw new ObjectDisposedException(nameof(ManagedListener), "The listener is stopped (StopAsync or DisposeAsync was called); it accepts no more connections.");
+            throw new ObjectDisposedException(nameof(ManagedListener), "The listener is stopped (StopAccepting, StopAsync or DisposeAsync was called); it accepts no more connections.");
         }
     }
 }

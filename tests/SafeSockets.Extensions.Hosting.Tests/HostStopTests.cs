@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using System.Net;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Testing;
@@ -12,7 +13,7 @@ public sealed class HostStopTests
     [Fact]
     public async Task StopAsync_EveryPeerReadsFin_AndEveryConnectionEndsGracefully()
     {
-        using IHost host = await TestHosts.StartAsync<EchoHandler>();
+        using IHost host = await TestHosts.StartAsync<EchoHandler>(b => b.Services.AddFakeLogging());
         Recorder recorder = TestHosts.RecorderOf(host);
 
         var peers = new List<Socket>();
@@ -39,6 +40,8 @@ public sealed class HostStopTests
             Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
         }
 
+        FakeLogRecord stopped = Assert.Single(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Id.Id == 103);
+        Assert.Equal("SafeSockets listener 'echo' stopped: 3 connections closed gracefully, 0 aborted at the shutdown deadline, 0 ended otherwise (a peer's reset, a drain bound).", stopped.Message);
         peers.ForEach(p => p.Dispose());
     }
 
@@ -94,33 +97,155 @@ public sealed class HostStopTests
     }
 
     [Fact]
-    public async Task StopAsync_HandlerIgnoringTheStop_StopStillEndsAtTheShutdownDeadline_PeerReadsFin()
+    public async Task StopAsync_HandlerIgnoringTheStop_KeepsItsConnectionUntilTheShutdownDeadline_ThenItIsAborted_WithoutAnError()
     {
-        using IHost host = await TestHosts.StartAsync<StuckHandler>(b =>
-        {
-            b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(1));
-            b.Services.AddFakeLogging();
-        });
+        using IHost host = await StartLoggedAsync<TokenlessEchoHandler>(TimeSpan.FromSeconds(1));
         Recorder recorder = TestHosts.RecorderOf(host);
-        using var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        await peer.ConnectAsync(TestHosts.EndPointOf(host)).WithTimeout();
+        using Socket peer = await TestHosts.ConnectEchoedAsync(host);
         ManagedConnection connection = await recorder.NextAsync();
 
         Task stop = host.StopAsync();
 
-        // The listener closes the connection under the stuck handler: the peer gets FIN and answers with its own.
-        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
-        peer.Shutdown(SocketShutdown.Send);
-        Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
-
-        // The handler never returns, yet the stop ends at the host's deadline and says so.
+        // The connection is the handler's until it returns: no FIN under it (the read would return 0 first), only the
+        // reset when the host's shutdown timeout ends.
+        PeerReadResult end = await Peer.ReadToEndAsync(peer).WithTimeout();
+        Assert.Equal(new PeerReadResult(0, PeerEnd.Reset, null), end);
         await stop.WithTimeout();
-        Assert.False(recorder.Release.Task.IsCompleted);
-        FakeLogRecord warning = Assert.Single(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Id.Id == 107);
+        Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
+
+        // The handler's receive fails under it; that is the stop, not a failure: nothing at Error, one Warning (107).
+        await TestHosts.ServiceOf(host).HandlersCompleted.WithTimeout();
+        FakeLogRecord[] loud = [.. host.Services.GetFakeLogCollector().GetSnapshot().Where(r => r.Level >= LogLevel.Warning)];
+        FakeLogRecord warning = Assert.Single(loud);
+        Assert.Equal(107, warning.Id.Id);
         Assert.Equal(LogLevel.Warning, warning.Level);
         Assert.Contains("1 handlers had not returned", warning.Message, StringComparison.Ordinal);
-        recorder.Release.SetResult();
     }
+
+    [Fact]
+    public async Task StopAsync_HandlerMidReply_DeliversItsWholeReply_ThenFin_AndNothingIsLoggedAsAnError()
+    {
+        using IHost host = await StartLoggedAsync<ReplyAfterStopHandler>(TimeSpan.FromSeconds(10));
+        Recorder recorder = TestHosts.RecorderOf(host);
+        using var peer = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        await peer.ConnectAsync(TestHosts.EndPointOf(host)).WithTimeout();
+        await peer.SendAsync(new byte[] { 7 }, SocketFlags.None).WithTimeout();
+        ManagedConnection connection = await recorder.NextAsync(); // the handler has the request and works on it
+
+        Task stop = host.StopAsync();
+
+        // The handler replies 300 ms into the stop; the reply arrives whole, then the FIN of the close after it returns.
+        PeerReadResult reply = await Peer.ReadToEndAsync(peer, keepData: true).WithTimeout();
+        Assert.Equal(PeerEnd.Fin, reply.End);
+        Assert.Equal(new byte[] { 7 }, reply.Data);
+        peer.Shutdown(SocketShutdown.Send);
+        await stop.WithTimeout();
+        Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+        await TestHosts.ServiceOf(host).HandlersCompleted.WithTimeout();
+        Assert.DoesNotContain(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Level >= LogLevel.Warning);
+    }
+
+    [Fact]
+    public async Task StopAsync_TwoListeners_BothStopAcceptingAtOnce_EachCooperativePeerGetsFinBeforeTheDeadline_OnlyStragglersAreAborted()
+    {
+        // Drain bounds far beyond the shutdown timeout: only the deadline ends a straggler's drain.
+        (string, string?)[] longDrain = [("Connection:DrainTimeout", "00:05:00"), ("Connection:DrainIdleTimeout", "00:05:00")];
+        HostApplicationBuilder builder = TestHosts.Builder(longDrain);
+        TestHosts.AddListenerSection(builder, "second", longDrain);
+        builder.Services.AddManagedListener<EchoHandler>("second");     // registered first: the host stops it last
+        builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name); // registered last: the host stops it first
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(2));
+        builder.Services.AddFakeLogging();
+        using IHost host = builder.Build();
+        await host.StartAsync().WithTimeout();
+        Recorder recorder = TestHosts.RecorderOf(host);
+        IPEndPoint[] listeners = [TestHosts.EndPointOf(host), TestHosts.EndPointOf(host, "second")];
+
+        // On each listener a cooperative peer (answers the FIN with its own) and a straggler (never does).
+        var cooperative = new List<(Socket Peer, ManagedConnection Connection)>();
+        var stragglers = new List<(Socket Peer, ManagedConnection Connection)>();
+        foreach (IPEndPoint listener in listeners)
+        {
+            Socket peer = await TestHosts.ConnectEchoedAsync(listener);
+            cooperative.Add((peer, await recorder.NextAsync()));
+            peer = await TestHosts.ConnectEchoedAsync(listener);
+            stragglers.Add((peer, await recorder.NextAsync()));
+        }
+
+        Task stop = host.StopAsync();
+
+        // Both cooperative peers get FIN while the stop is still running (the stragglers hold it to the 2 s deadline).
+        foreach ((Socket peer, _) in cooperative)
+        {
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        }
+
+        Assert.False(stop.IsCompleted, "the cooperative peers' FIN came before the deadline");
+
+        // Neither listener accepts any more: a connection attempted now is refused by both.
+        foreach (IPEndPoint listener in listeners)
+        {
+            Assert.Equal(SocketError.ConnectionRefused, await TestHosts.TryConnectAsync(listener));
+        }
+
+        foreach ((Socket peer, _) in cooperative)
+        {
+            peer.Shutdown(SocketShutdown.Send);
+        }
+
+        await stop.WithTimeout();
+        foreach ((Socket peer, ManagedConnection connection) in cooperative)
+        {
+            Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+            peer.Dispose();
+        }
+
+        foreach ((Socket peer, ManagedConnection connection) in stragglers)
+        {
+            Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
+            peer.Dispose();
+        }
+
+        string[] stopped = [.. host.Services.GetFakeLogCollector().GetSnapshot().Where(r => r.Id.Id == 103).Select(r => r.Message).Order(StringComparer.Ordinal)];
+        Assert.Equal(
+            [
+                "SafeSockets listener 'echo' stopped: 1 connections closed gracefully, 1 aborted at the shutdown deadline, 0 ended otherwise (a peer's reset, a drain bound).",
+                "SafeSockets listener 'second' stopped: 1 connections closed gracefully, 1 aborted at the shutdown deadline, 0 ended otherwise (a peer's reset, a drain bound).",
+            ],
+            stopped);
+    }
+
+    [Fact]
+    public async Task StopAsync_StoppingCallbackThrows_TheListenerStillStops_AndThePeerGetsFin()
+    {
+        using IHost host = await TestHosts.StartAsync<ThrowingCallbackHandler>(b => b.Services.AddFakeLogging());
+        Recorder recorder = TestHosts.RecorderOf(host);
+        IPEndPoint listener = TestHosts.EndPointOf(host);
+        using Socket peer = await TestHosts.ConnectEchoedAsync(host);
+        ManagedConnection connection = await recorder.NextAsync();
+
+        Task stop = host.StopAsync();
+        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        peer.Shutdown(SocketShutdown.Send);
+        await stop.WithTimeout(); // the callback's exception is logged, not thrown out of the stop
+        Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+        Assert.Equal(SocketError.ConnectionRefused, await TestHosts.TryConnectAsync(listener));
+
+        FakeLogRecord error = Assert.Single(host.Services.GetFakeLogCollector().GetSnapshot(), r => r.Level >= LogLevel.Warning);
+        Assert.Equal(LogLevel.Error, error.Level);
+        Assert.Equal(108, error.Id.Id);
+        Assert.Equal("the stop callback's own bug", Assert.IsType<InvalidOperationException>(Assert.Single(Assert.IsType<AggregateException>(error.Exception).InnerExceptions)).Message);
+    }
+
+    /// <summary>A started host whose listener serves with <typeparamref name="THandler"/>, with fake logging and the
+    /// given shutdown timeout.</summary>
+    private static Task<IHost> StartLoggedAsync<THandler>(TimeSpan shutdownTimeout)
+        where THandler : class, IConnectionHandler =>
+        TestHosts.StartAsync<THandler>(b =>
+        {
+            b.Services.Configure<HostOptions>(o => o.ShutdownTimeout = shutdownTimeout);
+            b.Services.AddFakeLogging();
+        });
 
     private static KeyValuePair<string, object?> Tag(string name, object? value) => new(name, value);
 }

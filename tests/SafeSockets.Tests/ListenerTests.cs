@@ -245,6 +245,43 @@ public sealed class ListenerTests
     }
 
     [Fact]
+    public async Task StopAccepting_RefusesNewConnections_LeavesTheAcceptedOneOpen_AndStopAsyncClosesItLater()
+    {
+        ManagedListener listener = StartLoopback();
+        using Socket client = await ConnectAsync(listener);
+        ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
+        ValueTask<ManagedConnection> pending = listener.AcceptAsync();
+
+        listener.StopAccepting();
+        listener.StopAccepting(); // a second call does nothing
+
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => pending.AsTask().WithTimeout());
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => listener.AcceptAsync().AsTask().WithTimeout());
+        using (var late = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        {
+            SocketException refused = await Assert.ThrowsAsync<SocketException>(() => late.ConnectAsync(listener.LocalEndPoint).WithTimeout());
+            Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
+        }
+
+        // The accepted connection is still its owner's: it carries data both ways.
+        await Peer.SendPatternAsync(client, 3);
+        byte[] received = new byte[3];
+        Assert.Equal(3, await connection.ReceiveAsync(received).WithTimeout());
+        await connection.SendAsync(received).WithTimeout();
+        Assert.Equal(3, await client.ReceiveAsync(new byte[8]).WithTimeout());
+        Assert.Equal(1, listener.ActiveConnections);
+        Assert.Null(connection.FinalResult);
+
+        // The stop afterwards closes it gracefully.
+        Task stop = listener.StopAsync(TimeSpan.FromSeconds(20));
+        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
+        client.Shutdown(SocketShutdown.Send);
+        await stop.WithTimeout();
+        Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+        Assert.Equal(0, listener.ActiveConnections);
+    }
+
+    [Fact]
     public async Task Start_BadArguments_AndPortInUse()
     {
         Assert.Throws<ArgumentNullException>(() => ManagedListener.Start(null!));

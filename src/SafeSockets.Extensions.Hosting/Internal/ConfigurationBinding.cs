@@ -54,7 +54,15 @@ internal sealed class ConfigurationBinding : IConfigureNamedOptions<HostedListen
 
     public void Configure(string? name, HostedListenerOptions options)
     {
-        if (_configuration is null || !string.Equals(name, _name, StringComparison.Ordinal))
+        if (!string.Equals(name, _name, StringComparison.Ordinal))
+        {
+            return;
+        }
+
+        // The code's configure ran before: bind into a copy of what it set, never into its objects (several listeners
+        // given one ManagedConnectionOptions would otherwise get each other's configuration).
+        options.Listener = OptionsCopy.Of(options.Listener);
+        if (_configuration is null)
         {
             return;
         }
@@ -153,16 +161,26 @@ internal sealed class ConfigurationBinding : IConfigureNamedOptions<HostedListen
 
     private static string Known<T>(Dictionary<string, Action<T, string>> keys) => string.Join(", ", keys.Keys);
 
+    private const string TimeSpanFormat = "write hh:mm:ss such as \"00:00:30\" (d.hh:mm:ss for days, hh:mm:ss.fff for fractions), or \"Infinite\" where allowed.";
+
+    /// <summary>Exactly <c>[d.]hh:mm:ss[.fffffff]</c> (TimeSpan's invariant "c" format, hours, minutes and seconds all
+    /// written), or the word <c>Infinite</c>. TimeSpan.Parse would take "5" as five days and "-00:00:00.001" as
+    /// <see cref="Timeout.InfiniteTimeSpan"/> (minus one millisecond); neither is what anyone writing them meant.</summary>
     private static TimeSpan ParseTimeSpan(string value)
     {
-        if (string.Equals(value.Trim(), "Infinite", StringComparison.OrdinalIgnoreCase))
+        string text = value.Trim();
+        if (string.Equals(text, "Infinite", StringComparison.OrdinalIgnoreCase))
         {
             return Timeout.InfiniteTimeSpan;
         }
 
-        return TimeSpan.TryParse(value, CultureInfo.InvariantCulture, out TimeSpan parsed)
-            ? parsed
-            : throw new FormatException("is not a time span: write hh:mm:ss such as \"00:00:05\" (d.hh:mm:ss for days), or \"Infinite\" where allowed.");
+        // Hours, minutes and seconds all written (two ':'), else "c" would still read "5" as days and "1:30" as hh:mm.
+        if (text.Count(c => c == ':') != 2 || !TimeSpan.TryParseExact(text, "c", CultureInfo.InvariantCulture, out TimeSpan parsed))
+        {
+            throw new FormatException("is not a time span: " + TimeSpanFormat);
+        }
+
+        return parsed < TimeSpan.Zero ? throw new FormatException("is negative: " + TimeSpanFormat) : parsed;
     }
 
     private static int ParseInt(string value) =>

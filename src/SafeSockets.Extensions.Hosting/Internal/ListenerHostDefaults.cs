@@ -23,6 +23,8 @@ internal sealed class ListenerHostDefaults : IPostConfigureOptions<HostedListene
 
     public void PostConfigure(string? name, HostedListenerOptions options)
     {
+        // A copy again: a configure the code registered after AddManagedListener may have set objects of its own.
+        options.Listener = OptionsCopy.Of(options.Listener);
         ManagedConnectionOptions connection = options.Listener.Connection;
         if (_loggerFactory is not null && ReferenceEquals(connection.Logger, NullLogger.Instance))
         {

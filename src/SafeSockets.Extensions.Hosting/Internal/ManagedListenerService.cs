@@ -1,4 +1,6 @@
+using System.Collections.Concurrent;
 using System.Net;
+using System.Net.Sockets;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -7,9 +9,10 @@ using Microsoft.Extensions.Options;
 namespace SafeSockets.Extensions.Hosting.Internal;
 
 /// <summary>One hosted listener: starts it with the host, runs each accepted connection through a handler from a scope of
-/// its own and closes it gracefully, and on the host's stop closes every connection gracefully within the host's shutdown
-/// timeout (the stop's token), aborting only those still open when it ends.</summary>
-internal sealed class ManagedListenerService : IHostedService, IDisposable
+/// its own and closes it gracefully when the handler returns. On the host's stop, as Kestrel: no more accepts, the
+/// handlers' <c>stopping</c> token is cancelled and each handler finishes and returns (its connection then closed
+/// gracefully); the connections still open when the host's shutdown timeout (the stop's token) ends are aborted.</summary>
+internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDisposable, IDisposable
 {
     private static readonly TimeSpan s_acceptBackoff = TimeSpan.FromMilliseconds(100);
 
@@ -18,15 +21,27 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
     private readonly IOptionsMonitor<HostedListenerOptions> _options;
     private readonly ILogger _logger;
 
-    // Cancelled when the host starts to stop: the handlers' `stopping` token.
+    // Cancelled when the host starts to stop: the handlers' `stopping` token. Disposed only once every handler has ended
+    // (a handler still running at the deadline may still register on its token); the token is taken once, here.
     private readonly CancellationTokenSource _stopping = new();
+    private readonly CancellationToken _stoppingToken;
 
     // Handlers running, plus one for the accept loop; the one that brings it to zero completes _handlersDone.
     private long _running = 1;
     private readonly TaskCompletionSource _handlersDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    // The connections whose handlers have not returned yet: aborted when the host's shutdown timeout ends.
+    private readonly ConcurrentDictionary<ManagedConnection, byte> _handled = new(ReferenceEqualityComparer.Instance);
+
     private ManagedListener? _listener;
     private Task? _acceptLoop;
+
+    // The first step of the stop (no more accepts, 'stopping' cancelled): taken once, by StoppingAsync or StopAsync.
+    private Task? _stopBegun;
+    private int _disposed;
+
+    // The connections open when the stop began (accepting over): how they ended is event 103's count.
+    private ManagedConnection[] _openAtStop = [];
 
     public ManagedListenerService(string name, Type handlerType, IServiceScopeFactory scopes, IOptionsMonitor<HostedListenerOptions> options, ILoggerFactory? loggerFactory)
     {
@@ -35,6 +50,7 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
         _scopes = scopes;
         _options = options;
         _logger = loggerFactory?.CreateLogger(ListenerHostDefaults.LoggerCategory) ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
+        _stoppingToken = _stopping.Token;
     }
 
     /// <summary>The listener's name (its options' name and configuration section).</summary>
@@ -43,46 +59,187 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
     /// <summary>Where the listener listens once started (the port chosen, for port 0); null before.</summary>
     public EndPoint? LocalEndPoint => _listener?.LocalEndPoint;
 
-    public Task StartAsync(CancellationToken cancellationToken)
+    /// <summary>Completes when the accept loop and every handler have ended (each handler's connection closed).</summary>
+    internal Task HandlersCompleted => _handlersDone.Task;
+
+    public async Task StartAsync(CancellationToken cancellationToken)
     {
         HostedListenerOptions options = _options.Get(Name);
-        _listener = ManagedListener.Start(options.EndPoint!, options.Listener);
+
+        // One handler made now, in a scope of its own: a missing dependency fails the start, not every connection.
+        try
+        {
+            AsyncServiceScope scope = _scopes.CreateAsyncScope();
+            await using (scope.ConfigureAwait(false))
+            {
+                _ = scope.ServiceProvider.GetRequiredService(_handlerType);
+            }
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or ArgumentException)
+        {
+            throw new InvalidOperationException($"SafeSockets listener '{Name}' cannot make its handler {_handlerType.FullName}: {ex.Message}", ex);
+        }
+
+        EndPoint endPoint = options.EndPoint!;
+        try
+        {
+            _listener = ManagedListener.Start(endPoint, options.Listener);
+        }
+        catch (Exception ex) when (ex is SocketException or IOException or ArgumentException)
+        {
+            // With several listeners, a bare "Address already in use" does not say whose, nor where to change it.
+            throw new InvalidOperationException(
+                $"SafeSockets listener '{Name}' could not listen on {endPoint} (configuration key {ConfigurationBinding.SectionPath(Name)}:EndPoint): {ex.Message}", ex);
+        }
+
         Log.Listening(_logger, Name, _listener.LocalEndPoint.ToString() ?? "?");
         _acceptLoop = AcceptLoopAsync(_listener);
-        return Task.CompletedTask;
     }
+
+    public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StartedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>The first step of the stop, which the host runs for every hosted service before any <see cref="StopAsync"/>:
+    /// every hosted listener stops accepting and tells its handlers to finish at the same moment, so none goes on
+    /// accepting while another drains, and all share the whole shutdown timeout.</summary>
+    public Task StoppingAsync(CancellationToken cancellationToken) => BeginStopAsync();
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
-        if (_listener is null)
+        if (_listener is null || Volatile.Read(ref _disposed) != 0)
         {
-            return;
-        }
-
-        Log.Stopping(_logger, Name);
-        await _stopping.CancelAsync().ConfigureAwait(false);
-
-        // Graceful for as long as the host allows: its token is cancelled at HostOptions.ShutdownTimeout, and then the
-        // listener aborts the connections still open. Either way the stop completes once every connection is released.
-        await _listener.StopAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
-        if (_acceptLoop is not null)
-        {
-            await _acceptLoop.ConfigureAwait(false);
+            return; // never started, or disposed (which stopped it)
         }
 
         try
         {
-            await _handlersDone.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            Log.HandlersStillRunning(_logger, Name, Volatile.Read(ref _running));
-        }
+            // Done already when the host called StoppingAsync; not when the service is stopped on its own.
+            await BeginStopAsync().ConfigureAwait(false);
+            if (_acceptLoop is not null)
+            {
+                await _acceptLoop.ConfigureAwait(false);
+            }
 
-        Log.Stopped(_logger, Name);
+            try
+            {
+                await _handlersDone.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // The host's shutdown timeout ended: the connections of the handlers still running are aborted (RST, no
+                // FIN first: the handler never finished with it), and their reads and writes fail.
+                Log.HandlersStillRunning(_logger, Name, Volatile.Read(ref _running));
+                foreach (ManagedConnection connection in _handled.Keys)
+                {
+                    connection.Abort();
+                }
+            }
+        }
+        finally
+        {
+            // Whatever happened above: every handler has returned and closed its connection, or the host's shutdown
+            // timeout (the token) has ended and the listener aborts the connections still open (closing ones). The stop
+            // completes once every one is released.
+            await _listener.StopAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
+            LogStopped(_openAtStop);
+        }
     }
 
-    public void Dispose() => _stopping.Dispose();
+    public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>Event 103 with how the connections open at the stop ended (all released: the listener's stop is over).</summary>
+    private void LogStopped(ManagedConnection[] open)
+    {
+        int graceful = 0, aborted = 0;
+        foreach (ManagedConnection connection in open)
+        {
+            if (connection.Completion.IsCompletedSuccessfully)
+            {
+                CloseOutcome outcome = connection.Completion.Result.Outcome;
+                graceful += outcome == CloseOutcome.Graceful ? 1 : 0;
+                aborted += outcome == CloseOutcome.Aborted ? 1 : 0;
+            }
+        }
+
+        Log.Stopped(_logger, Name, graceful, aborted, open.Length - graceful - aborted);
+    }
+
+    /// <summary>Stops what a stop did not: after a failed start (this or another service's) or when the host is disposed
+    /// without a stop, nothing may go on accepting on a disposed service provider. No more accepts, the open connections
+    /// are aborted (there is no deadline left to wait for), and the handlers' <c>stopping</c> token is cancelled. After a
+    /// completed stop there is nothing left to do.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        if (_listener is not null)
+        {
+            _listener.StopAccepting();
+            foreach (ManagedConnection connection in _handled.Keys)
+            {
+                connection.Abort();
+            }
+
+            await _listener.StopAsync(TimeSpan.Zero).ConfigureAwait(false);
+            await BeginStopAsync().ConfigureAwait(false);
+        }
+
+        if (_handlersDone.Task.IsCompleted || _listener is null)
+        {
+            _stopping.Dispose();
+        }
+    }
+
+    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
+
+    private Task BeginStopAsync()
+    {
+        if (_listener is null)
+        {
+            return Task.CompletedTask;
+        }
+
+        var begun = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        if (Interlocked.CompareExchange(ref _stopBegun, begun.Task, null) is { } running)
+        {
+            return running;
+        }
+
+        _ = BeginStopCoreAsync(_listener, begun);
+        return begun.Task;
+    }
+
+    private async Task BeginStopCoreAsync(ManagedListener listener, TaskCompletionSource begun)
+    {
+        // As Kestrel: no more accepts (a new connection is refused), and every handler is told to finish; each one's
+        // connection stays its own until it returns, and is then closed gracefully (RunAsync).
+        Log.Stopping(_logger, Name);
+        listener.StopAccepting();
+        try
+        {
+            await _stopping.CancelAsync().ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // A callback the application registered on 'stopping' threw (every callback still ran): logged, and the stop goes on.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            Log.StoppingCallbackFailed(_logger, Name, ex);
+        }
+        finally
+        {
+            if (_acceptLoop is not null)
+            {
+                await _acceptLoop.ConfigureAwait(false); // ends at once: its accept fails now
+            }
+
+            _openAtStop = [.. _handled.Keys];
+            begun.TrySetResult();
+        }
+    }
 
     private async Task AcceptLoopAsync(ManagedListener listener)
     {
@@ -109,6 +266,7 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
                 }
 
                 Interlocked.Increment(ref _running);
+                _handled.TryAdd(connection, 0);
 
                 // Off the accept loop: a handler that blocks before its first await must not hold up the next accept.
                 ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Service.RunAsync(s.Connection), (Service: this, Connection: connection), preferLocal: false);
@@ -128,16 +286,17 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
             await using (scope.ConfigureAwait(false))
             {
                 var handler = (IConnectionHandler)scope.ServiceProvider.GetRequiredService(_handlerType);
-                await handler.HandleAsync(connection, _stopping.Token).ConfigureAwait(false);
+                await handler.HandleAsync(connection, _stoppingToken).ConfigureAwait(false);
             }
-        }
-        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
-        {
-            // The handler saw the stop.
         }
         catch (Exception ex) when (ex is ConnectionResetException or PeerUnreachableException)
         {
             Log.PeerGone(_logger, Name, connection.RemoteEndPoint?.ToString(), ex.GetType().Name);
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException && _stoppingToken.IsCancellationRequested)
+        {
+            // The handler saw the stop (its token), or still ran when the shutdown timeout aborted its connection.
+            Log.HandlerEndedByStop(_logger, Name, connection.RemoteEndPoint?.ToString(), ex.GetType().Name);
         }
 #pragma warning disable CA1031 // An exception nobody expected is logged at Error; the connection is still closed below.
         catch (Exception ex)
@@ -159,6 +318,7 @@ internal sealed class ManagedListenerService : IHostedService, IDisposable
         }
         finally
         {
+            _handled.TryRemove(connection, out _);
             HandlerDone();
         }
     }
