@@ -51,7 +51,7 @@ internal static class HotPathCommand
             return 2;
         }
 
-        bool netns = settings.NetworkNamespace && CanUnshare();
+        bool netns = settings.NetworkNamespace && ChildRuns.CanUnshare();
         Console.WriteLine($"hotpath: {string.Join(", ", settings.Ends)}; {settings.Shape}, {settings.Concurrency} in flight, {settings.Ports} ports, "
             + $"{settings.Cycles:N0} cycles a run after {Settings.Warmup:N0} warm-up, {settings.Pairs} alternating runs each, "
             + (netns ? "each run a fresh process in a fresh network namespace" : "each run a fresh process (shared network namespace)")
@@ -122,65 +122,20 @@ internal static class HotPathCommand
         return sorted.Length == 0 ? double.NaN : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
     }
 
-    private static bool CanUnshare()
-    {
-        try
-        {
-            using Process? probe = Process.Start(new ProcessStartInfo("unshare", ["-n", "--", "ip", "link", "set", "lo", "up"])
-            {
-                RedirectStandardError = true,
-                RedirectStandardOutput = true,
-            });
-            if (probe is null || !probe.WaitForExit(10_000))
-            {
-                return false;
-            }
-
-            return probe.ExitCode == 0;
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            return false;
-        }
-    }
-
     private static async Task<RunResult?> RunChildAsync(string ends, Settings settings, bool netns)
     {
-        string self = Environment.ProcessPath ?? "dotnet";
-        string assembly = typeof(HotPathCommand).Assembly.Location;
-        List<string> child = [self, assembly, "hotpath-run", "--ends", ends, "--shape", settings.Shape, "--concurrency", settings.Concurrency.ToString(CultureInfo.InvariantCulture),
-            "--cycles", settings.Cycles.ToString(CultureInfo.InvariantCulture), "--ports", settings.Ports.ToString(CultureInfo.InvariantCulture)];
-        ProcessStartInfo start = netns
-            ? new ProcessStartInfo("unshare", ["-n", "--", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh", .. child])
-            : new ProcessStartInfo(child[0], child.Skip(1));
-        start.RedirectStandardOutput = true;
-        start.RedirectStandardError = true;
-        using Process process = Process.Start(start) ?? throw new InvalidOperationException("could not start the child run");
-        Task<string> output = process.StandardOutput.ReadToEndAsync();
-        Task<string> error = process.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
-        try
+        string? stdout = await ChildRuns.RunAsync(
+            ["hotpath-run", "--ends", ends, "--shape", settings.Shape, "--concurrency", ChildRuns.Invariant(settings.Concurrency),
+                "--cycles", ChildRuns.Invariant(settings.Cycles), "--ports", ChildRuns.Invariant(settings.Ports)],
+            netns, TimeSpan.FromMinutes(5), $"hotpath: the {ends} run");
+        string[]? result = stdout is null ? null : ChildRuns.Results(stdout).LastOrDefault();
+        if (stdout is not null && result is null)
         {
-            await process.WaitForExitAsync(timeout.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            Console.Error.WriteLine($"hotpath: the {ends} run did not finish within 5 minutes; killed.");
-            return null;
-        }
-
-        string stdout = await output;
-        string? line = stdout.Split('\n').LastOrDefault(l => l.StartsWith("result ", StringComparison.Ordinal));
-        if (process.ExitCode != 0 || line is null)
-        {
-            Console.Error.WriteLine($"hotpath: the {ends} run failed (exit code {process.ExitCode}):");
+            Console.Error.WriteLine($"hotpath: the {ends} run printed no result:");
             Console.Error.WriteLine(stdout);
-            Console.Error.WriteLine(await error);
-            return null;
         }
 
-        return RunResult.Parse(line);
+        return result is null ? null : RunResult.Parse(string.Join(' ', result));
     }
 
     /// <summary>One measured run in this process (the child side of <see cref="RunAsync"/>).</summary>
@@ -282,14 +237,8 @@ internal static class HotPathCommand
             string[] known = ["raw", "managed", "server", "client", "harness"];
             for (int i = 0; i < args.Length; i++)
             {
-                string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
-                int Positive(string name)
-                {
-                    string raw = Value();
-                    return int.TryParse(raw, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n > 0
-                        ? n
-                        : throw new ArgumentException($"{name} must be a positive whole number; got '{raw}'.");
-                }
+                string Value() => OptionValues.Next(args, ref i);
+                int Positive(string name) => OptionValues.NextPositive(args, ref i, name);
 
                 switch (args[i])
                 {

@@ -56,7 +56,7 @@ internal static partial class ProxyCommand
             return 2;
         }
 
-        if (!CanUnshare())
+        if (!ChildRuns.CanUnshare())
         {
             Console.Error.WriteLine("proxy: needs a private network namespace (`unshare -n`, as root, with iproute2's `ip`): every round runs in one.");
             return 2;
@@ -174,59 +174,28 @@ internal static partial class ProxyCommand
         }
     }
 
-    private static bool CanUnshare()
-    {
-        try
-        {
-            using Process? probe = Process.Start(new ProcessStartInfo("unshare", ["-n", "--", "ip", "link", "set", "lo", "up"]) { RedirectStandardError = true });
-            return probe is not null && probe.WaitForExit(10_000) && probe.ExitCode == 0;
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            return false;
-        }
-    }
-
     private static async Task<Dictionary<string, ProxyResult>?> RunRoundChildAsync(int requests, int concurrency)
     {
-        string self = Environment.ProcessPath ?? "dotnet";
-        List<string> child = [self, typeof(ProxyCommand).Assembly.Location, "proxy-run", "--requests", requests.ToString(CultureInfo.InvariantCulture),
-            "--concurrency", concurrency.ToString(CultureInfo.InvariantCulture)];
-        var start = new ProcessStartInfo("unshare", ["-n", "--", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh", .. child])
+        string? stdout = await ChildRuns.RunAsync(
+            ["proxy-run", "--requests", ChildRuns.Invariant(requests), "--concurrency", ChildRuns.Invariant(concurrency)],
+            networkNamespace: true, TimeSpan.FromMinutes(10), "proxy: a round");
+        if (stdout is null)
         {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-        };
-        using Process process = Process.Start(start) ?? throw new InvalidOperationException("could not start a round");
-        Task<string> output = process.StandardOutput.ReadToEndAsync();
-        Task<string> error = process.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(10));
-        try
-        {
-            await process.WaitForExitAsync(timeout.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            Console.Error.WriteLine("proxy: a round did not finish within 10 minutes; killed.");
             return null;
         }
 
-        string stdout = await output;
         var results = new Dictionary<string, ProxyResult>();
-        foreach (string line in stdout.Split('\n').Where(l => l.StartsWith("result ", StringComparison.Ordinal)))
+        foreach (string[] f in ChildRuns.Results(stdout))
         {
-            string[] f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
             results[f[1]] = new ProxyResult(double.Parse(f[2], CultureInfo.InvariantCulture), double.Parse(f[3], CultureInfo.InvariantCulture),
                 int.Parse(f[4], CultureInfo.InvariantCulture), int.Parse(f[5], CultureInfo.InvariantCulture), int.Parse(f[6], CultureInfo.InvariantCulture),
                 long.Parse(f[7], CultureInfo.InvariantCulture));
         }
 
-        if (process.ExitCode != 0 || results.Count != Proxies.Length)
+        if (results.Count != Proxies.Length)
         {
-            Console.Error.WriteLine($"proxy: a round failed (exit code {process.ExitCode}):");
+            Console.Error.WriteLine($"proxy: a round reported {results.Count} of {Proxies.Length} proxies:");
             Console.Error.WriteLine(stdout);
-            Console.Error.WriteLine(await error);
             return null;
         }
 

@@ -312,14 +312,8 @@ internal static class TeardownCommand
             var settings = new Settings();
             for (int i = 0; i < args.Length; i++)
             {
-                string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
-                int Positive(string name)
-                {
-                    string raw = Value();
-                    return int.TryParse(raw, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n > 0
-                        ? n
-                        : throw new ArgumentException($"{name} must be a positive whole number; got '{raw}'.");
-                }
+                string Value() => OptionValues.Next(args, ref i);
+                int Positive(string name) => OptionValues.NextPositive(args, ref i, name);
 
                 switch (args[i])
                 {
