@@ -314,7 +314,9 @@ public sealed class ManagedListener : IAsyncDisposable
 
     private async Task StopCoreAsync(TimeSpan gracePeriod, CancellationToken cancellationToken)
     {
-        await Task.Yield();
+        // Off the caller's thread, and never through its SynchronizationContext (Task.Yield would post there): a caller
+        // that blocks on the stop (a host disposed on a UI thread) must not wait for its own thread.
+        await Task.CompletedTask.ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         ManagedConnection[] live = Snapshot();
         CheckAllReleased();
         foreach (ManagedConnection connection in live)

@@ -41,7 +41,7 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
     private int _disposed;
 
     // The connections open when the stop began (accepting over): how they ended is event 103's count.
-    private ManagedConnection[] _openAtStop = [];
+    private ManagedConnection[]? _openAtStop;
 
     public ManagedListenerService(string name, Type handlerType, IServiceScopeFactory scopes, IOptionsMonitor<HostedListenerOptions> options, ILoggerFactory? loggerFactory)
     {
@@ -103,7 +103,14 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
     /// <summary>The first step of the stop, which the host runs for every hosted service before any <see cref="StopAsync"/>:
     /// every hosted listener stops accepting and tells its handlers to finish at the same moment, so none goes on
     /// accepting while another drains, and all share the whole shutdown timeout.</summary>
-    public Task StoppingAsync(CancellationToken cancellationToken) => BeginStopAsync();
+    /// <remarks>It only starts that and returns: the host runs these one service at a time, and a slow <c>stopping</c>
+    /// callback of one listener's handlers must not keep the next listener accepting, nor eat the shutdown timeout
+    /// before any <see cref="StopAsync"/> can abort.</remarks>
+    public Task StoppingAsync(CancellationToken cancellationToken)
+    {
+        _ = BeginStopAsync();
+        return Task.CompletedTask;
+    }
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
@@ -114,26 +121,19 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
 
         try
         {
-            // Done already when the host called StoppingAsync; not when the service is stopped on its own.
-            await BeginStopAsync().ConfigureAwait(false);
-            if (_acceptLoop is not null)
+            // Begun already when the host called StoppingAsync; not when the service is stopped on its own. Both waits
+            // are bounded by the host's shutdown timeout (a slow 'stopping' callback, a handler that never returns).
+            await BeginStopAsync().WaitAsync(cancellationToken).ConfigureAwait(false);
+            await _handlersDone.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // The host's shutdown timeout ended: the connections of the handlers still running are aborted (RST, no
+            // FIN first: the handler never finished with it), and their reads and writes fail.
+            Log.HandlersStillRunning(_logger, Name, Volatile.Read(ref _running));
+            foreach (ManagedConnection connection in _handled.Keys)
             {
-                await _acceptLoop.ConfigureAwait(false);
-            }
-
-            try
-            {
-                await _handlersDone.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-                // The host's shutdown timeout ended: the connections of the handlers still running are aborted (RST, no
-                // FIN first: the handler never finished with it), and their reads and writes fail.
-                Log.HandlersStillRunning(_logger, Name, Volatile.Read(ref _running));
-                foreach (ManagedConnection connection in _handled.Keys)
-                {
-                    connection.Abort();
-                }
+                connection.Abort();
             }
         }
         finally
@@ -142,7 +142,7 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
             // timeout (the token) has ended and the listener aborts the connections still open (closing ones). The stop
             // completes once every one is released.
             await _listener.StopAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
-            LogStopped(_openAtStop);
+            LogStopped(Volatile.Read(ref _openAtStop) ?? [.. _handled.Keys]);
         }
     }
 
@@ -178,14 +178,16 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
 
         if (_listener is not null)
         {
-            _listener.StopAccepting();
+            // No more accepts, and the handlers' token cancelled before their connections are aborted: what a handler
+            // then sees is the stop's doing (logged at Debug), not a failure.
+            Task begun = BeginStopAsync();
             foreach (ManagedConnection connection in _handled.Keys)
             {
                 connection.Abort();
             }
 
             await _listener.StopAsync(TimeSpan.Zero).ConfigureAwait(false);
-            await BeginStopAsync().ConfigureAwait(false);
+            await begun.ConfigureAwait(false);
         }
 
         if (_handlersDone.Task.IsCompleted || _listener is null)
@@ -215,29 +217,40 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
 
     private async Task BeginStopCoreAsync(ManagedListener listener, TaskCompletionSource begun)
     {
-        // As Kestrel: no more accepts (a new connection is refused), and every handler is told to finish; each one's
-        // connection stays its own until it returns, and is then closed gracefully (RunAsync).
-        Log.Stopping(_logger, Name);
-        listener.StopAccepting();
+        // Whatever throws here (a logging provider, a callback), the stop's waiters are released: never a hang.
         try
         {
-            await _stopping.CancelAsync().ConfigureAwait(false);
-        }
+            // As Kestrel: no more accepts (a new connection is refused), and every handler is told to finish; each one's
+            // connection stays its own until it returns, and is then closed gracefully (RunAsync). The token is cancelled
+            // at once; its callbacks run on the pool.
+            listener.StopAccepting();
+            Task cancelling = _stopping.CancelAsync();
+            Log.Stopping(_logger, Name);
+            try
+            {
+                await cancelling.ConfigureAwait(false);
+            }
 #pragma warning disable CA1031 // A callback the application registered on 'stopping' threw (every callback still ran): logged, and the stop goes on.
-        catch (Exception ex)
+            catch (Exception ex)
 #pragma warning restore CA1031
-        {
-            Log.StoppingCallbackFailed(_logger, Name, ex);
+            {
+                Log.StoppingCallbackFailed(_logger, Name, ex);
+            }
         }
         finally
         {
-            if (_acceptLoop is not null)
+            try
             {
-                await _acceptLoop.ConfigureAwait(false); // ends at once: its accept fails now
+                if (_acceptLoop is not null)
+                {
+                    await _acceptLoop.ConfigureAwait(false); // ends at once: its accept fails now
+                }
             }
-
-            _openAtStop = [.. _handled.Keys];
-            begun.TrySetResult();
+            finally
+            {
+                Volatile.Write(ref _openAtStop, [.. _handled.Keys]);
+                begun.TrySetResult();
+            }
         }
     }
 
@@ -282,6 +295,34 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
     {
         try
         {
+            await HandleOneAsync(connection).ConfigureAwait(false);
+        }
+        finally
+        {
+            // Even if logging failed above: the connection is closed and counted, or every later stop would wait for it.
+            try
+            {
+                // Bounded by the connection's drain bounds, and by the listener's abort at the host's shutdown deadline.
+                await connection.CloseAsync().ConfigureAwait(false);
+            }
+#pragma warning disable CA1031 // The close does not throw for the peer's behaviour; anything else is logged, never lost.
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                Log.HandlerFailed(_logger, Name, connection.RemoteEndPoint?.ToString(), ex);
+            }
+            finally
+            {
+                _handled.TryRemove(connection, out _);
+                HandlerDone();
+            }
+        }
+    }
+
+    private async Task HandleOneAsync(ManagedConnection connection)
+    {
+        try
+        {
             AsyncServiceScope scope = _scopes.CreateAsyncScope();
             await using (scope.ConfigureAwait(false))
             {
@@ -303,23 +344,6 @@ internal sealed class ManagedListenerService : IHostedLifecycleService, IAsyncDi
 #pragma warning restore CA1031
         {
             Log.HandlerFailed(_logger, Name, connection.RemoteEndPoint?.ToString(), ex);
-        }
-
-        try
-        {
-            // Bounded by the connection's drain bounds, and by the listener's abort at the host's shutdown deadline.
-            await connection.CloseAsync().ConfigureAwait(false);
-        }
-#pragma warning disable CA1031 // The close does not throw for the peer's behaviour; anything else is logged, never lost.
-        catch (Exception ex)
-#pragma warning restore CA1031
-        {
-            Log.HandlerFailed(_logger, Name, connection.RemoteEndPoint?.ToString(), ex);
-        }
-        finally
-        {
-            _handled.TryRemove(connection, out _);
-            HandlerDone();
         }
     }
 
