@@ -29,7 +29,12 @@ internal static class ChildRuns
     /// standard output, or <see langword="null"/> (after saying why on standard error) if it failed or ran too long.</summary>
     public static async Task<string?> RunAsync(IEnumerable<string> arguments, bool networkNamespace, TimeSpan timeout, string what)
     {
-        List<string> child = [Environment.ProcessPath ?? "dotnet", typeof(ChildRuns).Assembly.Location, .. arguments];
+        // Started as `dotnet SafeSockets.Benchmarks.dll` the host is dotnet and needs the assembly; started through the
+        // apphost (`dotnet run`, or ./SafeSockets.Benchmarks) the process itself is the program.
+        string self = Environment.ProcessPath ?? "dotnet";
+        List<string> child = Path.GetFileNameWithoutExtension(self) == "dotnet"
+            ? [self, typeof(ChildRuns).Assembly.Location, .. arguments]
+            : [self, .. arguments];
         ProcessStartInfo start = networkNamespace
             ? new ProcessStartInfo("unshare", ["-n", "--", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh", .. child])
             : new ProcessStartInfo(child[0], child.Skip(1));
