@@ -227,7 +227,9 @@ public sealed partial class ManagedConnection
                         first = false;
                         if (wait.IsCompleted)
                         {
-                            await Task.Yield();
+                            // To the thread pool, never to the creator's synchronization context (Task.Yield would post
+                            // there: on a blocked UI thread the loop would never go on).
+                            await Task.CompletedTask.ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
                         }
                     }
 
