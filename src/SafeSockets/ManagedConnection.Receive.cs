@@ -19,6 +19,9 @@ public sealed partial class ManagedConnection
     private readonly bool _inputPooled;
     private readonly ValueTask<LoopExit> _receiveLoop;
 
+    // Set once the constructor has stored _receiveLoop (the loop itself may already be running on another thread).
+    private bool _receiveLoopStored;
+
     // How a drain bound stops the loop's pending read without disposing the socket under it (which would reset):
     // on Linux and macOS, shutdown(SHUT_RD) wakes the read with 0 and sends nothing to the peer; reads then need no
     // cancellation token, and a token costs three allocations per pending read in the runtime. Windows does not wake
@@ -219,8 +222,9 @@ public sealed partial class ManagedConnection
                 if (waitForData)
                 {
                     // The loop starts in the constructor: the first wait is issued there, and the constructor returns once it
-                    // is pending. If bytes (or the FIN, or an error) were already there, the loop first yields, so that no
-                    // teardown can start before the constructor has returned.
+                    // is pending. If bytes (or the FIN, or an error) were already there, the loop first yields, so that it
+                    // does not handle them on the constructor's thread (a teardown that begins before the constructor has
+                    // stored the loop's task waits for that store: _receiveLoopStored).
                     ValueTask<int> wait = ReceiveOnceAsync(_socket, receiveArgs, Memory<byte>.Empty, token);
                     if (first)
                     {

@@ -219,7 +219,14 @@ public sealed partial class ManagedConnection
                 await WaitBoundedAsync(sendsDone, clock.GetTimestamp() + _settings.ToTicks(s_stuckSendGrace), CancellationToken.None).ConfigureAwait(false);
             }
 
-            // 3. Drain: the receive loop reads and discards until the peer's FIN, within the bounds.
+            // 3. Drain: the receive loop reads and discards until the peer's FIN, within the bounds. A teardown can begin
+            // (a reset seen by the loop's first read, on another thread) while the constructor is still storing the
+            // loop's task: wait for the store, it is the constructor's last step.
+            for (SpinWait spin = default; !Volatile.Read(ref _receiveLoopStored);)
+            {
+                spin.SpinOnce();
+            }
+
             if (!_receiveLoop.IsCompleted)
             {
                 Volatile.Write(ref _drainActivity, clock.GetTimestamp());

@@ -96,6 +96,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
 #pragma warning disable CA2012
             _receiveLoop = ReceiveLoopAsync();
 #pragma warning restore CA2012
+            Volatile.Write(ref _receiveLoopStored, true);
         }
         finally
         {

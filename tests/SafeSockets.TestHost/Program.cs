@@ -7,9 +7,15 @@ using SafeSockets;
 // Run inside a private network namespace (`unshare -n`): brings the namespace's loopback up, connects a ManagedConnection
 // to a raw peer on it, then takes the loopback link down so the peer vanishes without FIN or RST, and reports what the
 // connection did. One line per fact, "key=value"; exit code 0 when the run itself worked (the test judges the facts).
+if (args is ["blocking-reader"])
+{
+    return await BlockingReader.RunAsync();
+}
+
 if (args is not ["vanished-peer"])
 {
     Console.Error.WriteLine("usage: SafeSockets.TestHost vanished-peer   (inside `unshare -n`, as root)");
+    Console.Error.WriteLine("       SafeSockets.TestHost blocking-reader");
     return 2;
 }
 

@@ -147,3 +147,20 @@ public sealed class ReaderHandOffTests
         return pending;
     }
 }
+
+/// <summary>With DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 socket completions run on the runtime's event thread
+/// itself, not on the pool: a reader resumed there and then blocking would stop every connection that thread serves.
+/// The setting is read at start-up, so the scenario runs in a process of its own (tests/SafeSockets.TestHost).</summary>
+public sealed class ReaderHandOffInlineCompletionsTests
+{
+    [Fact]
+    public async Task WithInlineSocketCompletions_ABlockingReader_StopsNeitherOtherConnectionsNorItsFinDetection()
+    {
+        Dictionary<string, string> facts = await TestHostProcess.RunAsync(
+            ["blocking-reader"], environment: new Dictionary<string, string> { ["DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS"] = "1" });
+
+        Assert.Equal("1", facts["inlineCompletions"]);
+        Assert.Equal("6", facts["othersReceived"]);
+        Assert.Equal("True", facts["peerClosedWhileBlocked"]);
+    }
+}

@@ -1,4 +1,4 @@
-using System.Diagnostics;
+using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
 
@@ -15,39 +15,7 @@ public sealed class VanishedPeerTests
             return; // network namespaces are Linux's; CI runs on Linux as root and runs this test
         }
 
-        // The host program sits beside this test assembly's folder, built in the same configuration.
-        string host = AppContext.BaseDirectory.Replace("SafeSockets.Tests", "SafeSockets.TestHost", StringComparison.Ordinal);
-        string dll = Path.Combine(host, "SafeSockets.TestHost.dll");
-        Assert.True(File.Exists(dll), $"{dll} is missing (the test project builds it)");
-        string dotnet = Environment.ProcessPath is { } path && Path.GetFileNameWithoutExtension(path) == "dotnet" ? path : "dotnet";
-
-        var start = new ProcessStartInfo("unshare", ["-n", dotnet, dll, "vanished-peer"])
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        using Process process = Process.Start(start)!;
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(120));
-        Task<string> output = process.StandardOutput.ReadToEndAsync(timeout.Token);
-        Task<string> errors = process.StandardError.ReadToEndAsync(timeout.Token);
-        try
-        {
-            await process.WaitForExitAsync(timeout.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            throw;
-        }
-
-        string stdout = await output;
-        Assert.True(process.ExitCode == 0, $"the host failed ({process.ExitCode}); unshare needs root. stdout: {stdout} stderr: {await errors}");
-        Dictionary<string, string> facts = stdout
-            .Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-            .Select(line => line.Split('=', 2))
-            .Where(pair => pair.Length == 2)
-            .ToDictionary(pair => pair[0], pair => pair[1]);
+        Dictionary<string, string> facts = await TestHostProcess.RunAsync(["vanished-peer"], unshare: true);
 
         Assert.Equal("1", facts["received"]);
         Assert.Equal(nameof(CloseOutcome.PeerUnreachable), facts["outcome"]);

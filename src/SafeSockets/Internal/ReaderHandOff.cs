@@ -101,8 +101,17 @@ internal static class ReaderHandOff
             _read.UnsafeOnCompleted(continuation);
 
             // The loop's state machine may already be running on another thread (its read completed): nothing of the
-            // loop is touched from here on.
-            caught.Run(owner, onError);
+            // loop is touched from here on. Only a pool thread runs the reader: with
+            // DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 the loop runs on the runtime's socket event thread itself,
+            // and a reader that blocked there would stop every connection that thread serves.
+            if (Thread.CurrentThread.IsThreadPoolThread)
+            {
+                caught.Run(owner, onError);
+            }
+            else
+            {
+                caught.Queue();
+            }
         }
     }
 
