@@ -198,8 +198,9 @@ public sealed partial class ManagedConnection
         bool dropArgs = false;
         try
         {
-            // Yield so the constructor returns before the first read is issued.
-            await Task.Yield();
+            // Yield so the constructor returns before the first read is issued; to the thread pool, never to the caller's
+            // synchronization context (on a blocked UI thread the loop would never start).
+            await Task.CompletedTask.ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
             bool discard = false;
             CancellationToken token = s_stopDrainWithShutdown ? default : _extras!.ReceiveCts!.Token;
 
