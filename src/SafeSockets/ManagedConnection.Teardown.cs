@@ -100,6 +100,7 @@ public sealed partial class ManagedConnection
                 _closeStart = _settings.TimeProvider.GetTimestamp();
                 try
                 {
+                    // Stryker disable once Statement : ReleaseSocket below cancels the deadline too; one that fires in between finds the teardown begun and returns
                     _settings.Deadlines.Cancel(this);
                     TakeInputForTeardown();
                     _sendGate.CloseForGood();
@@ -199,11 +200,13 @@ public sealed partial class ManagedConnection
         _closeStart = tls?.Start ?? clock.GetTimestamp();
         Interlocked.Add(ref _bytesDrained, tls?.Bytes ?? 0);
         LoopExit exit = LoopExit.Aborted;
+        // Stryker disable once Boolean : read only after step 1 assigns it, or after a fault (the outcome is then Faulted whatever it says)
         bool flushed = false;
         bool faulted = false;
         try
         {
             // 0. No more guard, no more reads by the application, no more sends.
+            // Stryker disable once Statement : the drain bound replaces the deadline and the release cancels it; a guard or idle bound that fires meanwhile finds the teardown begun and returns
             _settings.Deadlines.Cancel(this);
             TakeInputForTeardown();
             StopSendLoop();
@@ -234,6 +237,7 @@ public sealed partial class ManagedConnection
                 if (Volatile.Read(ref _drainStop) != (int)DrainStop.None || cancellationToken.IsCancellationRequested)
                 {
                     // Cut before it began (a cancelled close, the protocol above saw the peer's end, or the budget).
+                    // Stryker disable once Conditional : a drain stopped by a cancelled close and one stopped by a bound both end as DrainTimedOut; and when a reason was recorded earlier, it stays
                     StopDrain(cancellationToken.IsCancellationRequested ? DrainStop.Cancelled : DrainStop.Bound, force: true);
                 }
                 else
@@ -248,7 +252,9 @@ public sealed partial class ManagedConnection
         catch (Exception ex)
 #pragma warning restore CA1031
         {
+            // Stryker disable once all : a defensive catch-all; nothing above throws unless the library has a bug
             faulted = true;
+            // Stryker disable once all : as above
             Log.UnexpectedError(_settings.Logger, "teardown", RemoteEndPoint?.ToString(), ex);
         }
 
@@ -261,11 +267,14 @@ public sealed partial class ManagedConnection
         catch (Exception ex)
 #pragma warning restore CA1031
         {
+            // Stryker disable once all : a defensive catch-all; disposing a socket does not throw unless the library has a bug
             faulted = true;
+            // Stryker disable once all : as above
             Log.UnexpectedError(_settings.Logger, "teardown", RemoteEndPoint?.ToString(), ex);
         }
 
         // 5. Record: once; Completion and CloseAsync's first caller get this very result.
+        // Stryker disable once Conditional : faulted is set only by the two defensive catch-alls above
         CloseOutcome outcome = faulted ? CloseOutcome.Faulted : DecideOutcome(exit, flushed, tls?.Bound);
         CloseResult result = _lifecycle.Record(outcome, Interlocked.Read(ref _bytesDrained), clock.GetElapsedTime(_closeStart));
         Finish(result);
@@ -325,6 +334,7 @@ public sealed partial class ManagedConnection
 
         TimeProvider clock = _settings.TimeProvider;
         TimeSpan left = clock.GetElapsedTime(clock.GetTimestamp(), dueTimestamp);
+        // Stryker disable once Equality : with nothing left, WaitAsync below times out at once: false either way
         if (left <= TimeSpan.Zero)
         {
             return false;
@@ -507,6 +517,7 @@ public sealed partial class ManagedConnection
     /// exception is logged rather than lost.</summary>
     private void RunDetached(ValueTask<CloseResult> teardown)
     {
+        // Stryker disable once Block : observing a teardown that never throws (TeardownAsync catches everything): a defensive net for a library bug
         if (!teardown.IsCompleted)
         {
             _ = ObserveAsync(teardown);
@@ -521,12 +532,14 @@ public sealed partial class ManagedConnection
     {
         try
         {
+            // Stryker disable once Statement : observing a teardown that never throws: a defensive net for a library bug
             await teardown.ConfigureAwait(false);
         }
 #pragma warning disable CA1031 // Observed and logged: nothing may fault unobserved.
         catch (Exception ex)
 #pragma warning restore CA1031
         {
+            // Stryker disable once all : as above
             Log.UnexpectedError(_settings.Logger, "teardown", RemoteEndPoint?.ToString(), ex);
         }
     }
@@ -588,6 +601,7 @@ public sealed partial class ManagedConnection
         if (OperatingSystem.IsLinux() && !_lifecycle.SendShutdown && TcpConnectionInfo.Read(_socket) is { IsAvailable: true, State: TcpState.Close })
         {
             // Never on this thread: the deadline queue's one waiter must stay free for other connections.
+            // Stryker disable once Boolean : preferLocal only picks the pool's local or global queue (and a thread outside the pool has no local one); the work item runs either way
             ThreadPool.UnsafeQueueUserWorkItem(static s => s.OnPeerReset(), this, preferLocal: false);
             return;
         }
@@ -664,6 +678,7 @@ public sealed partial class ManagedConnection
         }
     }
 
+    // Stryker disable once Boolean : preferLocal only picks the pool's local or global queue; the work item runs either way
     private void QueueIdleClose() => ThreadPool.UnsafeQueueUserWorkItem(static s => s.RequestTeardown(CloseReason.IdleTimeout), this, preferLocal: true);
 
     /// <summary>A byte moved (received, or handed to the kernel): IdleTimeout counts from now. A branch when the bound is off.</summary>
@@ -698,6 +713,7 @@ public sealed partial class ManagedConnection
 
     /// <summary>The guard's close runs on the pool, never on the thread that noticed (the receive loop, or the deadline
     /// queue's one waiter thread, which stays free for other connections' deadlines however many come due at once).</summary>
+    // Stryker disable once Boolean : preferLocal only picks the pool's local or global queue; the work item runs either way
     private void QueueGuardClose() => ThreadPool.UnsafeQueueUserWorkItem(static s => s.RequestTeardown(CloseReason.CloseWaitTimeout), this, preferLocal: true);
 
     // ---- The drain's bounds ----

@@ -194,7 +194,9 @@ public sealed class DrainBeforeCloseTests
     [Fact]
     public async Task CloseAsync_Canceled_ReleasesSocketThenThrows()
     {
-        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync();
+        // Drain bounds far beyond the test's timeout: only the cancellation can end this drain.
+        var options = new ManagedConnectionOptions { DrainTimeout = TimeSpan.FromMinutes(10), DrainIdleTimeout = TimeSpan.FromMinutes(10) };
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
         using (client)
         {
             using var cts = new CancellationTokenSource();

@@ -34,6 +34,28 @@ public sealed class IdleTimeoutTests
     }
 
     [Fact]
+    public async Task AfterThePeersFin_TheGuardClosesAtExactlyIdleTimeout()
+    {
+        // After the peer's FIN the CLOSE_WAIT guard watches the idle bound too; it comes due on the very tick.
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions { TimeProvider = clock, IdleTimeout = TimeSpan.FromSeconds(1), CloseWaitTimeout = TimeSpan.FromMinutes(10) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            peer.Shutdown(SocketShutdown.Send);
+            await connection.PeerClosed.WhenCanceled().WithTimeout();
+            for (int i = 0; i < 4; i++)
+            {
+                clock.Advance(TimeSpan.FromMilliseconds(250));
+            }
+
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            CloseResult result = await connection.Completion.WithTimeout();
+            Assert.Equal(CloseOutcome.IdleTimedOut, result.Outcome);
+        }
+    }
+
+    [Fact]
     public async Task TrafficInEitherDirection_RestartsTheBound()
     {
         var clock = new FakeTimeProvider();

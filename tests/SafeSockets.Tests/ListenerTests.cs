@@ -116,6 +116,9 @@ public sealed class ListenerTests
 
         await stop.WithTimeout();
         Assert.True(clock.Elapsed >= grace - TimeSpan.FromMilliseconds(20), $"stopped after {clock.Elapsed}");
+
+        // The stop completes only once the aborted connection is released and no longer tracked.
+        Assert.Equal(0, listener.ActiveConnections);
         Assert.Equal(CloseOutcome.Aborted, (await stubbornConnection.Completion.WithTimeout()).Outcome);
 
         // The stop's log says what happened: one closed gracefully, one aborted at the deadline.
@@ -282,14 +285,36 @@ public sealed class ListenerTests
     }
 
     [Fact]
+    public async Task AcceptAsync_PendingWhenTheStopBegins_AndCalledAfterIt_ThrowsTheListenersObjectDisposed()
+    {
+        ManagedListener listener = StartLoopback();
+        Task<ManagedConnection> pending = listener.AcceptAsync().AsTask();
+        Assert.False(pending.IsCompleted, "nobody has connected");
+        await listener.StopAsync(TimeSpan.FromSeconds(5)).WithTimeout();
+
+        // Not the socket's own exception (the listening socket is disposed under the pending accept): the listener's.
+        foreach (Task<ManagedConnection> accept in new[] { pending, listener.AcceptAsync().AsTask() })
+        {
+            var ex = await Assert.ThrowsAsync<ObjectDisposedException>(() => accept.WithTimeout());
+            Assert.Equal(nameof(ManagedListener), ex.ObjectName);
+            Assert.Contains("The listener is stopped (StopAsync or DisposeAsync was called)", ex.Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
     public async Task Start_BadArguments_AndPortInUse()
     {
         Assert.Throws<ArgumentNullException>(() => ManagedListener.Start(null!));
-        Assert.Throws<ArgumentException>(() => ManagedListener.Start(new DnsEndPoint("localhost", 0)));
+        var notIp = Assert.Throws<ArgumentException>(() => ManagedListener.Start(new DnsEndPoint("localhost", 0)));
+        Assert.Equal("localEndPoint", notIp.ParamName);
+        Assert.Contains("needs an IPEndPoint", notIp.Message, StringComparison.Ordinal);
+        Assert.Contains("got DnsEndPoint", notIp.Message, StringComparison.Ordinal);
         await using ManagedListener listener = StartLoopback();
         var ex = Assert.Throws<SocketException>(() => ManagedListener.Start(listener.LocalEndPoint));
         Assert.Equal(SocketError.AddressAlreadyInUse, ex.SocketErrorCode);
-        Assert.Throws<ArgumentOutOfRangeException>(() => { _ = listener.StopAsync(TimeSpan.FromSeconds(-2)); });
+        var negative = Assert.Throws<ArgumentOutOfRangeException>(() => { _ = listener.StopAsync(TimeSpan.FromSeconds(-2)); });
+        Assert.Equal("gracePeriod", negative.ParamName);
+        Assert.Contains("must not be negative", negative.Message, StringComparison.Ordinal);
 
         var options = new ManagedListenerOptions();
         Assert.Throws<ArgumentOutOfRangeException>(() => options.Backlog = 0);
