@@ -297,7 +297,7 @@ public sealed class ListenerTests
         {
             var ex = await Assert.ThrowsAsync<ObjectDisposedException>(() => accept.WithTimeout());
             Assert.Equal(nameof(ManagedListener), ex.ObjectName);
-            Assert.Contains("The listener is stopped (StopAsync or DisposeAsync was called)", ex.Message, StringComparison.Ordinal);
+            Assert.Contains("The listener is stopped (StopAccepting, StopAsync or DisposeAsync was called)", ex.Message, StringComparison.Ordinal);
         }
     }
 
