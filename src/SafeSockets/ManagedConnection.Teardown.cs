@@ -274,7 +274,6 @@ public sealed partial class ManagedConnection
         }
 
         // 5. Record: once; Completion and CloseAsync's first caller get this very result.
-        // Stryker disable once Conditional : faulted is set only by the two defensive catch-alls above
         CloseOutcome outcome = faulted ? CloseOutcome.Faulted : DecideOutcome(exit, flushed, tls?.Bound);
         CloseResult result = _lifecycle.Record(outcome, Interlocked.Read(ref _bytesDrained), clock.GetElapsedTime(_closeStart));
         Finish(result);
@@ -334,7 +333,6 @@ public sealed partial class ManagedConnection
 
         TimeProvider clock = _settings.TimeProvider;
         TimeSpan left = clock.GetElapsedTime(clock.GetTimestamp(), dueTimestamp);
-        // Stryker disable once Equality : with nothing left, WaitAsync below times out at once: false either way
         if (left <= TimeSpan.Zero)
         {
             return false;

@@ -99,26 +99,20 @@ public sealed class SynchronizationContextTests
     [Fact]
     public async Task TlsCloseAsync_StartedOnABlockedContext_CompletesAndPostsNothing()
     {
-        var options = new ManagedConnectionOptions { DrainIdleTimeout = TimeSpan.FromMinutes(5), DrainTimeout = TimeSpan.FromMinutes(10) };
-        (Socket clientSocket, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
-        using (clientSocket)
-        {
-            (SslStream serverTlsStream, SslStream clientTlsStream) = await TestTls.HandshakeAsync(server, clientSocket);
-            await using SslStream serverTls = serverTlsStream;
-            await using SslStream clientTls = clientTlsStream;
+        await using TlsLoopback tls = await TestTls.OpenAsync(new ManagedConnectionOptions { DrainIdleTimeout = TimeSpan.FromMinutes(5), DrainTimeout = TimeSpan.FromMinutes(10) });
+        (ManagedConnection server, Socket clientSocket, SslStream serverTls, SslStream clientTls) = tls;
 
-            // The client's close_notify is already in the server's input when the close starts (no TCP FIN yet).
-            await clientTls.ShutdownAsync().WithTimeout();
-            Assert.Equal(0, await server.ReceiveAsync(Memory<byte>.Empty).WithTimeout());
+        // The client's close_notify is already in the server's input when the close starts (no TCP FIN yet).
+        await clientTls.ShutdownAsync().WithTimeout();
+        Assert.Equal(0, await server.ReceiveAsync(Memory<byte>.Empty).WithTimeout());
 
-            var context = new BlockedSynchronizationContext();
-            Task<CloseResult> close = context.Start(() => serverTls.CloseAsync(server).AsTask());
-            Assert.Equal(0, await clientTls.ReadAsync(new byte[16]).AsTask().WithTimeout());
+        var context = new BlockedSynchronizationContext();
+        Task<CloseResult> close = context.Start(() => serverTls.CloseAsync(server).AsTask());
+        Assert.Equal(0, await clientTls.ReadAsync(new byte[16]).AsTask().WithTimeout());
 
-            Assert.Equal(CloseOutcome.Graceful, (await close.WithTimeout()).Outcome);
-            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(clientSocket).WithTimeout()).End);
-            Assert.Equal(0, context.Posts);
-        }
+        Assert.Equal(CloseOutcome.Graceful, (await close.WithTimeout()).Outcome);
+        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(clientSocket).WithTimeout()).End);
+        Assert.Equal(0, context.Posts);
     }
 
     [Fact]

@@ -195,28 +195,23 @@ public sealed class TeardownOwnershipTests
     public async Task TlsClose_ResultCountsTheTlsPart_ItsDiscardedBytesAndItsTime()
     {
         var clock = new FakeTimeProvider();
-        (Socket clientSocket, ManagedConnection server) = await Loopback.CreateManagedServerAsync(LongDrainBounds(clock));
-        using (clientSocket)
-        {
-            (SslStream serverTlsStream, SslStream clientTlsStream) = await TestTls.HandshakeAsync(server, clientSocket);
-            await using SslStream serverTls = serverTlsStream;
-            await using SslStream clientTls = clientTlsStream;
+        await using TlsLoopback tls = await TestTls.OpenAsync(LongDrainBounds(clock));
+        (ManagedConnection server, Socket clientSocket, SslStream serverTls, SslStream clientTls) = tls;
 
-            // 100 bytes of application data the server never reads: the TLS close decrypts and discards them.
-            await clientTls.WriteAsync(Peer.Pattern(100)).AsTask().WithTimeout();
-            Task<CloseResult> close = serverTls.CloseAsync(server).AsTask();
-            clock.Advance(TimeSpan.FromSeconds(2));
+        // 100 bytes of application data the server never reads: the TLS close decrypts and discards them.
+        await clientTls.WriteAsync(Peer.Pattern(100)).AsTask().WithTimeout();
+        Task<CloseResult> close = serverTls.CloseAsync(server).AsTask();
+        clock.Advance(TimeSpan.FromSeconds(2));
 
-            Assert.Equal(0, await clientTls.ReadAsync(new byte[16]).AsTask().WithTimeout());
-            await clientTls.ShutdownAsync().WithTimeout();
-            clientSocket.Shutdown(SocketShutdown.Send);
+        Assert.Equal(0, await clientTls.ReadAsync(new byte[16]).AsTask().WithTimeout());
+        await clientTls.ShutdownAsync().WithTimeout();
+        clientSocket.Shutdown(SocketShutdown.Send);
 
-            // The close began when the TLS close did (2 s on this clock before its TCP teardown).
-            CloseResult result = await close.WithTimeout();
-            Assert.Equal(new CloseResult(CloseOutcome.Graceful, 100, TimeSpan.FromSeconds(2)), result);
-            Assert.Equal(result, await server.Completion.WithTimeout());
-            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(clientSocket).WithTimeout()).End);
-        }
+        // The close began when the TLS close did (2 s on this clock before its TCP teardown).
+        CloseResult result = await close.WithTimeout();
+        Assert.Equal(new CloseResult(CloseOutcome.Graceful, 100, TimeSpan.FromSeconds(2)), result);
+        Assert.Equal(result, await server.Completion.WithTimeout());
+        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(clientSocket).WithTimeout()).End);
     }
 
     [Fact]
@@ -224,26 +219,20 @@ public sealed class TeardownOwnershipTests
     {
         ManagedConnectionOptions options = LongDrainBounds();
         options.MaxDrainBytes = 10;
-        (Socket clientSocket, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
-        using (clientSocket)
-        {
-            (SslStream serverTlsStream, SslStream clientTlsStream) = await TestTls.HandshakeAsync(server, clientSocket);
-            await using SslStream serverTls = serverTlsStream;
-            await using SslStream clientTls = clientTlsStream;
+        await using TlsLoopback tls = await TestTls.OpenAsync(options);
+        (ManagedConnection server, Socket clientSocket, SslStream serverTls, SslStream clientTls) = tls;
+        await clientTls.WriteAsync(Peer.Pattern(100)).AsTask().WithTimeout();
+        Task<CloseResult> close = serverTls.CloseAsync(server).AsTask();
 
-            await clientTls.WriteAsync(Peer.Pattern(100)).AsTask().WithTimeout();
-            Task<CloseResult> close = serverTls.CloseAsync(server).AsTask();
+        // The client reads our close_notify, then ends its side with a plain FIN: the TCP part ends in order, but the
+        // TLS part was cut by MaxDrainBytes, and that is the outcome.
+        Assert.Equal(0, await clientTls.ReadAsync(new byte[16]).AsTask().WithTimeout());
+        clientSocket.Shutdown(SocketShutdown.Send);
 
-            // The client reads our close_notify, then ends its side with a plain FIN: the TCP part ends in order, but the
-            // TLS part was cut by MaxDrainBytes, and that is the outcome.
-            Assert.Equal(0, await clientTls.ReadAsync(new byte[16]).AsTask().WithTimeout());
-            clientSocket.Shutdown(SocketShutdown.Send);
-
-            CloseResult result = await close.WithTimeout();
-            Assert.Equal(CloseOutcome.DrainLimitExceeded, result.Outcome);
-            Assert.Equal(100, result.BytesDrained);
-            Assert.Equal(result, await server.Completion.WithTimeout());
-            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(clientSocket).WithTimeout()).End);
-        }
+        CloseResult result = await close.WithTimeout();
+        Assert.Equal(CloseOutcome.DrainLimitExceeded, result.Outcome);
+        Assert.Equal(100, result.BytesDrained);
+        Assert.Equal(result, await server.Completion.WithTimeout());
+        Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(clientSocket).WithTimeout()).End);
     }
 }

@@ -26,6 +26,24 @@ internal static class TestTls
         return (serverTls, clientTls);
     }
 
+    /// <summary>A managed server end over loopback with <paramref name="options"/> and a raw client socket, TLS handshaken
+    /// over both; disposing it disposes the two TLS streams and the client socket (the server end is the test's to close).</summary>
+    public static async Task<TlsLoopback> OpenAsync(ManagedConnectionOptions? options = null)
+    {
+        (Socket clientSocket, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
+        try
+        {
+            (SslStream serverTls, SslStream clientTls) = await HandshakeAsync(server, clientSocket);
+            return new TlsLoopback(server, clientSocket, serverTls, clientTls);
+        }
+        catch
+        {
+            server.Abort();
+            clientSocket.Dispose();
+            throw;
+        }
+    }
+
     // Pins the certificate made here: any other is refused.
     private static bool IsTestCertificate(object sender, X509Certificate? certificate, X509Chain? chain, SslPolicyErrors errors) =>
         certificate is not null && certificate.GetCertHashString() == s_certificate.Value.GetCertHashString();
@@ -41,5 +59,16 @@ internal static class TestTls
         request.CertificateExtensions.Add(san.Build());
         using X509Certificate2 certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
         return X509CertificateLoader.LoadPkcs12(certificate.Export(X509ContentType.Pkcs12), password: null);
+    }
+}
+
+/// <summary>See <see cref="TestTls.OpenAsync"/>.</summary>
+internal sealed record TlsLoopback(ManagedConnection Server, Socket ClientSocket, SslStream ServerTls, SslStream ClientTls) : IAsyncDisposable
+{
+    public async ValueTask DisposeAsync()
+    {
+        await ServerTls.DisposeAsync();
+        await ClientTls.DisposeAsync();
+        ClientSocket.Dispose();
     }
 }
