@@ -147,10 +147,7 @@ public sealed class IdleTimeoutTests
         {
             var options = new ManagedConnectionOptions { KeepAliveTime = TimeSpan.FromSeconds(7), KeepAliveInterval = TimeSpan.FromSeconds(3), KeepAliveRetryCount = 4 };
             await using ManagedConnection connection = ManagedConnection.Adopt(server, options);
-            Assert.Equal(1, (int)server.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
-            Assert.Equal(7, (int)server.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime)!);
-            Assert.Equal(3, (int)server.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval)!);
-            Assert.Equal(4, (int)server.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount)!);
+            AssertKeepAlive(server, time: 7, interval: 3, count: 4);
             peer.Shutdown(SocketShutdown.Send);
         }
 
@@ -175,10 +172,7 @@ public sealed class IdleTimeoutTests
             await using ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
             Socket accepted = connection.Socket;
             Assert.True(accepted.NoDelay);
-            Assert.Equal(1, (int)accepted.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
-            Assert.Equal(7, (int)accepted.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime)!);
-            Assert.Equal(3, (int)accepted.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval)!);
-            Assert.Equal(4, (int)accepted.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount)!);
+            AssertKeepAlive(accepted, time: 7, interval: 3, count: 4);
             peer.Shutdown(SocketShutdown.Send);
         }
 
@@ -245,5 +239,13 @@ public sealed class IdleTimeoutTests
         Assert.Equal("KeepAliveRetryCount", Assert.Throws<ArgumentOutOfRangeException>(() => options.KeepAliveRetryCount = 128).ParamName);
         options.KeepAliveTime = Timeout.InfiniteTimeSpan;
         Assert.Equal(Timeout.InfiniteTimeSpan, options.KeepAliveTime);
+    }
+
+    private static void AssertKeepAlive(Socket socket, int time, int interval, int count)
+    {
+        Assert.Equal(1, (int)socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
+        Assert.Equal(time, (int)socket.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime)!);
+        Assert.Equal(interval, (int)socket.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval)!);
+        Assert.Equal(count, (int)socket.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount)!);
     }
 }

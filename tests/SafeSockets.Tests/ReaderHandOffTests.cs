@@ -9,39 +9,12 @@ namespace SafeSockets.Tests;
 public sealed class ReaderHandOffTests
 {
     [Fact]
-    public async Task ReaderThatBlocksItsThread_AfterItsBytes_DoesNotStopFinDetection()
-    {
-        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        await using (connection)
-        using (peer)
-        using (var release = new ManualResetEventSlim())
+    public Task ReaderThatBlocksItsThread_AfterItsBytes_DoesNotStopFinDetection() =>
+        BlockingReaderKeepsFinDetectionAsync(async (connection, waiting) =>
         {
-            var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            var resumed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            async Task ReaderAsync()
-            {
-                byte[] buffer = new byte[16];
-                Assert.Equal(5, await PendingReceiveAsync(connection, buffer, waiting));
-
-                // Resumed (on whatever thread the library chose): block it, as a handler doing synchronous work would.
-                resumed.SetResult();
-                Assert.True(release.Wait(TestTimeouts.Passing), "the test never released the reader");
-            }
-
-            Task reader = Task.Run(ReaderAsync);
-            await waiting.Task.WithTimeout();
-            await peer.SendAsync(new byte[5], SocketFlags.None);
-            await resumed.Task.WithTimeout();
-
-            // The reader's thread is blocked; the peer's FIN must still be seen.
-            peer.Shutdown(SocketShutdown.Send);
-            await connection.PeerClosed.WhenCanceled().WithTimeout();
-            Assert.Equal(ConnectionState.PeerShutdown, connection.State);
-
-            release.Set();
-            await reader.WithTimeout();
-        }
-    }
+            byte[] buffer = new byte[16];
+            return await PendingReceiveAsync(connection, buffer, waiting);
+        });
 
     [Fact]
     public async Task ReaderThatClosesSynchronously_AfterItsBytes_DoesNotDeadlock()
@@ -102,7 +75,22 @@ public sealed class ReaderHandOffTests
     }
 
     [Fact]
-    public async Task TransportReaderThatBlocksItsThread_DoesNotStopFinDetection()
+    public Task TransportReaderThatBlocksItsThread_DoesNotStopFinDetection() =>
+        BlockingReaderKeepsFinDetectionAsync(async (connection, waiting) =>
+        {
+            ValueTask<System.IO.Pipelines.ReadResult> pending = connection.Transport.Input.ReadAsync();
+            Assert.False(pending.IsCompleted);
+            waiting.SetResult();
+            System.IO.Pipelines.ReadResult result = await pending;
+            long length = result.Buffer.Length;
+            connection.Transport.Input.AdvanceTo(result.Buffer.End);
+            return length;
+        });
+
+    /// <summary>A reader (<paramref name="readOnceAsync"/>: pending before the peer's 5 bytes arrive, returns how many it
+    /// got) blocks the thread it was resumed on, as a handler doing synchronous work would; the peer's FIN must still be
+    /// seen meanwhile.</summary>
+    private static async Task BlockingReaderKeepsFinDetectionAsync(Func<ManagedConnection, TaskCompletionSource, Task<long>> readOnceAsync)
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
         await using (connection)
@@ -113,13 +101,7 @@ public sealed class ReaderHandOffTests
             var resumed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             async Task ReaderAsync()
             {
-                ValueTask<System.IO.Pipelines.ReadResult> pending = connection.Transport.Input.ReadAsync();
-                Assert.False(pending.IsCompleted);
-                waiting.SetResult();
-                System.IO.Pipelines.ReadResult result = await pending;
-                long length = result.Buffer.Length;
-                connection.Transport.Input.AdvanceTo(result.Buffer.End);
-                Assert.Equal(5, length);
+                Assert.Equal(5, await readOnceAsync(connection, waiting));
                 resumed.SetResult();
                 Assert.True(release.Wait(TestTimeouts.Passing), "the test never released the reader");
             }
@@ -129,8 +111,10 @@ public sealed class ReaderHandOffTests
             await peer.SendAsync(new byte[5], SocketFlags.None);
             await resumed.Task.WithTimeout();
 
+            // The reader's thread is blocked; the peer's FIN must still be seen.
             peer.Shutdown(SocketShutdown.Send);
             await connection.PeerClosed.WhenCanceled().WithTimeout();
+            Assert.Equal(ConnectionState.PeerShutdown, connection.State);
 
             release.Set();
             await reader.WithTimeout();
