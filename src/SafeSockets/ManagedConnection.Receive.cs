@@ -22,6 +22,12 @@ public sealed partial class ManagedConnection
     // Set once the constructor has stored _receiveLoop (the loop itself may already be running on another thread).
     private bool _receiveLoopStored;
 
+    // Set when the receive loop has ended (its input let go of), for tests: the loop's task is the teardown's to consume.
+    private bool _receiveLoopEnded;
+
+    /// <summary>Whether the receive loop has ended, for tests.</summary>
+    internal bool ReceiveLoopEnded => Volatile.Read(ref _receiveLoopEnded);
+
     // How a drain bound stops the loop's pending read without disposing the socket under it (which would reset):
     // on Linux and macOS, shutdown(SHUT_RD) wakes the read with 0 and sends nothing to the peer; reads then need no
     // cancellation token, and a token costs three allocations per pending read in the runtime. Windows does not wake
@@ -69,7 +75,13 @@ public sealed partial class ManagedConnection
             PipeReader reader = _input.Reader;
             if (!reader.TryRead(out ReadResult result))
             {
-                result = await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+                // Nothing buffered: the loop reads now, on this thread if it was parked, so bytes already in the kernel
+                // are here at once, without a thread hop.
+                _park.Demand();
+                if (!reader.TryRead(out result))
+                {
+                    result = await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+                }
             }
 
             if (result.IsCanceled)
@@ -203,40 +215,60 @@ public sealed partial class ManagedConnection
         try
         {
             bool discard = false;
-            bool first = true;
             CancellationToken token = s_stopDrainWithShutdown ? default : _extras!.ReceiveCts!.Token;
-
-            // Reads need no token where shutdown(SHUT_RD) stops them, so a pooled operation object can do them.
-            receiveArgs = s_stopDrainWithShutdown ? SocketIoArgs.Rent() : null;
 
             // Adaptive read size: reads start small, and a busy connection grows the buffer (doubling when a read fills it)
             // so bulk transfers take few syscalls.
             int readSize = MinimumReadSize;
 
-            // Whether the socket is probably drained: then the loop first waits for data with a zero-byte read, which holds
-            // no buffer, so an idle connection costs no receive memory (Kestrel does the same). After a read that filled
-            // its buffer more is likely waiting, so it reads at once; while draining it reuses one buffer anyway.
+            // Whether a watched loop first waits for data with a zero-byte read, which holds no buffer, so an idle
+            // connection costs no receive memory (Kestrel does the same). After a read that filled its buffer more is
+            // likely waiting, so it reads at once; while draining it reuses one buffer anyway.
             bool waitForData = true;
             while (true)
             {
-                if (waitForData)
+                if (!_park.IsWatched)
                 {
-                    // The loop starts in the constructor: the first wait is issued there, and the constructor returns once it
-                    // is pending. If bytes (or the FIN, or an error) were already there, the loop first yields, so that it
-                    // does not handle them on the constructor's thread (a teardown that begins before the constructor has
-                    // stored the loop's task waits for that store: _receiveLoopStored).
-                    ValueTask<int> wait = ReceiveOnceAsync(_socket, receiveArgs, Memory<byte>.Empty, token);
-                    if (first)
+                    // Not watched: read only when asked (ManagedConnection.Watch.cs). The loop starts here, parked, in the
+                    // constructor: nothing can wake it before the constructor returns, so no read runs on its thread.
+                    if (TryPark() is { } park)
                     {
-                        first = false;
-                        if (wait.IsCompleted)
+                        if (caught.IsEmpty || park.IsCompleted)
                         {
-                            // To the thread pool, never to the creator's synchronization context (Task.Yield would post
-                            // there: on a blocked UI thread the loop would never go on).
-                            await Task.CompletedTask.ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+                            caught = HandOffQueued(caught);
+                            await park.ConfigureAwait(false);
+                        }
+                        else
+                        {
+                            // The reader whose bytes were just flushed runs once the park is registered: when it asks for
+                            // more, it wakes the loop on its own thread.
+                            ReaderHandOff.Continuation handOff = caught;
+                            caught = default;
+                            await new ReaderHandOff.Awaitable(park, handOff, this, s_onHandOffError);
+                        }
+
+                        if (_lifecycle.IsReleased)
+                        {
+                            // Woken by an abort after the release: nothing to read.
+                            return LoopExit.Aborted;
                         }
                     }
 
+                    // Woken by the application (or un-parked by its demand) or by the drain: read now, into a buffer. Woken
+                    // because the connection is now watched: wait for data first.
+                    waitForData = !_park.ReadNow && !HasIo(IoInputTaken);
+                }
+
+                // Reads need no token where shutdown(SHUT_RD) stops them, so a pooled operation object can do them; it is
+                // rented at the first read (a connection that is never read from never takes one).
+                if (s_stopDrainWithShutdown)
+                {
+                    receiveArgs ??= SocketIoArgs.Rent();
+                }
+
+                if (waitForData)
+                {
+                    ValueTask<int> wait = ReceiveOnceAsync(_socket, receiveArgs, Memory<byte>.Empty, token);
                     if (caught.IsEmpty || wait.IsCompleted)
                     {
                         caught = HandOffQueued(caught);
@@ -318,6 +350,10 @@ public sealed partial class ManagedConnection
                 {
                     readSize /= 2;
                 }
+
+                // These bytes answer any demand the application made (a demand made from here on is seen when the loop
+                // would park).
+                _park.Satisfied();
 
                 // A reader waiting for these bytes is not resumed here: its continuation is caught and run once the next
                 // read is pending (Internal/ReaderHandOff.cs).
@@ -428,6 +464,7 @@ public sealed partial class ManagedConnection
             }
 
             HandOffQueued(caught);
+            Volatile.Write(ref _receiveLoopEnded, true);
         }
     }
 
@@ -552,6 +589,9 @@ public sealed partial class ManagedConnection
             created.Dispose();
             return existing;
         }
+
+        // Whoever asks for PeerClosed wants the peer's FIN seen at once: a read is pending from now on.
+        Watch();
 
         // FirePeerClosed may have run before we published the source.
         if (HasIo(IoPeerClosedFired) || _lifecycle.IsReleased)

@@ -106,6 +106,9 @@ public sealed partial class ManagedConnection
                     _sendGate.CloseForGood();
                     StopSendLoop();
                     ReleaseSocket();
+
+                    // A parked loop ends now, without a read (it finds the socket released).
+                    _park.Drain();
                 }
                 finally
                 {
@@ -209,6 +212,9 @@ public sealed partial class ManagedConnection
             // Stryker disable once Statement : the drain bound replaces the deadline and the release cancels it; a guard or idle bound that fires meanwhile finds the teardown begun and returns
             _settings.Deadlines.Cancel(this);
             TakeInputForTeardown();
+
+            // A parked loop starts draining now (on this thread, until its read is pending).
+            _park.Drain();
             StopSendLoop();
             Task sendsDone = _sendGate.CloseAndWait();
 
@@ -407,6 +413,7 @@ public sealed partial class ManagedConnection
         finally
         {
             ReturnSendArgs();
+            Volatile.Write(ref _park.Owner, null);
             _settings.Deadlines.Cancel(this);
             Volatile.Read(ref _extras)?.FinProbe?.Dispose();
             LetGoOfInput();

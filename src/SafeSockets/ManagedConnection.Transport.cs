@@ -53,6 +53,10 @@ public sealed partial class ManagedConnection
                     }
 
                     Volatile.Write(ref extras.Transport, new DuplexPipe(_input.Reader, output.Writer));
+
+                    // The application reads the input pipe itself, so the loop cannot know when it wants bytes: a read
+                    // is pending at all times from now on.
+                    Watch();
                 }
 
                 return extras.Transport;

@@ -53,6 +53,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     {
         _socket = socket;
         _settings = settings;
+        _park = new LoopPark { Owner = this };
 
         // An accepted socket already holds its remote end point; ConnectAsync passes the one it connected to. Either way
         // keeping it costs nothing, whereas asking the socket after a connect means getpeername and three allocations.
@@ -97,6 +98,7 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
             _receiveLoop = ReceiveLoopAsync();
 #pragma warning restore CA2012
             Volatile.Write(ref _receiveLoopStored, true);
+
         }
         finally
         {

@@ -1,0 +1,127 @@
+using System.Threading.Tasks.Sources;
+
+namespace SafeSockets.Internal;
+
+/// <summary>Where a connection's receive loop waits between reads while nobody needs a read pending, and the reasons it
+/// wakes: the application asks for bytes (<see cref="Demand"/>), the connection becomes watched (<see cref="Watch"/>:
+/// a read pending at all times from then on), or the teardown drains (<see cref="Drain"/>).</summary>
+/// <remarks>
+/// <para>The protocol (docs/reliability.md, invariant 9): the loop publishes "parked" before it looks at the reasons
+/// (<see cref="TryPark"/>); a waker publishes its reason before it looks at the park (<see cref="Wake"/>). Each side
+/// uses a full fence, so at least one of them sees the other: a reason that arrives while the loop parks is never lost.
+/// Only the waker that changes the park from parked to running completes it, so a park completes exactly once.</para>
+/// <para>The loop's continuation runs on the waker's thread (the source does not force asynchrony): an application
+/// that asks for bytes which are already in the kernel gets them before <see cref="Demand"/> returns, without a thread
+/// hop. It runs only until the loop parks again or awaits a pending socket read.</para>
+/// </remarks>
+internal sealed class LoopPark : IValueTaskSource<int>
+{
+    private const int Running = 0;
+    private const int Parked = 1;
+
+    // The lazy watch's list (ManagedConnection.Watch.cs) links parks, not connections: a released connection clears
+    // Owner, so the list never keeps a finished connection reachable until the timer's next look.
+    internal LoopPark? NextInList;
+    internal int InList;
+    internal int ParksSeen = -1;
+    internal object? Owner;
+
+    private ManualResetValueTaskSourceCore<int> _core;
+    private int _state;
+    private int _demand;
+    private int _watched;
+    private int _draining;
+    private int _parks;
+
+    /// <summary>Whether the loop keeps a read pending at all times (it never parks again).</summary>
+    public bool IsWatched => Volatile.Read(ref _watched) != 0;
+
+    /// <summary>Whether the loop is parked right now.</summary>
+    public bool IsParked => Volatile.Read(ref _state) == Parked;
+
+    /// <summary>How many times the loop parked (the lazy watch compares it between two looks).</summary>
+    public int Parks => Volatile.Read(ref _parks);
+
+    /// <summary>Whether the loop, once woken (or not parked), should read at once into a buffer: the application asked,
+    /// or the teardown drains. <see langword="false"/> when it reads only because it is watched: it then first waits for
+    /// data with a zero-byte read, which holds no buffer.</summary>
+    public bool ReadNow => Volatile.Read(ref _demand) != 0 || Volatile.Read(ref _draining) != 0 || !IsWatched;
+
+    /// <summary>The application wants bytes and none are buffered: the loop must read.</summary>
+    public void Demand()
+    {
+        if (IsWatched)
+        {
+            // A read is always pending (or about to be): nothing to ask.
+            return;
+        }
+
+        Interlocked.Exchange(ref _demand, 1);
+        Wake();
+    }
+
+    /// <summary>The bytes the loop just read answer any demand so far (the loop calls it before it hands them over).</summary>
+    public void Satisfied() => Volatile.Write(ref _demand, 0);
+
+    /// <summary>From now on the loop keeps a read pending at all times.</summary>
+    /// <returns><see langword="true"/> for the call that made it watched.</returns>
+    public bool Watch()
+    {
+        if (Interlocked.Exchange(ref _watched, 1) != 0)
+        {
+            return false;
+        }
+
+        Wake();
+        return true;
+    }
+
+    /// <summary>The teardown took the input (or released the socket): the loop must run to its end.</summary>
+    public void Drain()
+    {
+        Interlocked.Exchange(ref _draining, 1);
+        Wake();
+    }
+
+    /// <summary>Parks the loop unless a reason to read is already there.</summary>
+    /// <returns>The park to await, or <see langword="null"/> if the loop must go on at once.</returns>
+    public ValueTask<int>? TryPark()
+    {
+        if (!MayPark())
+        {
+            return null;
+        }
+
+        _core.Reset();
+        Interlocked.Exchange(ref _state, Parked);
+
+        // Looked at after publishing the park: a reason published before it is seen here; one published after it finds
+        // the loop parked and wakes it. If a waker got here first, its wake completes the park we return.
+        if (!MayPark() && Interlocked.CompareExchange(ref _state, Running, Parked) == Parked)
+        {
+            return null;
+        }
+
+        Interlocked.Increment(ref _parks);
+        return new ValueTask<int>(this, _core.Version);
+    }
+
+    private bool MayPark() => Volatile.Read(ref _demand) == 0 && Volatile.Read(ref _watched) == 0 && Volatile.Read(ref _draining) == 0;
+
+    /// <summary>Wakes the loop if it is parked; only the caller that unparks it completes the park, and the loop's
+    /// continuation runs on that caller's thread.</summary>
+    private void Wake()
+    {
+        if (Interlocked.CompareExchange(ref _state, Running, Parked) == Parked)
+        {
+            _core.SetResult(0);
+        }
+    }
+
+    int IValueTaskSource<int>.GetResult(short token) => _core.GetResult(token);
+
+    ValueTaskSourceStatus IValueTaskSource<int>.GetStatus(short token) => _core.GetStatus(token);
+
+    void IValueTaskSource<int>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+        _core.OnCompleted(continuation, state, token, flags);
+}

@@ -1,0 +1,180 @@
+using System.Net.Sockets;
+using SafeSockets.Tests.Infrastructure;
+
+namespace SafeSockets.Tests;
+
+/// <summary>The receive loop reads when the application asks, or always once the connection is watched
+/// (ManagedConnection.Watch.cs, Internal/LoopPark.cs): the bytes, their order, the peer's FIN and the CLOSE_WAIT guard
+/// must not depend on which of the two read them.</summary>
+public sealed class ReadOnDemandTests
+{
+    [Fact]
+    public async Task ConnectionReadOnceThenForgotten_PeerFinIsStillSeen_AndTheGuardClosesIt()
+    {
+        // The application reads the request and then never reads, never asks for PeerClosed, never closes: only the lazy
+        // watch can see the peer's FIN (the loop parked after the read).
+        var options = new ManagedConnectionOptions { CloseWaitTimeout = TimeSpan.FromMilliseconds(200) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            await Peer.SendPatternAsync(peer, 100);
+            byte[] buffer = new byte[100];
+            for (int read = 0; read < 100;)
+            {
+                read += await connection.ReceiveAsync(buffer.AsMemory(read)).AsTask().WithTimeout();
+            }
+
+            Assert.Equal(Peer.Pattern(100), buffer);
+            peer.Shutdown(SocketShutdown.Send);
+
+            CloseResult result = await connection.Completion.WithTimeout();
+            Assert.Equal(CloseOutcome.CloseWaitTimedOut, result.Outcome);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        }
+    }
+
+    [Fact]
+    public async Task PeerFinArrivesWhileTheApplicationWorks_TheNextReadReturnsZero_AndStateIsPeerShutdown()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        await using (connection)
+        using (peer)
+        {
+            await Peer.SendPatternAsync(peer, 10);
+            byte[] buffer = new byte[10];
+            Assert.Equal(10, await connection.ReceiveAsync(buffer).AsTask().WithTimeout());
+
+            // FIN while the application is not reading; whoever sees it first (the lazy watch, or the next read), the
+            // next read returns 0 and the state follows.
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(0, await connection.ReceiveAsync(buffer).AsTask().WithTimeout());
+            Assert.Equal(ConnectionState.PeerShutdown, connection.State);
+            Assert.True(connection.PeerClosed.IsCancellationRequested);
+            Assert.Equal(0, await connection.ReceiveAsync(buffer).AsTask().WithTimeout());
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ManyExchanges_PeerSendingBeforeOrAfterTheRead_EveryByteArrivesInOrder(bool watched)
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        await using (connection)
+        using (peer)
+        {
+            if (watched)
+            {
+                // Asking for PeerClosed makes the loop keep a read pending at all times: the same exchanges through it.
+                _ = connection.PeerClosed;
+            }
+
+            var random = new Random(1234);
+            byte[] buffer = new byte[70_000];
+            for (int exchange = 0; exchange < 300; exchange++)
+            {
+                int size = exchange % 10 == 0 ? random.Next(1, 200_000) : random.Next(1, 300);
+                byte[] sent = new byte[size];
+                random.NextBytes(sent);
+                int chunk = random.Next(1, buffer.Length + 1);
+                Task sending;
+                if (exchange % 2 == 0)
+                {
+                    // The bytes are (at least partly) in the kernel before the application asks.
+                    sending = peer.SendAsync(sent, SocketFlags.None);
+                    await Task.Yield();
+                }
+                else
+                {
+                    sending = Task.Run(async () =>
+                    {
+                        await Task.Yield();
+                        await peer.SendAsync(sent, SocketFlags.None);
+                    });
+                }
+
+                using var received = new MemoryStream();
+                while (received.Length < size)
+                {
+                    int n = await connection.ReceiveAsync(buffer.AsMemory(0, (int)Math.Min(chunk, size - received.Length))).AsTask().WithTimeout();
+                    Assert.True(n > 0, $"exchange {exchange}: FIN after {received.Length} of {size} bytes");
+                    received.Write(buffer, 0, n);
+                }
+
+                await sending.WithTimeout();
+                Assert.True(sent.AsSpan().SequenceEqual(received.ToArray()), $"exchange {exchange}: the bytes differ");
+
+                // And the answer goes the other way, as in a request/response protocol.
+                await connection.SendAsync(sent.AsMemory(0, Math.Min(size, 64))).AsTask().WithTimeout();
+                int answered = 0;
+                while (answered < Math.Min(size, 64))
+                {
+                    answered += await peer.ReceiveAsync(buffer.AsMemory(0, Math.Min(size, 64) - answered), SocketFlags.None).WithTimeout();
+                }
+            }
+
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(0, await connection.ReceiveAsync(buffer).AsTask().WithTimeout());
+            Assert.Equal(CloseOutcome.Graceful, (await connection.CloseAsync().WithTimeout()).Outcome);
+        }
+    }
+
+    [Fact]
+    public async Task CancelledReceive_BytesThatArriveLaterAreNotLost()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        await using (connection)
+        using (peer)
+        {
+            // The cancelled receive had already asked the loop to read: that read stays pending and its bytes wait in the
+            // input for the next receive.
+            using var cts = new CancellationTokenSource();
+            ValueTask<int> pending = connection.ReceiveAsync(new byte[10], cts.Token);
+            cts.Cancel();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => pending.AsTask().WithTimeout());
+
+            await Peer.SendPatternAsync(peer, 10);
+            byte[] buffer = new byte[10];
+            int read = 0;
+            while (read < 10)
+            {
+                read += await connection.ReceiveAsync(buffer.AsMemory(read)).AsTask().WithTimeout();
+            }
+
+            Assert.Equal(Peer.Pattern(10), buffer);
+        }
+    }
+
+    [Fact]
+    public async Task AbortOfAConnectionNobodyRead_EndsItsLoop_AndTheLeaseOfItsInputIsGivenBack()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        {
+            // Never read: its loop is parked (it would be watched only after the lazy watch's period).
+            connection.Abort();
+            Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
+            await TestTimeouts.WaitUntilAsync(() => connection.ReceiveLoopEnded, "the parked loop ends after the abort");
+            Assert.Equal(PeerEnd.Reset, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        }
+    }
+
+    [Fact]
+    public async Task CloseOfAConnectionNobodyRead_DrainsAndEndsGracefully()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        {
+            // Unread bytes in the kernel when the close begins: the woken loop drains them (no reset) and counts them.
+            await Peer.SendPatternAsync(peer, 3000);
+            Task<CloseResult> close = connection.CloseAsync().AsTask();
+            PeerReadResult seen = await Peer.ReadToEndAsync(peer).WithTimeout();
+            Assert.Equal(PeerEnd.Fin, seen.End);
+            peer.Shutdown(SocketShutdown.Send);
+            CloseResult result = await close.WithTimeout();
+            Assert.Equal(CloseOutcome.Graceful, result.Outcome);
+            Assert.Equal(3000, result.BytesDrained);
+            Assert.True(connection.ReceiveLoopEnded);
+        }
+    }
+}
