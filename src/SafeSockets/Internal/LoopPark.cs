@@ -36,6 +36,9 @@ internal sealed class LoopPark : IValueTaskSource<int>
     /// <summary>Whether the loop keeps a read pending at all times (it never parks again).</summary>
     public bool IsWatched => Volatile.Read(ref _watched) != 0;
 
+    /// <summary>Whether the teardown asked the loop to run to its end.</summary>
+    public bool IsDraining => Volatile.Read(ref _draining) != 0;
+
     /// <summary>Whether the loop is parked right now.</summary>
     public bool IsParked => Volatile.Read(ref _state) == Parked;
 

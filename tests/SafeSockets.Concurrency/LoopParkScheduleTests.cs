@@ -1,0 +1,229 @@
+using Microsoft.Coyote.Specifications;
+using SafeSockets.Internal;
+using Xunit.Abstractions;
+
+namespace SafeSockets.Concurrency;
+
+/// <summary>The receive loop's park (<see cref="LoopPark"/>, the real class) under every schedule Coyote reaches: a
+/// model loop that parks between reads, an application that asks for bytes, a peer that sends them, and the watch and
+/// drain wake-ups. A wake-up that is lost leaves the application (or the drain) waiting for ever, which the engine
+/// reports as a deadlock; a park completed twice throws.</summary>
+public sealed class LoopParkScheduleTests(ITestOutputHelper output)
+{
+    private const int Messages = 3;
+
+    [Fact]
+    public void Demands_and_a_peer_sending_every_message_reaches_the_application()
+    {
+        CoyoteRunner.AssertNoBug(() => RunAsync(watchAt: -1), output);
+    }
+
+    [Fact]
+    public void A_watch_in_the_middle_of_the_exchanges()
+    {
+        CoyoteRunner.AssertNoBug(() => RunAsync(watchAt: 1), output);
+    }
+
+    [Fact]
+    public void A_drain_while_the_application_still_reads_ends_the_loop()
+    {
+        CoyoteRunner.AssertNoBug(
+            async () =>
+            {
+                var model = new Model();
+                Task<ModelExit> loop = Task.Run(model.LoopAsync);
+                Task peer = Task.Run(() => model.PeerAsync(Messages));
+                Task<int> reader = Task.Run(() => model.ApplicationAsync(Messages, stopWhenDrained: true));
+                Task drain = Task.Run(model.Drain);
+                await Controlled.All(peer, drain);
+
+                // The drain ends the loop whatever it was doing; the application then gets the end of the input.
+                ModelExit exit = await loop;
+                Specification.Assert(exit == ModelExit.Drained, "The loop ended with {0}, not the drain.", exit);
+                model.EndInput();
+                int received = await reader;
+                Specification.Assert(received <= Messages, "The application got {0} of {1} messages.", received, Messages);
+            },
+            output);
+    }
+
+    private static async Task RunAsync(int watchAt)
+    {
+        var model = new Model();
+        Task<ModelExit> loop = Task.Run(model.LoopAsync);
+        Task peer = Task.Run(() => model.PeerAsync(Messages));
+        Task<int> reader = Task.Run(() => model.ApplicationAsync(Messages, stopWhenDrained: false, watchAt));
+        int received = await reader;
+        await peer;
+        Specification.Assert(received == Messages, "The application got {0} of {1} messages.", received, Messages);
+
+        // Then the teardown: the drain must end the loop, parked or reading.
+        model.Drain();
+        ModelExit exit = await loop;
+        Specification.Assert(exit == ModelExit.Drained, "The loop ended with {0}, not the drain.", exit);
+    }
+
+    private enum ModelExit
+    {
+        Drained,
+    }
+
+    /// <summary>The socket is a counter of messages in the kernel and a pending read the peer completes; the input is a
+    /// counter the loop adds to and the application takes from, with a waiter the loop wakes (as the pipe does).</summary>
+    private sealed class Model
+    {
+        private readonly object _gate = new();
+        private int _kernel;
+        private int _input;
+        private bool _inputEnded;
+        private TaskCompletionSource? _pendingRead;
+        private TaskCompletionSource? _reader;
+
+        public LoopPark Park { get; } = new();
+
+        public async Task<ModelExit> LoopAsync()
+        {
+            while (true)
+            {
+                if (!Park.IsWatched)
+                {
+                    if (Park.TryPark() is { } park)
+                    {
+                        await park;
+                    }
+                }
+
+                if (IsDraining())
+                {
+                    return ModelExit.Drained;
+                }
+
+                // One read: what the kernel holds now, or a pending read until the peer sends (or the drain stops it).
+                Task? pending = null;
+                int read = 0;
+                lock (_gate)
+                {
+                    if (_kernel > 0)
+                    {
+                        read = _kernel;
+                        _kernel = 0;
+                    }
+                    else if (_stopped)
+                    {
+                        continue;
+                    }
+                    else
+                    {
+                        _pendingRead = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                        pending = _pendingRead.Task;
+                    }
+                }
+
+                if (pending is not null)
+                {
+                    await pending;
+                    continue;
+                }
+
+                // Into the input; the bytes answer any demand so far; then the waiting reader is woken.
+                Park.Satisfied();
+                TaskCompletionSource? reader;
+                lock (_gate)
+                {
+                    _input += read;
+                    reader = _reader;
+                    _reader = null;
+                }
+
+                reader?.TrySetResult();
+            }
+        }
+
+        public async Task PeerAsync(int messages)
+        {
+            for (int i = 0; i < messages; i++)
+            {
+                TaskCompletionSource? pending;
+                lock (_gate)
+                {
+                    _kernel++;
+                    pending = _pendingRead;
+                    _pendingRead = null;
+                }
+
+                pending?.TrySetResult();
+                await Task.Yield();
+            }
+        }
+
+        public async Task<int> ApplicationAsync(int messages, bool stopWhenDrained, int watchAt = -1)
+        {
+            int received = 0;
+            while (received < messages)
+            {
+                if (received == watchAt)
+                {
+                    Park.Watch();
+                }
+
+                Task? wait = null;
+                lock (_gate)
+                {
+                    if (_input > 0)
+                    {
+                        received += _input;
+                        _input = 0;
+                        continue;
+                    }
+
+                    if (_inputEnded)
+                    {
+                        return received;
+                    }
+
+                    // The reader registers before it asks, as ReceiveAsync looks at the pipe again after its demand.
+                    _reader = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    wait = _reader.Task;
+                }
+
+                Park.Demand();
+                await wait;
+            }
+
+            return received;
+        }
+
+        /// <summary>What the teardown does to a reader after the drain: the input ends (a pending read is woken).</summary>
+        public void EndInput()
+        {
+            TaskCompletionSource? reader;
+            lock (_gate)
+            {
+                _inputEnded = true;
+                reader = _reader;
+                _reader = null;
+            }
+
+            reader?.TrySetResult();
+        }
+
+        /// <summary>The teardown: the loop must run to its end (the real drain bound stops a pending read the same way).</summary>
+        public void Drain()
+        {
+            Park.Drain();
+            TaskCompletionSource? pending;
+            lock (_gate)
+            {
+                _stopped = true;
+                pending = _pendingRead;
+                _pendingRead = null;
+            }
+
+            pending?.TrySetResult();
+        }
+
+        private bool _stopped;
+
+        private bool IsDraining() => Park.IsDraining;
+    }
+}
