@@ -212,6 +212,7 @@ public sealed partial class ManagedConnection
         SocketIoArgs? receiveArgs = null;
         bool dropArgs = false;
         ReaderHandOff.Continuation caught = default;
+        bool inputCompleted = false;
         try
         {
             bool discard = false;
@@ -314,6 +315,32 @@ public sealed partial class ManagedConnection
                     }
 
                     OnPeerFin();
+                    if (!HasIo(IoInputTaken) && Thread.CurrentThread.IsThreadPoolThread)
+                    {
+                        // The input ends here, and a reader waiting for it is handed over without a thread hop: the loop
+                        // parks first and runs the reader once the park is registered. The loop's task completes only
+                        // when the park is woken (by the teardown's drain at the latest), so a reader that closes
+                        // synchronously does not wait for it. (Not while draining: the teardown is waiting for this task.)
+                        caught = HandOffQueued(caught);
+                        ReaderHandOff.Arm();
+                        try
+                        {
+                            writer.Complete();
+                        }
+                        finally
+                        {
+                            caught = ReaderHandOff.Disarm();
+                        }
+
+                        inputCompleted = true;
+                        if (!caught.IsEmpty && _park.TryParkAfterEnd() is { } ended)
+                        {
+                            ReaderHandOff.Continuation handOff = caught;
+                            caught = default;
+                            await new ReaderHandOff.Awaitable(ended, handOff, this, s_onHandOffError);
+                        }
+                    }
+
                     return LoopExit.PeerFin;
                 }
 
@@ -439,14 +466,17 @@ public sealed partial class ManagedConnection
             // reader woken by the end of the input: locally, since this thread is about to finish with the connection.
             // Never run inline here: a reader that waited synchronously for the close would wait for this very loop.
             caught = HandOffQueued(caught);
-            ReaderHandOff.Arm();
-            try
+            if (!inputCompleted)
             {
-                writer.Complete(pipeError);
-            }
-            finally
-            {
-                caught = ReaderHandOff.Disarm();
+                ReaderHandOff.Arm();
+                try
+                {
+                    writer.Complete(pipeError);
+                }
+                finally
+                {
+                    caught = ReaderHandOff.Disarm();
+                }
             }
 
             LetGoOfInput();

@@ -46,6 +46,63 @@ public sealed class ReaderHandOffTests
     }
 
     [Fact]
+    public async Task ReaderThatClosesSynchronously_AfterThePeersFin_DoesNotDeadlock()
+    {
+        // The loop hands the reader the end of the input and parks; its task completes only when the close wakes it.
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        {
+            var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            async Task<CloseResult> ReaderAsync()
+            {
+                byte[] buffer = new byte[16];
+                Assert.Equal(0, await PendingReceiveAsync(connection, buffer, waiting));
+
+                // Sync over async on the thread the FIN resumed: the close waits for the receive loop's end.
+                return connection.CloseAsync().AsTask().GetAwaiter().GetResult();
+            }
+
+            Task<CloseResult> reader = Task.Run(ReaderAsync);
+            await waiting.Task.WithTimeout();
+            peer.Shutdown(SocketShutdown.Send);
+
+            Assert.Equal(CloseOutcome.Graceful, (await reader.WithTimeout()).Outcome);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            Assert.True(connection.ReceiveLoopEnded);
+        }
+    }
+
+    [Fact]
+    public async Task ReaderThatBlocksItsThread_AfterThePeersFin_TheGuardStillClosesTheConnection()
+    {
+        var options = new ManagedConnectionOptions { CloseWaitTimeout = TimeSpan.FromMilliseconds(200) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        using (var release = new ManualResetEventSlim())
+        {
+            var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            async Task ReaderAsync()
+            {
+                byte[] buffer = new byte[16];
+                Assert.Equal(0, await PendingReceiveAsync(connection, buffer, waiting));
+                Assert.True(release.Wait(TestTimeouts.Passing), "the test never released the reader");
+            }
+
+            Task reader = Task.Run(ReaderAsync);
+            await waiting.Task.WithTimeout();
+            peer.Shutdown(SocketShutdown.Send);
+
+            // The reader holds the thread the loop handed it; the guard's close must still end the loop and the connection.
+            Assert.Equal(CloseOutcome.CloseWaitTimedOut, (await connection.Completion.WithTimeout()).Outcome);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            await TestTimeouts.WaitUntilAsync(() => connection.ReceiveLoopEnded, "the receive loop ends");
+
+            release.Set();
+            await reader.WithTimeout();
+        }
+    }
+
+    [Fact]
     public async Task ReaderThatReadsSynchronously_AfterItsBytes_GetsTheNextBytes()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();

@@ -109,6 +109,26 @@ internal sealed class LoopPark : IValueTaskSource<int>
         return new ValueTask<int>(this, _core.Version);
     }
 
+    /// <summary>Parks the loop after its input ended (the peer's FIN), until anyone wakes it: the teardown's drain at the
+    /// latest. Only a drain that is already under way keeps it from parking.</summary>
+    /// <returns>The park to await, or <see langword="null"/> if the loop must end at once.</returns>
+    public ValueTask<int>? TryParkAfterEnd()
+    {
+        if (IsDraining)
+        {
+            return null;
+        }
+
+        _core.Reset();
+        Interlocked.Exchange(ref _state, Parked);
+        if (IsDraining && Interlocked.CompareExchange(ref _state, Running, Parked) == Parked)
+        {
+            return null;
+        }
+
+        return new ValueTask<int>(this, _core.Version);
+    }
+
     private bool MayPark() => Volatile.Read(ref _demand) == 0 && Volatile.Read(ref _watched) == 0 && Volatile.Read(ref _draining) == 0;
 
     /// <summary>Wakes the loop if it is parked; only the caller that unparks it completes the park, and the loop's
