@@ -13,8 +13,9 @@ public sealed partial class ManagedConnection
     private const int MinimumReadSize = 4096;
     private const int MaximumReadSize = 64 * 1024;
 
-    // Socket → _input is the receive loop's job. The application reads from _input, so the loop can keep
-    // a read pending at all times and see the peer's FIN while the application is busy elsewhere.
+    // Socket → _input is the receive loop's job, and only the loop reads the socket. It reads when the application asks
+    // and, once the connection is watched, at all times, so the peer's FIN is seen while the application is busy
+    // elsewhere (ManagedConnection.Watch.cs).
     private readonly Pipe _input;
     private readonly bool _inputPooled;
     private readonly ValueTask<LoopExit> _receiveLoop;
@@ -46,7 +47,8 @@ public sealed partial class ManagedConnection
     }
 
     /// <summary>Fires when the peer's FIN or reset is seen (even while nobody is reading), and at the latest when the connection is released.</summary>
-    /// <remarks>Callbacks run on the thread pool, never on the connection's receive loop; an exception a callback throws is
+    /// <remarks>Asking for it makes the connection watched: from then on a read is pending at all times, so the FIN is
+    /// seen as it arrives. Callbacks run on the thread pool, never on the connection's receive loop; an exception a callback throws is
     /// logged at Error (event 9) and does not reach the connection. After the peer's FIN the application may still send
     /// (a half-close protocol answers now) and should then close; a connection left without a send, a read or a close for
     /// <see cref="ManagedConnectionOptions.CloseWaitTimeout"/> closes itself.</remarks>
@@ -255,9 +257,11 @@ public sealed partial class ManagedConnection
                         }
                     }
 
-                    // Woken by the application (or un-parked by its demand) or by the drain: read now, into a buffer. Woken
-                    // because the connection is now watched: wait for data first.
-                    waitForData = !_park.ReadNow && !HasIo(IoInputTaken);
+                    // The drain reads at once (into one buffer, reused). The application's read goes straight into a buffer
+                    // (ManagedConnectionOptions.WaitForDataBeforeAllocatingBuffer: first a zero-byte read, unless the previous
+                    // read filled its buffer). A loop woken because the connection is now watched waits for data first.
+                    waitForData = !HasIo(IoInputTaken) && !_park.IsDraining
+                        && (!_park.ReadNow || (waitForData && _settings.WaitForDataBeforeAllocatingBuffer));
                 }
 
                 // Reads need no token where shutdown(SHUT_RD) stops them, so a pooled operation object can do them; it is

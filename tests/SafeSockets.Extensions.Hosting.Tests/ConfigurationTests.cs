@@ -16,7 +16,8 @@ public sealed class ConfigurationTests
             ("Connection:DrainTimeout", "00:00:07"),
             ("Connection:IdleTimeout", "00:02:00"),
             ("Connection:CloseWaitTimeout", "00:00:03"),
-            ("Connection:MaxDrainBytes", "1024"));
+            ("Connection:MaxDrainBytes", "1024"),
+            ("Connection:WaitForDataBeforeAllocatingBuffer", "true"));
         builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name, o =>
         {
             o.Listener.Connection.DrainTimeout = TimeSpan.FromSeconds(10);
@@ -33,6 +34,7 @@ public sealed class ConfigurationTests
         Assert.Equal(TimeSpan.FromMinutes(2), options.Listener.Connection.IdleTimeout);
         Assert.Equal(TimeSpan.FromSeconds(3), options.Listener.Connection.CloseWaitTimeout);
         Assert.Equal(1024, options.Listener.Connection.MaxDrainBytes);
+        Assert.True(options.Listener.Connection.WaitForDataBeforeAllocatingBuffer);
         Assert.Same(host.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), options.Listener.Connection.MeterFactory);
         await host.StopAsync().WithTimeout();
     }
@@ -58,6 +60,7 @@ public sealed class ConfigurationTests
     [InlineData("Connection:KeepAliveTime", "00:00:00.500", "SafeSockets:Listeners:echo:Connection:KeepAliveTime = '00:00:00.500' is out of range: KeepAliveTime must be from 1 second to 32767 seconds")]
     [InlineData("Backlog", "0", "SafeSockets:Listeners:echo:Backlog = '0' is out of range: Backlog ('0') must be greater than or equal to '1'.")]
     [InlineData("MaxConnections", "many", "SafeSockets:Listeners:echo:MaxConnections = 'many' is not a whole number")]
+    [InlineData("Connection:WaitForDataBeforeAllocatingBuffer", "yes", "SafeSockets:Listeners:echo:Connection:WaitForDataBeforeAllocatingBuffer = 'yes' is not true or false")]
     [InlineData("Connection:DrainTimout", "00:00:05", "SafeSockets:Listeners:echo:Connection:DrainTimout is not a SafeSockets connection setting (known: DrainTimeout,")]
     [InlineData("EndPoint", "localhost:7000", "SafeSockets:Listeners:echo:EndPoint = 'localhost:7000' is not an end point: write an IP address and port")]
     [InlineData("EndPoint", "127.0.0.1", "SafeSockets:Listeners:echo:EndPoint = '127.0.0.1' is not an end point")]
@@ -154,7 +157,7 @@ public sealed class ConfigurationTests
             CloseWaitTimeout = TimeSpan.FromSeconds(4), IdleTimeout = TimeSpan.FromSeconds(5), KeepAliveTime = TimeSpan.FromSeconds(6),
             KeepAliveInterval = TimeSpan.FromSeconds(7), KeepAliveRetryCount = 8, TimeProvider = new OtherTimeProvider(),
             MaxInputBufferSize = 4096, MaxOutputBufferSize = 8192, Logger = new Microsoft.Extensions.Logging.Testing.FakeLogger(),
-            MeterFactory = new TestMeterFactory(),
+            MeterFactory = new TestMeterFactory(), WaitForDataBeforeAllocatingBuffer = true,
         };
         var listener = new ManagedListenerOptions { Connection = connection, Backlog = 9, MaxConnections = 10, MaxDrainingConnections = 11 };
 

@@ -55,11 +55,13 @@ public sealed class ReadOnDemandTests
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public async Task ManyExchanges_PeerSendingBeforeOrAfterTheRead_EveryByteArrivesInOrder(bool watched)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public async Task ManyExchanges_PeerSendingBeforeOrAfterTheRead_EveryByteArrivesInOrder(bool watched, bool waitForData)
     {
-        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        var options = new ManagedConnectionOptions { WaitForDataBeforeAllocatingBuffer = waitForData };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
         await using (connection)
         using (peer)
         {

@@ -36,6 +36,7 @@ internal sealed class ConfigurationBinding : IConfigureNamedOptions<HostedListen
         ["KeepAliveRetryCount"] = static (o, v) => o.KeepAliveRetryCount = ParseInt(v),
         ["MaxInputBufferSize"] = static (o, v) => o.MaxInputBufferSize = ParseInt(v),
         ["MaxOutputBufferSize"] = static (o, v) => o.MaxOutputBufferSize = ParseInt(v),
+        ["WaitForDataBeforeAllocatingBuffer"] = static (o, v) => o.WaitForDataBeforeAllocatingBuffer = ParseBool(v),
     };
 
     private readonly string _name;
@@ -187,6 +188,11 @@ internal sealed class ConfigurationBinding : IConfigureNamedOptions<HostedListen
         int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int parsed)
             ? parsed
             : throw new FormatException($"is not a whole number from {int.MinValue} to {int.MaxValue}.");
+
+    private static bool ParseBool(string value) =>
+        bool.TryParse(value, out bool parsed)
+            ? parsed
+            : throw new FormatException("is not true or false.");
 
     private static long ParseLong(string value) =>
         long.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out long parsed)

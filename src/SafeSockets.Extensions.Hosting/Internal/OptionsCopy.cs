@@ -26,6 +26,7 @@ internal static class OptionsCopy
         KeepAliveRetryCount = options.KeepAliveRetryCount,
         TimeProvider = options.TimeProvider,
         MaxInputBufferSize = options.MaxInputBufferSize,
+        WaitForDataBeforeAllocatingBuffer = options.WaitForDataBeforeAllocatingBuffer,
         MaxOutputBufferSize = options.MaxOutputBufferSize,
         Logger = options.Logger,
         MeterFactory = options.MeterFactory,

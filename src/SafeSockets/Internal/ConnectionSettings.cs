@@ -21,6 +21,7 @@ internal sealed class ConnectionSettings
         IdleTimeout = options.IdleTimeout;
         Logger = options.Logger;
         MaxInputBufferSize = options.MaxInputBufferSize;
+        WaitForDataBeforeAllocatingBuffer = options.WaitForDataBeforeAllocatingBuffer;
         OutputPipeOptions = options.MaxOutputBufferSize == ManagedConnectionOptions.DefaultBufferSize
             ? defaultOutputPipeOptions
             : ManagedConnection.CreateOutputPipeOptions(options.MaxOutputBufferSize);
@@ -45,6 +46,7 @@ internal sealed class ConnectionSettings
         IdleTimeout = source.IdleTimeout;
         Logger = source.Logger;
         MaxInputBufferSize = source.MaxInputBufferSize;
+        WaitForDataBeforeAllocatingBuffer = source.WaitForDataBeforeAllocatingBuffer;
         OutputPipeOptions = source.OutputPipeOptions;
         Deadlines = source.Deadlines;
         DrainTimeoutTicks = source.DrainTimeoutTicks;
@@ -79,6 +81,8 @@ internal sealed class ConnectionSettings
     public ILogger Logger { get; }
 
     public int MaxInputBufferSize { get; }
+
+    public bool WaitForDataBeforeAllocatingBuffer { get; }
 
     public PipeOptions OutputPipeOptions { get; }
 
