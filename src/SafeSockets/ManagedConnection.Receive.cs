@@ -215,6 +215,7 @@ public sealed partial class ManagedConnection
         bool dropArgs = false;
         ReaderHandOff.Continuation caught = default;
         bool inputCompleted = false;
+        bool drainMovedToPool = false;
         try
         {
             bool discard = false;
@@ -362,6 +363,15 @@ public sealed partial class ManagedConnection
 
                     // The idle bound now counts from here; the queued deadline is moved when it comes due.
                     Volatile.Write(ref _drainActivity, _settings.TimeProvider.GetTimestamp());
+                    if (!drainMovedToPool)
+                    {
+                        // The drain may have begun on the closer's thread (the teardown woke the parked loop, or its
+                        // discard resumed a paused flush inline): one read there, the rest on the pool, so a peer that
+                        // keeps sending holds neither that thread nor the teardown's FIN and bounds, which come next.
+                        drainMovedToPool = true;
+                        await Task.CompletedTask.ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+                    }
+
                     continue;
                 }
 
@@ -537,7 +547,21 @@ public sealed partial class ManagedConnection
         ITimer? timer = extras.FinProbe;
         if (timer is null)
         {
-            extras.FinProbe = _settings.TimeProvider.CreateTimer(static s => ((ManagedConnection)s!).ProbeForFin(), this, s_finProbePeriod, s_finProbePeriod);
+            // The loop may be running on the application's thread (woken by its read): the timer must not capture the
+            // application's execution context (its AsyncLocals would live as long as the connection).
+            bool suppress = !ExecutionContext.IsFlowSuppressed();
+            AsyncFlowControl flow = suppress ? ExecutionContext.SuppressFlow() : default;
+            try
+            {
+                extras.FinProbe = _settings.TimeProvider.CreateTimer(static s => ((ManagedConnection)s!).ProbeForFin(), this, s_finProbePeriod, s_finProbePeriod);
+            }
+            finally
+            {
+                if (suppress)
+                {
+                    flow.Undo();
+                }
+            }
         }
         else
         {

@@ -103,12 +103,30 @@ public sealed partial class ManagedConnection
                     // Stryker disable once Statement : ReleaseSocket below cancels the deadline too; one that fires in between finds the teardown begun and returns
                     _settings.Deadlines.Cancel(this);
                     TakeInputForTeardown();
-                    _sendGate.CloseForGood();
-                    StopSendLoop();
-                    ReleaseSocket();
 
-                    // A parked loop ends now, without a read (it finds the socket released).
-                    _park.Drain();
+                    // A parked loop stays parked, and nobody else can wake it, until the socket is released: it must not
+                    // read now. What the kernel holds unread is lost with the reset: counted, as a loop's read would have.
+                    bool held = _park.TryHold();
+                    try
+                    {
+                        if (held)
+                        {
+                            CountUnreadInKernel();
+                        }
+
+                        _sendGate.CloseForGood();
+                        StopSendLoop();
+                        ReleaseSocket();
+                    }
+                    finally
+                    {
+                        if (held)
+                        {
+                            // It ends now, without a read (it finds the socket released).
+                            _park.Drain();
+                            _park.Resume();
+                        }
+                    }
                 }
                 finally
                 {
@@ -213,7 +231,8 @@ public sealed partial class ManagedConnection
             _settings.Deadlines.Cancel(this);
             TakeInputForTeardown();
 
-            // A parked loop starts draining now (on this thread, until its read is pending).
+            // A parked loop starts draining now: on this thread for its first read (it then goes on on the pool, so a peer
+            // that keeps sending does not hold the closer's thread).
             _park.Drain();
             StopSendLoop();
             Task sendsDone = _sendGate.CloseAndWait();
@@ -384,6 +403,23 @@ public sealed partial class ManagedConnection
 
     private void OnPeerResetDuringTeardown() => _lifecycle.OnPeerReset();
 
+    /// <summary>Counts the bytes the kernel received that nobody read (the loop is parked and held): an abort discards them.</summary>
+    private void CountUnreadInKernel()
+    {
+        try
+        {
+            int unread = _socket.Available;
+            if (unread > 0)
+            {
+                Interlocked.Add(ref _bytesDrained, unread);
+            }
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            // Reset already, or released: nothing to count.
+        }
+    }
+
     /// <summary>Disposes the socket if the lifecycle grants it (once), with linger 0 if the teardown is an abort.</summary>
     private void ReleaseSocket()
     {
@@ -414,6 +450,9 @@ public sealed partial class ManagedConnection
         {
             ReturnSendArgs();
             Volatile.Write(ref _park.Owner, null);
+
+            // A loop still parked (a step before the drain failed) ends now, without a read: it finds the socket released.
+            _park.Drain();
             _settings.Deadlines.Cancel(this);
             Volatile.Read(ref _extras)?.FinProbe?.Dispose();
             LetGoOfInput();

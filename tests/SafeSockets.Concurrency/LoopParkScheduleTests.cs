@@ -47,6 +47,34 @@ public sealed class LoopParkScheduleTests(ITestOutputHelper output)
             output);
     }
 
+    [Fact]
+    public void An_abort_holding_the_park_beside_a_watch_and_a_demand()
+    {
+        // Abort takes a parked loop's park (TryHold) so that nobody wakes it before the release, then drains and resumes
+        // it; a watch (resumed from the pool) and the application's demand race with it.
+        CoyoteRunner.AssertNoBug(
+            async () =>
+            {
+                var model = new Model();
+                Task<ModelExit> loop = Task.Run(model.LoopAsync);
+                Task watch = Task.Run(() => model.Park.Watch());
+                Task demand = Task.Run(model.Park.Demand);
+                Task abort = Task.Run(() =>
+                {
+                    bool held = model.Park.TryHold();
+                    model.Drain();
+                    if (held)
+                    {
+                        model.Park.Resume();
+                    }
+                });
+                await Controlled.All(watch, demand, abort);
+                ModelExit exit = await loop;
+                Specification.Assert(exit == ModelExit.Drained, "The loop ended with {0}, not the drain.", exit);
+            },
+            output);
+    }
+
     private static async Task RunAsync(int watchAt)
     {
         var model = new Model();
@@ -79,7 +107,9 @@ public sealed class LoopParkScheduleTests(ITestOutputHelper output)
         private TaskCompletionSource? _pendingRead;
         private TaskCompletionSource? _reader;
 
-        public LoopPark Park { get; } = new();
+        // The protocol only: the engine does not control execution contexts (the default-context wake is tested on real
+        // sockets, ReadOnDemandTests).
+        public LoopPark Park { get; } = new(inDefaultContext: false);
 
         public async Task<ModelExit> LoopAsync()
         {

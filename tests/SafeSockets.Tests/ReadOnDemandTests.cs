@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Net.Sockets;
 using SafeSockets.Tests.Infrastructure;
 
@@ -177,6 +179,134 @@ public sealed class ReadOnDemandTests
             Assert.Equal(CloseOutcome.Graceful, result.Outcome);
             Assert.Equal(3000, result.BytesDrained);
             Assert.True(connection.ReceiveLoopEnded);
+        }
+    }
+
+    private static readonly AsyncLocal<string?> s_request = new();
+
+    [Fact]
+    public async Task ApplicationAsyncLocal_DoesNotFollowTheReceiveLoop_ItWokeOnItsThread()
+    {
+        // Found by review: the loop woken on the application's thread ran, and then stayed, in the application's
+        // execution context (its state machine captures the current one at each await).
+        var clock = new RecordingClock("OnPeerFin");
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(new ManagedConnectionOptions { TimeProvider = clock });
+        await using (connection)
+        using (peer)
+        {
+            // "Request 1" asks for bytes on a thread of its own; nothing is there, so its demand wakes the parked loop on
+            // that thread and the loop's read is issued there.
+            Task<int>? receive = null;
+            var thread = new Thread(() =>
+            {
+                s_request.Value = "request-1";
+                receive = connection.ReceiveAsync(new byte[16]).AsTask();
+            });
+            thread.Start();
+            thread.Join();
+
+            // Later, on a socket thread, the loop sees the peer's FIN: it belongs to no caller.
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(0, await receive!.WithTimeout());
+            await TestTimeouts.WaitUntilAsync(() => !clock.Seen.IsEmpty, "OnPeerFin ran");
+            Assert.Equal(["<none>"], clock.Seen.Select(s => s.Request).Distinct());
+        }
+    }
+
+    [Fact]
+    public async Task Abort_BytesTheKernelHoldsUnread_CountInBytesDrained()
+    {
+        // Found by review: with the loop parked, bytes wait in the kernel; the abort's reset discards them uncounted.
+        const int Unread = 1000;
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        {
+            Assert.Equal(Unread, peer.Send(Peer.Pattern(Unread)));
+            await TestTimeouts.WaitUntilAsync(() => Available(connection) is Unread or 0, "the bytes reached our kernel (or the loop)");
+            connection.Abort();
+            CloseResult result = await connection.Completion.WithTimeout();
+            Assert.Equal(CloseOutcome.Aborted, result.Outcome);
+            Assert.Equal(Unread, result.BytesDrained);
+        }
+    }
+
+    [Fact]
+    public async Task Close_WithMuchUnreadInTheKernel_TheClosersThreadDrainsAtMostOneRead()
+    {
+        // Found by review: the teardown woke the parked loop on the closer's thread, which then drained there for as long
+        // as reads found bytes, before the flush, our FIN and the drain bound.
+        var clock = new RecordingClock("ReceiveLoopAsync");
+        var options = new ManagedConnectionOptions { TimeProvider = clock, MaxDrainBytes = 64L << 20 };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            // Nobody reads: the kernel fills up (the peer's blocking sends go on as the drain makes room).
+            const int Total = 4 << 20;
+            Task sending = Task.Run(() =>
+            {
+                byte[] chunk = new byte[64 * 1024];
+                for (int sent = 0; sent < Total; sent += chunk.Length)
+                {
+                    peer.Send(chunk);
+                }
+
+                peer.Shutdown(SocketShutdown.Send);
+            });
+            await TestTimeouts.WaitUntilAsync(() => Available(connection) > 32 * 1024, "the kernel holds much unread");
+            clock.Seen.Clear();
+
+            // The closer's thread stays alive until the end, so no other thread can take its managed thread id.
+            int closerThread = 0;
+            Task<CloseResult>? close = null;
+            using var called = new ManualResetEventSlim();
+            using var done = new ManualResetEventSlim();
+            var closer = new Thread(() =>
+            {
+                closerThread = Environment.CurrentManagedThreadId;
+                close = connection.CloseAsync().AsTask();
+                called.Set();
+                done.Wait(TestTimeouts.Passing);
+            });
+            closer.Start();
+            Assert.True(called.Wait(TestTimeouts.Passing), "CloseAsync did not return");
+
+            await sending.WithTimeout();
+            CloseResult result = await close!.WithTimeout();
+            done.Set();
+            closer.Join();
+            Assert.Equal(CloseOutcome.Graceful, result.Outcome);
+            Assert.Equal(Total, result.BytesDrained);
+            int onCloser = clock.Seen.Count(s => s.Thread == closerThread);
+            Assert.True(onCloser <= 1, $"{onCloser} drained reads ran on the closer's thread");
+        }
+    }
+
+    private static int Available(ManagedConnection connection)
+    {
+        try
+        {
+            return connection.Socket.Available;
+        }
+        catch (ObjectDisposedException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>Records, for every timestamp asked for from inside <paramref name="method"/>, the thread and the
+    /// application AsyncLocal current there.</summary>
+    private sealed class RecordingClock(string method) : TimeProvider
+    {
+        public ConcurrentQueue<(int Thread, string Request)> Seen { get; } = new();
+
+        public override long GetTimestamp()
+        {
+            if (new StackTrace().GetFrames().Any(f => f.GetMethod() is { } m && (m.Name == method || (m.DeclaringType?.Name.Contains(method, StringComparison.Ordinal) ?? false))))
+            {
+                Seen.Enqueue((Environment.CurrentManagedThreadId, s_request.Value ?? "<none>"));
+            }
+
+            return base.GetTimestamp();
         }
     }
 }

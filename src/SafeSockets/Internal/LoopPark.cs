@@ -20,12 +20,14 @@ internal sealed class LoopPark : IValueTaskSource<int>
     private const int Parked = 1;
 
     // The lazy watch's list (ManagedConnection.Watch.cs) links parks, not connections: a released connection clears
-    // Owner, so the list never keeps a finished connection reachable until the timer's next look.
+    // Owner (and its loop, woken by the release, ends and lets go of its state machine), so the list does not keep a
+    // finished connection reachable until the timer's next look.
     internal LoopPark? NextInList;
     internal int InList;
     internal int ParksSeen = -1;
     internal object? Owner;
 
+    private readonly bool _inDefaultContext;
     private ManualResetValueTaskSourceCore<int> _core;
     private int _state;
     private int _demand;
@@ -35,6 +37,17 @@ internal sealed class LoopPark : IValueTaskSource<int>
 
     /// <summary>Whether the loop keeps a read pending at all times (it never parks again).</summary>
     public bool IsWatched => Volatile.Read(ref _watched) != 0;
+
+    /// <summary>A park whose loop runs in the default execution context whoever wakes it (see <see cref="Resume"/>).</summary>
+    public LoopPark()
+        : this(inDefaultContext: true)
+    {
+    }
+
+    /// <summary>A park; <paramref name="inDefaultContext"/> <see langword="false"/> runs the loop in the waker's context and
+    /// resumes it from the pool with <c>Task.Run</c> (for schedule exploration, whose engine controls neither execution
+    /// contexts nor work items queued to the pool directly).</summary>
+    internal LoopPark(bool inDefaultContext) => _inDefaultContext = inDefaultContext;
 
     /// <summary>Whether the teardown asked the loop to run to its end.</summary>
     public bool IsDraining => Volatile.Read(ref _draining) != 0;
@@ -66,7 +79,8 @@ internal sealed class LoopPark : IValueTaskSource<int>
     /// <summary>The bytes the loop just read answer any demand so far (the loop calls it before it hands them over).</summary>
     public void Satisfied() => Volatile.Write(ref _demand, 0);
 
-    /// <summary>From now on the loop keeps a read pending at all times.</summary>
+    /// <summary>From now on the loop keeps a read pending at all times. A parked loop is woken from the thread pool: the
+    /// caller (a property getter, the lazy watch's timer) never runs the loop, or a teardown it may start, itself.</summary>
     /// <returns><see langword="true"/> for the call that made it watched.</returns>
     public bool Watch()
     {
@@ -75,7 +89,11 @@ internal sealed class LoopPark : IValueTaskSource<int>
             return false;
         }
 
-        Wake();
+        if (TryHold())
+        {
+            ResumeOnThreadPool();
+        }
+
         return true;
     }
 
@@ -132,12 +150,63 @@ internal sealed class LoopPark : IValueTaskSource<int>
     private bool MayPark() => Volatile.Read(ref _demand) == 0 && Volatile.Read(ref _watched) == 0 && Volatile.Read(ref _draining) == 0;
 
     /// <summary>Wakes the loop if it is parked; only the caller that unparks it completes the park, and the loop's
-    /// continuation runs on that caller's thread.</summary>
+    /// continuation runs on that caller's thread (in the default execution context, see <see cref="Resume"/>).</summary>
     private void Wake()
     {
-        if (Interlocked.CompareExchange(ref _state, Running, Parked) == Parked)
+        if (TryHold())
+        {
+            Resume();
+        }
+    }
+
+    /// <summary>Takes the park from a parked loop without waking it yet: nobody else can wake it, and it stays suspended
+    /// until <see cref="Resume"/> (an abort counts what the kernel holds, then releases the socket, then resumes it).</summary>
+    /// <returns><see langword="true"/> if the loop was parked and the caller now owes it one <see cref="Resume"/>.</returns>
+    public bool TryHold() => Interlocked.CompareExchange(ref _state, Running, Parked) == Parked;
+
+    /// <summary>Resumes a loop held by <see cref="TryHold"/>, on this thread until it parks again or awaits a pending read.</summary>
+    /// <remarks>The loop belongs to no caller: it runs in the default execution context, so the waker's AsyncLocals (an
+    /// Activity, a logging scope) neither reach the loop nor stay captured in it for the connection's life. (Its state
+    /// machine captures whatever context is current at each await.)</remarks>
+    public void Resume()
+    {
+        if (_inDefaultContext)
+        {
+            ExecutionContext.Run(DefaultContext.Value, static park => ((LoopPark)park!)._core.SetResult(0), this);
+        }
+        else
         {
             _core.SetResult(0);
+        }
+    }
+
+    /// <summary>Resumes a held loop from a thread-pool work item (for wakers that must not run the loop themselves: a
+    /// property getter, a lock holder).</summary>
+    public void ResumeOnThreadPool()
+    {
+        if (_inDefaultContext)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(static park => park.Resume(), this, preferLocal: false);
+        }
+        else
+        {
+            // Schedule exploration: a task the engine controls.
+            _ = Task.Run(Resume);
+        }
+    }
+
+    /// <summary>The default execution context (no AsyncLocal set), captured once on a thread started without flowing any.</summary>
+    private static class DefaultContext
+    {
+        public static readonly ExecutionContext Value = Capture();
+
+        private static ExecutionContext Capture()
+        {
+            ExecutionContext? captured = null;
+            var thread = new Thread(() => captured = ExecutionContext.Capture());
+            thread.UnsafeStart();
+            thread.Join();
+            return captured!;
         }
     }
 
