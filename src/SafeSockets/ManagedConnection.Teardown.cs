@@ -690,12 +690,31 @@ public sealed partial class ManagedConnection
             return long.MaxValue;
         }
 
-        if (SendInFlight() || Volatile.Read(ref _inputPaused))
+        if (SendInFlight() || Volatile.Read(ref _inputPaused) || UnreadInKernelWhileParked())
         {
             Volatile.Write(ref _lastIo, now);
         }
 
         return Volatile.Read(ref _lastIo) + idle;
+    }
+
+    /// <summary>Bytes arrived that no read has seen yet: the loop is parked (the lazy watch has not looked yet) and the
+    /// kernel holds some. They count as traffic now, as they would had a read taken them when they came.</summary>
+    private bool UnreadInKernelWhileParked()
+    {
+        if (!_park.IsParked || _park.IsWatched)
+        {
+            return false;
+        }
+
+        try
+        {
+            return _socket.Available > 0;
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            return false;
+        }
     }
 
     /// <summary>The idle bound before the peer's FIN (after it, the guard checks it too).</summary>

@@ -16,33 +16,32 @@ namespace SafeSockets;
 //   that are not yet there cost exactly one wake-up, as with a raw socket;
 // - the connection is watched: from then on a read is always pending, as before. A connection becomes watched when
 //   someone asks for PeerClosed or Transport (they want the peer's FIN seen at once), and when the application has
-//   not read for one to two WatchPeriods (a connection it holds but does not read, or forgot: its FIN must still be
+//   not read for up to a WatchPeriod (a connection it holds but does not read, or forgot: its FIN must still be
 //   seen, and the CLOSE_WAIT guard armed);
 // - the teardown drains (it takes the input, and the loop reads and discards until the peer's FIN).
 // Only the loop ever reads the socket: the pipe, the drain, the reader hand-off and the teardown's prompt wake-up of a
 // pending ReceiveAsync are unchanged.
 public sealed partial class ManagedConnection
 {
-    // How often the lazy watch looks at connections whose loop parked: a connection is watched when its loop stayed
-    // parked for a whole period (so between one and two periods after the application's last read). Short against any
-    // CloseWaitTimeout, long against a request/response handler's work between two reads.
-    private const int WatchPeriodMilliseconds = 10;
+    // How often the lazy watch looks at connections whose loop parked: a connection whose loop stayed parked since it
+    // was queued is watched at the next look, so between 0 and one period after the application's last read (plus the
+    // look's own lateness). Short against CloseWaitTimeout (the guard starts when the FIN is seen: fin-latency's
+    // never-reacting application must see our FIN within 5 ms of CloseWaitTimeout), long against a request/response
+    // handler's work between two reads (microseconds: about 1% of them are looked at in such a gap and watched early).
+    // Not a .NET timer: those run on the kernel's 4 ms coarse clock here; a thread of ours sleeps on a monitor.
+    private const int WatchPeriodMilliseconds = 2;
+
+    // How long the lazy watch's thread keeps looking after its list last had an entry before it sleeps until a push.
+    private const int WatchLingerPeriods = 500;
 
     // The loop's park and the reasons it wakes (Internal/LoopPark.cs); also this connection's entry in the lazy
-    // watch's list (intrusive, lock-free push, taken whole by the timer).
+    // watch's list (intrusive, lock-free push, taken whole by the watch's thread).
     private readonly LoopPark _park;
 
     private static LoopPark? s_watchHead;
-    private static readonly Timer s_watchTimer = CreateWatchTimer();
-
-    private static Timer CreateWatchTimer()
-    {
-        // The timer's callbacks belong to no caller: no execution context is captured.
-        using (ExecutionContext.SuppressFlow())
-        {
-            return new Timer(static _ => LookAtParkedLoops(), null, Timeout.Infinite, Timeout.Infinite);
-        }
-    }
+    private static readonly object s_watchLock = new();
+    private static bool s_watcherRunning;
+    private static bool s_watcherAsleep;
 
     /// <summary>From now on the loop keeps a read pending at all times (the peer's FIN and resets are seen at once).</summary>
     private void Watch() => _park.Watch();
@@ -68,6 +67,8 @@ public sealed partial class ManagedConnection
             return;
         }
 
+        entry.ParksSeen = entry.Parks;
+
         LoopPark? head = Volatile.Read(ref s_watchHead);
         while (true)
         {
@@ -83,14 +84,59 @@ public sealed partial class ManagedConnection
 
         if (head is null)
         {
-            // The list was empty: the timer was stopped (or is about to look at an empty list).
-            s_watchTimer.Change(WatchPeriodMilliseconds, Timeout.Infinite);
+            // The list was empty: the watch's thread may be asleep (or not started yet).
+            EnsureWatcher();
         }
     }
 
-    /// <summary>The lazy watch's timer: each connection whose loop stayed parked since the previous look is watched; one
-    /// whose loop parked again since is looked at once more; one whose loop is reading leaves the list (it comes back
-    /// when the loop parks); a released one leaves it.</summary>
+    private static void EnsureWatcher()
+    {
+        lock (s_watchLock)
+        {
+            if (!s_watcherRunning)
+            {
+                // Started without the caller's execution context: it belongs to no caller.
+                s_watcherRunning = true;
+                new Thread(RunWatcher) { IsBackground = true, Name = "SafeSockets lazy watch" }.UnsafeStart();
+            }
+            else if (s_watcherAsleep)
+            {
+                Monitor.Pulse(s_watchLock);
+            }
+        }
+    }
+
+    /// <summary>The lazy watch's thread: a look every period while connections are queued (and for a while after), else
+    /// asleep until a push (the decision to sleep and a push's pulse are both taken under the lock: none is lost).</summary>
+    private static void RunWatcher()
+    {
+        int idlePeriods = 0;
+        while (true)
+        {
+            lock (s_watchLock)
+            {
+                if (Volatile.Read(ref s_watchHead) is not null)
+                {
+                    idlePeriods = 0;
+                }
+                else if (++idlePeriods > WatchLingerPeriods)
+                {
+                    s_watcherAsleep = true;
+                    Monitor.Wait(s_watchLock);
+                    s_watcherAsleep = false;
+                    idlePeriods = 0;
+                }
+
+                Monitor.Wait(s_watchLock, WatchPeriodMilliseconds);
+            }
+
+            LookAtParkedLoops();
+        }
+    }
+
+    /// <summary>One look: each connection whose loop stayed parked since it was queued is watched; one whose loop parked
+    /// again since is looked at once more; one whose loop is reading leaves the list (it comes back when the loop parks);
+    /// a released one leaves it.</summary>
     private static void LookAtParkedLoops()
     {
         LoopPark? entry = Interlocked.Exchange(ref s_watchHead, null);
@@ -101,13 +147,18 @@ public sealed partial class ManagedConnection
 
             // Out of the list before looking: a park that happens from here on queues the connection again.
             Interlocked.Exchange(ref entry.InList, 0);
-            (Volatile.Read(ref entry.Owner) as ManagedConnection)?.LookAtParkedLoop();
-            entry = next;
-        }
+            try
+            {
+                (Volatile.Read(ref entry.Owner) as ManagedConnection)?.LookAtParkedLoop();
+            }
+#pragma warning disable CA1031 // Nothing may end the watch's thread; a failure is reported by the connection.
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                (Volatile.Read(ref entry.Owner) as ManagedConnection)?.ReportUnexpected("lazy watch", ex);
+            }
 
-        if (Volatile.Read(ref s_watchHead) is not null)
-        {
-            s_watchTimer.Change(WatchPeriodMilliseconds, Timeout.Infinite);
+            entry = next;
         }
     }
 
@@ -121,22 +172,13 @@ public sealed partial class ManagedConnection
         int parks = _park.Parks;
         if (parks != _park.ParksSeen)
         {
-            // The loop parked (again) since the previous look: the application is reading. Look again next period.
+            // The loop parked again since it was queued: the application is reading. Look again next period.
             _park.ParksSeen = parks;
             QueueForWatch();
             return;
         }
 
-        // Parked for a whole period: nobody reads. Watch it (the loop's read is issued on this timer thread).
-        try
-        {
-            Watch();
-        }
-#pragma warning disable CA1031 // The loop reports its own errors; nothing may escape onto the timer's thread.
-        catch (Exception ex)
-#pragma warning restore CA1031
-        {
-            ReportUnexpected("lazy watch", ex);
-        }
+        // Parked since it was queued: nobody reads. Watch it (the loop resumes from the pool).
+        Watch();
     }
 }

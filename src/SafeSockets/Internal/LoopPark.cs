@@ -21,7 +21,8 @@ internal sealed class LoopPark : IValueTaskSource<int>
 
     // The lazy watch's list (ManagedConnection.Watch.cs) links parks, not connections: a released connection clears
     // Owner (and its loop, woken by the release, ends and lets go of its state machine), so the list does not keep a
-    // finished connection reachable until the timer's next look.
+    // finished connection reachable until the watch's next look. ParksSeen: the park count when it was queued (or
+    // last looked at).
     internal LoopPark? NextInList;
     internal int InList;
     internal int ParksSeen = -1;
@@ -80,7 +81,7 @@ internal sealed class LoopPark : IValueTaskSource<int>
     public void Satisfied() => Volatile.Write(ref _demand, 0);
 
     /// <summary>From now on the loop keeps a read pending at all times. A parked loop is woken from the thread pool: the
-    /// caller (a property getter, the lazy watch's timer) never runs the loop, or a teardown it may start, itself.</summary>
+    /// caller (a property getter, the lazy watch's thread) never runs the loop, or a teardown it may start, itself.</summary>
     /// <returns><see langword="true"/> for the call that made it watched.</returns>
     public bool Watch()
     {
