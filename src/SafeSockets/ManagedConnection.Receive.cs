@@ -251,9 +251,9 @@ public sealed partial class ManagedConnection
                             await new ReaderHandOff.Awaitable(park, handOff, this, s_onHandOffError);
                         }
 
-                        if (_lifecycle.IsReleased)
+                        if (_lifecycle.IsReleased || _lifecycle.Reason == CloseReason.Abort)
                         {
-                            // Woken by an abort after the release: nothing to read.
+                            // Woken after an abort began: nothing to read (the abort counted what the kernel held).
                             return LoopExit.Aborted;
                         }
                     }

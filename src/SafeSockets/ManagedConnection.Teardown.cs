@@ -109,7 +109,9 @@ public sealed partial class ManagedConnection
                     bool held = _park.TryHold();
                     try
                     {
-                        if (held)
+                        // Also when a wake is on its way (a watch resumes the loop from the pool): the loop has not read
+                        // since it parked, and once it runs it sees the abort and reads nothing.
+                        if (held || _park.IsWaking)
                         {
                             CountUnreadInKernel();
                         }
@@ -690,31 +692,12 @@ public sealed partial class ManagedConnection
             return long.MaxValue;
         }
 
-        if (SendInFlight() || Volatile.Read(ref _inputPaused) || UnreadInKernelWhileParked())
+        if (SendInFlight() || Volatile.Read(ref _inputPaused))
         {
             Volatile.Write(ref _lastIo, now);
         }
 
         return Volatile.Read(ref _lastIo) + idle;
-    }
-
-    /// <summary>Bytes arrived that no read has seen yet: the loop is parked (the lazy watch has not looked yet) and the
-    /// kernel holds some. They count as traffic now, as they would had a read taken them when they came.</summary>
-    private bool UnreadInKernelWhileParked()
-    {
-        if (!_park.IsParked || _park.IsWatched)
-        {
-            return false;
-        }
-
-        try
-        {
-            return _socket.Available > 0;
-        }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
-        {
-            return false;
-        }
     }
 
     /// <summary>The idle bound before the peer's FIN (after it, the guard checks it too).</summary>

@@ -16,7 +16,7 @@ namespace SafeSockets;
 //   that are not yet there cost exactly one wake-up, as with a raw socket;
 // - the connection is watched: from then on a read is always pending, as before. A connection becomes watched when
 //   someone asks for PeerClosed or Transport (they want the peer's FIN seen at once), and when the application has
-//   not read for up to a WatchPeriod (a connection it holds but does not read, or forgot: its FIN must still be
+//   not read for 1-3 ms (a connection it holds but does not read, or forgot: its FIN must still be
 //   seen, and the CLOSE_WAIT guard armed);
 // - the teardown drains (it takes the input, and the loop reads and discards until the peer's FIN).
 // Only the loop ever reads the socket: the pipe, the drain, the reader hand-off and the teardown's prompt wake-up of a
@@ -24,12 +24,17 @@ namespace SafeSockets;
 public sealed partial class ManagedConnection
 {
     // How often the lazy watch looks at connections whose loop parked: a connection whose loop stayed parked since it
-    // was queued is watched at the next look, so between 0 and one period after the application's last read (plus the
-    // look's own lateness). Short against CloseWaitTimeout (the guard starts when the FIN is seen: fin-latency's
+    // was queued, for at least s_minimumParkedTime, is watched at that look, so 1-3 ms after the application's last read
+    // (plus the look's own lateness). Short against CloseWaitTimeout (the guard starts when the FIN is seen: fin-latency's
     // never-reacting application must see our FIN within 5 ms of CloseWaitTimeout), long against a request/response
-    // handler's work between two reads (microseconds: about 1% of them are looked at in such a gap and watched early).
+    // handler's work between two reads (microseconds).
     // Not a .NET timer: those run on the kernel's 4 ms coarse clock here; a thread of ours sleeps on a monitor.
     private const int WatchPeriodMilliseconds = 2;
+
+    // How long a loop must have stayed parked before the lazy watch watches it: a connection the application reads
+    // without pause parks for microseconds between reads and is never watched (found by review: with no minimum, a
+    // look that landed in such a gap watched it, and a watch is for good).
+    private static readonly TimeSpan s_minimumParkedTime = TimeSpan.FromMilliseconds(1);
 
     // How long the lazy watch's thread keeps looking after its list last had an entry before it sleeps until a push.
     private const int WatchLingerPeriods = 500;
@@ -42,6 +47,9 @@ public sealed partial class ManagedConnection
     private static readonly object s_watchLock = new();
     private static bool s_watcherRunning;
     private static bool s_watcherAsleep;
+
+    /// <summary>For tests: the lazy watch leaves this connection's loop parked (until a read, a watch or the teardown).</summary>
+    internal void KeepParkedForTest() => _park.NoLazyWatch = true;
 
     /// <summary>From now on the loop keeps a read pending at all times (the peer's FIN and resets are seen at once).</summary>
     private void Watch() => _park.Watch();
@@ -95,9 +103,10 @@ public sealed partial class ManagedConnection
         {
             if (!s_watcherRunning)
             {
-                // Started without the caller's execution context: it belongs to no caller.
-                s_watcherRunning = true;
+                // Started without the caller's execution context: it belongs to no caller. (If it cannot start, the next
+                // push tries again.)
                 new Thread(RunWatcher) { IsBackground = true, Name = "SafeSockets lazy watch" }.UnsafeStart();
+                s_watcherRunning = true;
             }
             else if (s_watcherAsleep)
             {
@@ -155,7 +164,15 @@ public sealed partial class ManagedConnection
             catch (Exception ex)
 #pragma warning restore CA1031
             {
-                (Volatile.Read(ref entry.Owner) as ManagedConnection)?.ReportUnexpected("lazy watch", ex);
+                try
+                {
+                    (Volatile.Read(ref entry.Owner) as ManagedConnection)?.ReportUnexpected("lazy watch", ex);
+                }
+#pragma warning disable CA1031 // A logger that throws must not end the watch's thread (nor the process).
+                catch (Exception)
+#pragma warning restore CA1031
+                {
+                }
             }
 
             entry = next;
@@ -164,21 +181,22 @@ public sealed partial class ManagedConnection
 
     private void LookAtParkedLoop()
     {
-        if (!_park.IsParked || _park.IsWatched || _lifecycle.IsTearingDown)
+        if (!_park.IsParked || _park.IsWatched || _park.NoLazyWatch || _lifecycle.IsTearingDown)
         {
             return;
         }
 
         int parks = _park.Parks;
-        if (parks != _park.ParksSeen)
+        if (parks != _park.ParksSeen || System.Diagnostics.Stopwatch.GetElapsedTime(Volatile.Read(ref _park.ParkedAt)) < s_minimumParkedTime)
         {
-            // The loop parked again since it was queued: the application is reading. Look again next period.
+            // The loop parked again since it was queued, or only just now: the application is reading (a busy connection
+            // parks for microseconds between its reads). Look again next period.
             _park.ParksSeen = parks;
             QueueForWatch();
             return;
         }
 
-        // Parked since it was queued: nobody reads. Watch it (the loop resumes from the pool).
+        // Parked since it was queued, for long enough: nobody reads. Watch it (the loop resumes from the pool).
         Watch();
     }
 }

@@ -15,8 +15,8 @@ namespace SafeSockets;
 /// the connection for <see cref="ManagedConnectionOptions.CloseWaitTimeout"/> the connection closes itself. No socket is
 /// left in CLOSE_WAIT. A receive loop reads the socket: when the application reads (on the application's own thread, so
 /// bytes already received cost no thread hop), and at all times once the connection is watched: from the first use of
-/// <see cref="PeerClosed"/> or <see cref="Transport"/>, or once the application has not read for up to 2 ms. So a
-/// connection that is held or forgotten sees the peer's FIN at most about 2 ms after its last read (at once if
+/// <see cref="PeerClosed"/> or <see cref="Transport"/>, or once the application has not read for 1-3 ms. So a
+/// connection that is held or forgotten sees the peer's FIN at most about 3 ms after its last read (at once if
 /// <see cref="PeerClosed"/> was asked for).</para>
 /// <para><see cref="CloseAsync"/> and <see cref="DisposeAsync"/> never send RST over unread data within the
 /// drain bounds; only <see cref="Abort"/> resets on purpose.</para>

@@ -91,34 +91,6 @@ public sealed class IdleTimeoutTests
     }
 
     [Fact]
-    public async Task BytesWaitingInTheKernel_BeforeAnyReadSawThem_AreNotIdle()
-    {
-        // Found by review: the loop reads only when asked (or once watched, up to 2 ms after the last read), so bytes can
-        // sit in the kernel unseen when the idle bound comes due; they are traffic, as if a read had taken them.
-        var clock = new FakeTimeProvider();
-        var options = new ManagedConnectionOptions { TimeProvider = clock, IdleTimeout = TimeSpan.FromSeconds(1) };
-        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
-        using (peer)
-        {
-            await peer.SendAsync(new byte[10], SocketFlags.None).WithTimeout();
-            await TestTimeouts.WaitUntilAsync(() => connection.Socket.Available == 10, "the bytes reached our kernel");
-
-            // The bound comes due (in fake time, before the lazy watch's first real-time period): not idle.
-            clock.Advance(TimeSpan.FromSeconds(1));
-            await Task.Yield();
-            byte[] buffer = new byte[10];
-            Assert.Equal(10, await connection.ReceiveAsync(buffer).AsTask().WithTimeout());
-            Assert.Equal(ConnectionState.Open, connection.State);
-
-            // Then a full second of silence is idle.
-            clock.Advance(TimeSpan.FromSeconds(1));
-            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
-            peer.Shutdown(SocketShutdown.Send);
-            Assert.Equal(CloseOutcome.IdleTimedOut, (await connection.Completion.WithTimeout()).Outcome);
-        }
-    }
-
-    [Fact]
     public async Task ASendInProgress_IsNotIdle()
     {
         var clock = new FakeTimeProvider();

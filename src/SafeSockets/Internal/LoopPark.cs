@@ -18,6 +18,7 @@ internal sealed class LoopPark : IValueTaskSource<int>
 {
     private const int Running = 0;
     private const int Parked = 1;
+    private const int Waking = 2;
 
     // The lazy watch's list (ManagedConnection.Watch.cs) links parks, not connections: a released connection clears
     // Owner (and its loop, woken by the release, ends and lets go of its state machine), so the list does not keep a
@@ -26,7 +27,11 @@ internal sealed class LoopPark : IValueTaskSource<int>
     internal LoopPark? NextInList;
     internal int InList;
     internal int ParksSeen = -1;
+    internal long ParkedAt;
     internal object? Owner;
+
+    // For tests that need a loop that stays parked (the lazy watch would watch it within 2 ms).
+    internal bool NoLazyWatch;
 
     private readonly bool _inDefaultContext;
     private ManualResetValueTaskSourceCore<int> _core;
@@ -115,6 +120,8 @@ internal sealed class LoopPark : IValueTaskSource<int>
         }
 
         _core.Reset();
+        ParkedAt = System.Diagnostics.Stopwatch.GetTimestamp();
+        Interlocked.Increment(ref _parks);
         Interlocked.Exchange(ref _state, Parked);
 
         // Looked at after publishing the park: a reason published before it is seen here; one published after it finds
@@ -124,7 +131,6 @@ internal sealed class LoopPark : IValueTaskSource<int>
             return null;
         }
 
-        Interlocked.Increment(ref _parks);
         return new ValueTask<int>(this, _core.Version);
     }
 
@@ -163,7 +169,11 @@ internal sealed class LoopPark : IValueTaskSource<int>
     /// <summary>Takes the park from a parked loop without waking it yet: nobody else can wake it, and it stays suspended
     /// until <see cref="Resume"/> (an abort counts what the kernel holds, then releases the socket, then resumes it).</summary>
     /// <returns><see langword="true"/> if the loop was parked and the caller now owes it one <see cref="Resume"/>.</returns>
-    public bool TryHold() => Interlocked.CompareExchange(ref _state, Running, Parked) == Parked;
+    public bool TryHold() => Interlocked.CompareExchange(ref _state, Waking, Parked) == Parked;
+
+    /// <summary>Whether someone took the park (<see cref="TryHold"/>) and the loop has not been resumed yet: it has not
+    /// run since it parked.</summary>
+    public bool IsWaking => Volatile.Read(ref _state) == Waking;
 
     /// <summary>Resumes a loop held by <see cref="TryHold"/>, on this thread until it parks again or awaits a pending read.</summary>
     /// <remarks>The loop belongs to no caller: it runs in the default execution context, so the waker's AsyncLocals (an
@@ -171,6 +181,7 @@ internal sealed class LoopPark : IValueTaskSource<int>
     /// machine captures whatever context is current at each await.)</remarks>
     public void Resume()
     {
+        Volatile.Write(ref _state, Running);
         if (_inDefaultContext)
         {
             ExecutionContext.Run(DefaultContext.Value, static park => ((LoopPark)park!)._core.SetResult(0), this);
