@@ -237,19 +237,9 @@ public sealed partial class ManagedConnection
                     // constructor: nothing can wake it before the constructor returns, so no read runs on its thread.
                     if (TryPark() is { } park)
                     {
-                        if (caught.IsEmpty || park.IsCompleted)
-                        {
-                            caught = HandOffQueued(caught);
-                            await park.ConfigureAwait(false);
-                        }
-                        else
-                        {
-                            // The reader whose bytes were just flushed runs once the park is registered: when it asks for
-                            // more, it wakes the loop on its own thread.
-                            ReaderHandOff.Continuation handOff = caught;
-                            caught = default;
-                            await new ReaderHandOff.Awaitable(park, handOff, this, s_onHandOffError);
-                        }
+                        // The reader whose bytes were just flushed runs once the park is registered: when it asks for
+                        // more, it wakes the loop on its own thread.
+                        await ReaderHandOff.Then(park, TakeCaught(ref caught), this, s_onHandOffError);
 
                         if (_lifecycle.IsReleased || _lifecycle.Reason == CloseReason.Abort)
                         {
@@ -274,35 +264,12 @@ public sealed partial class ManagedConnection
 
                 if (waitForData)
                 {
-                    ValueTask<int> wait = ReceiveOnceAsync(_socket, receiveArgs, Memory<byte>.Empty, token);
-                    if (caught.IsEmpty || wait.IsCompleted)
-                    {
-                        caught = HandOffQueued(caught);
-                        await wait.ConfigureAwait(false);
-                    }
-                    else
-                    {
-                        ReaderHandOff.Continuation handOff = caught;
-                        caught = default;
-                        await new ReaderHandOff.Awaitable(wait, handOff, this, s_onHandOffError);
-                    }
+                    await ReaderHandOff.Then(ReceiveOnceAsync(_socket, receiveArgs, Memory<byte>.Empty, token), TakeCaught(ref caught), this, s_onHandOffError);
                 }
 
                 // While draining, the same memory is reused and never advanced: the bytes are discarded.
                 Memory<byte> memory = writer.GetMemory(readSize);
-                ValueTask<int> reading = ReceiveOnceAsync(_socket, receiveArgs, memory, token);
-                int received;
-                if (caught.IsEmpty || reading.IsCompleted)
-                {
-                    caught = HandOffQueued(caught);
-                    received = await reading.ConfigureAwait(false);
-                }
-                else
-                {
-                    ReaderHandOff.Continuation handOff = caught;
-                    caught = default;
-                    received = await new ReaderHandOff.Awaitable(reading, handOff, this, s_onHandOffError);
-                }
+                int received = await ReaderHandOff.Then(ReceiveOnceAsync(_socket, receiveArgs, memory, token), TakeCaught(ref caught), this, s_onHandOffError);
                 bool draining = HasIo(IoInputTaken);
                 waitForData = received < memory.Length && !draining;
                 if (received == 0)
@@ -340,9 +307,7 @@ public sealed partial class ManagedConnection
                         inputCompleted = true;
                         if (!caught.IsEmpty && _park.TryParkAfterEnd() is { } ended)
                         {
-                            ReaderHandOff.Continuation handOff = caught;
-                            caught = default;
-                            await new ReaderHandOff.Awaitable(ended, handOff, this, s_onHandOffError);
+                            await ReaderHandOff.Then(ended, TakeCaught(ref caught), this, s_onHandOffError);
                         }
                     }
 
@@ -517,6 +482,14 @@ public sealed partial class ManagedConnection
         var connection = (ManagedConnection)owner;
         Log.UnexpectedError(connection._settings.Logger, "input reader continuation", connection.RemoteEndPoint?.ToString(), ex);
     };
+
+    /// <summary>Hands over what the loop caught (it is run or queued exactly once by whoever takes it) and forgets it.</summary>
+    private static ReaderHandOff.Continuation TakeCaught(ref ReaderHandOff.Continuation caught)
+    {
+        ReaderHandOff.Continuation taken = caught;
+        caught = default;
+        return taken;
+    }
 
     /// <summary>Queues a caught reader continuation, if there is one; returns the empty one to store back.</summary>
     private static ReaderHandOff.Continuation HandOffQueued(ReaderHandOff.Continuation caught)

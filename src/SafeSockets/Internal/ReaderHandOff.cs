@@ -80,17 +80,35 @@ internal static class ReaderHandOff
         }
     }
 
-    /// <summary>Awaits the loop's next socket read and, once the loop's continuation is registered on it, runs the
-    /// caught reader continuation on this thread (see the type's remarks). Used only when the read is still pending.</summary>
+    /// <summary>What the loop awaits next (a socket read, or its park), with the reader continuation it caught: run once
+    /// the loop's continuation is registered if the operation is still pending, else queued to the pool.</summary>
+    /// <param name="operation">The loop's next operation.</param>
+    /// <param name="caught">What the loop caught (the caller forgets it: it is run or queued exactly once from here).</param>
+    /// <param name="owner">The connection, for error reports.</param>
+    /// <param name="onError">Reports an exception a caught continuation threw.</param>
+    /// <returns>The awaitable: the operation itself when nothing is to be handed over.</returns>
+    public static Awaitable Then(ValueTask<int> operation, Continuation caught, object owner, Action<object, Exception> onError)
+    {
+        if (!caught.IsEmpty && operation.IsCompleted)
+        {
+            caught.Queue();
+            caught = default;
+        }
+
+        return new Awaitable(operation, caught, owner, onError);
+    }
+
+    /// <summary>Awaits the loop's next operation and, once the loop's continuation is registered on it, runs the caught
+    /// reader continuation on this thread (see the type's remarks); with nothing caught, it is a plain await.</summary>
     internal readonly struct Awaitable(ValueTask<int> read, Continuation caught, object owner, Action<object, Exception> onError) : ICriticalNotifyCompletion
     {
         private readonly ConfiguredValueTaskAwaitable<int>.ConfiguredValueTaskAwaiter _read = read.ConfigureAwait(false).GetAwaiter();
 
         public Awaitable GetAwaiter() => this;
 
-        // Always suspends, so the caught continuation always runs; a read that completed meanwhile resumes the loop
-        // through the pool, which is merely one hop more.
-        public bool IsCompleted => false;
+        // With a continuation to hand over it always suspends, so that continuation always runs; an operation that
+        // completed meanwhile resumes the loop through the pool, which is merely one hop more.
+        public bool IsCompleted => caught.IsEmpty && _read.IsCompleted;
 
         public int GetResult() => _read.GetResult();
 
@@ -99,6 +117,10 @@ internal static class ReaderHandOff
         public void UnsafeOnCompleted(Action continuation)
         {
             _read.UnsafeOnCompleted(continuation);
+            if (caught.IsEmpty)
+            {
+                return;
+            }
 
             // The loop's state machine may already be running on another thread (its read completed): nothing of the
             // loop is touched from here on. Only a pool thread runs the reader: with
