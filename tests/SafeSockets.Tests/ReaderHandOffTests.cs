@@ -16,9 +16,13 @@ public sealed class ReaderHandOffTests
             return await PendingReceiveAsync(connection, buffer, waiting);
         });
 
-    [Fact]
-    public async Task ReaderThatClosesSynchronously_AfterItsBytes_DoesNotDeadlock()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ReaderThatClosesSynchronously_AfterItsBytesOrThePeersFin_DoesNotDeadlock(bool peersFin)
     {
+        // After bytes the close drains, which needs the receive loop; after the FIN the loop hands the reader the end of
+        // the input and parks, and its task completes only when the close wakes it.
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
         using (peer)
         {
@@ -26,49 +30,33 @@ public sealed class ReaderHandOffTests
             async Task<CloseResult> ReaderAsync()
             {
                 byte[] buffer = new byte[16];
-                Assert.Equal(5, await PendingReceiveAsync(connection, buffer, waiting));
+                Assert.Equal(peersFin ? 0 : 5, await PendingReceiveAsync(connection, buffer, waiting));
 
-                // Sync over async on the thread the read resumed on: the close drains, which needs the receive loop.
+                // Sync over async on the thread the read resumed on.
                 return connection.CloseAsync().AsTask().GetAwaiter().GetResult();
             }
 
             Task<CloseResult> reader = Task.Run(ReaderAsync);
             await waiting.Task.WithTimeout();
-            await peer.SendAsync(new byte[5], SocketFlags.None);
+            if (peersFin)
+            {
+                peer.Shutdown(SocketShutdown.Send);
+            }
+            else
+            {
+                await peer.SendAsync(new byte[5], SocketFlags.None);
+            }
 
-            // The peer answers our FIN with its own once it has read to the end.
+            // The peer answers our FIN with its own (if it has not sent it yet) once it has read to the end.
             PeerReadResult seen = await Peer.ReadToEndAsync(peer).WithTimeout();
-            peer.Shutdown(SocketShutdown.Send);
+            if (!peersFin)
+            {
+                peer.Shutdown(SocketShutdown.Send);
+            }
 
             Assert.Equal(PeerEnd.Fin, seen.End);
             Assert.Equal(CloseOutcome.Graceful, (await reader.WithTimeout()).Outcome);
-        }
-    }
-
-    [Fact]
-    public async Task ReaderThatClosesSynchronously_AfterThePeersFin_DoesNotDeadlock()
-    {
-        // The loop hands the reader the end of the input and parks; its task completes only when the close wakes it.
-        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        using (peer)
-        {
-            var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            async Task<CloseResult> ReaderAsync()
-            {
-                byte[] buffer = new byte[16];
-                Assert.Equal(0, await PendingReceiveAsync(connection, buffer, waiting));
-
-                // Sync over async on the thread the FIN resumed: the close waits for the receive loop's end.
-                return connection.CloseAsync().AsTask().GetAwaiter().GetResult();
-            }
-
-            Task<CloseResult> reader = Task.Run(ReaderAsync);
-            await waiting.Task.WithTimeout();
-            peer.Shutdown(SocketShutdown.Send);
-
-            Assert.Equal(CloseOutcome.Graceful, (await reader.WithTimeout()).Outcome);
-            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
-            Assert.True(connection.ReceiveLoopEnded);
+            await TestTimeouts.WaitUntilAsync(() => connection.ReceiveLoopEnded, "the receive loop ends");
         }
     }
 
