@@ -8,6 +8,7 @@ namespace SafeSockets.Tests;
 /// <summary>The receive loop reads when the application asks, or always once the connection is watched
 /// (ManagedConnection.Watch.cs, Internal/LoopPark.cs): the bytes, their order, the peer's FIN and the CLOSE_WAIT guard
 /// must not depend on which of the two read them.</summary>
+[Collection(ExclusiveTests.Name)] // several megabytes through loopback: alone, so that other tests' timing bounds are not starved
 public sealed class ReadOnDemandTests
 {
     [Fact]
