@@ -9,7 +9,8 @@ namespace SafeSockets.Internal;
 /// <para>The protocol (docs/reliability.md, invariant 9): the loop publishes "parked" before it looks at the reasons
 /// (<see cref="TryPark"/>); a waker publishes its reason before it looks at the park (<see cref="Wake"/>). Each side
 /// uses a full fence, so at least one of them sees the other: a reason that arrives while the loop parks is never lost.
-/// Only the waker that changes the park from parked to running completes it, so a park completes exactly once.</para>
+/// Only the waker that takes the park (parked to waking, <see cref="TryHold"/>) completes it (<see cref="Resume"/>), so a
+/// park completes exactly once.</para>
 /// <para>The loop's continuation runs on the waker's thread (the source does not force asynchrony): an application
 /// that asks for bytes which are already in the kernel gets them before <see cref="Demand"/> returns, without a thread
 /// hop. It runs only until the loop parks again or awaits a pending socket read.</para>
@@ -30,7 +31,7 @@ internal sealed class LoopPark : IValueTaskSource<int>
     internal long ParkedAt;
     internal object? Owner;
 
-    // For tests that need a loop that stays parked (the lazy watch would watch it within 2 ms).
+    // For tests that need a loop that stays parked (the lazy watch would watch it within 1-3 ms).
     internal bool NoLazyWatch;
 
     private readonly bool _inDefaultContext;
