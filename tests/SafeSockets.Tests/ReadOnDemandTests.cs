@@ -125,32 +125,6 @@ public sealed class ReadOnDemandTests
     }
 
     [Fact]
-    public async Task CancelledReceive_BytesThatArriveLaterAreNotLost()
-    {
-        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-        await using (connection)
-        using (peer)
-        {
-            // The cancelled receive had already asked the loop to read: that read stays pending and its bytes wait in the
-            // input for the next receive.
-            using var cts = new CancellationTokenSource();
-            ValueTask<int> pending = connection.ReceiveAsync(new byte[10], cts.Token);
-            cts.Cancel();
-            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => pending.AsTask().WithTimeout());
-
-            await Peer.SendPatternAsync(peer, 10);
-            byte[] buffer = new byte[10];
-            int read = 0;
-            while (read < 10)
-            {
-                read += await connection.ReceiveAsync(buffer.AsMemory(read)).AsTask().WithTimeout();
-            }
-
-            Assert.Equal(Peer.Pattern(10), buffer);
-        }
-    }
-
-    [Fact]
     public async Task AbortOfAConnectionNobodyRead_EndsItsLoop_AndTheLeaseOfItsInputIsGivenBack()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
