@@ -44,6 +44,18 @@ public sealed partial class ManagedConnection
     private readonly LoopPark _park;
 
     private static LoopPark? s_watchHead;
+
+    // Keep-alive, set late: most connections of a request/response exchange live microseconds to milliseconds, and
+    // keep-alive costs four setsockopt calls (of about ten syscalls a client connection makes), while its first probe
+    // is KeepAliveTime (seconds) away anyway. A connection is pushed here when it is made; each look of the watch's
+    // thread sets keep-alive on the connections pushed before the previous look (so 2-4 ms old) that are not released
+    // yet. Not tied to the loop's park: a connection waiting in ReceiveAsync (its loop reading, not parked) needs
+    // keep-alive most, since a vanished peer would leave that read pending for ever.
+    private ManagedConnection? _nextForKeepAlive;
+    private static ManagedConnection? s_keepAliveHead;
+
+    // Taken from s_keepAliveHead at the previous look; only the watch's thread touches it.
+    private static ManagedConnection? s_keepAliveAged;
     private static readonly object s_watchLock = new();
     private static bool s_watcherRunning;
     private static bool s_watcherAsleep;
@@ -64,6 +76,74 @@ public sealed partial class ManagedConnection
         }
 
         return park;
+    }
+
+    /// <summary>Has the watch's thread set keep-alive 2-4 ms from now, unless the connection is released by then.</summary>
+    private void QueueKeepAlive()
+    {
+        ManagedConnection? head = Volatile.Read(ref s_keepAliveHead);
+        while (true)
+        {
+            _nextForKeepAlive = head;
+            ManagedConnection? seen = Interlocked.CompareExchange(ref s_keepAliveHead, this, head);
+            if (seen == head)
+            {
+                break;
+            }
+
+            head = seen;
+        }
+
+        if (head is null)
+        {
+            EnsureWatcher();
+        }
+    }
+
+    /// <summary>Sets keep-alive on the connections pushed before the previous look (those not released yet), and takes
+    /// the ones pushed since for the next look.</summary>
+    private static void SetAgedKeepAlive()
+    {
+        ManagedConnection? entry = s_keepAliveAged;
+        s_keepAliveAged = Interlocked.Exchange(ref s_keepAliveHead, null);
+        while (entry is not null)
+        {
+            ManagedConnection? next = entry._nextForKeepAlive;
+            entry._nextForKeepAlive = null;
+            entry.SetKeepAliveLate();
+            entry = next;
+        }
+    }
+
+    private void SetKeepAliveLate()
+    {
+        if (_lifecycle.IsReleased)
+        {
+            return;
+        }
+
+        try
+        {
+            ApplyKeepAlive(_socket, _settings);
+        }
+        catch (ObjectDisposedException)
+        {
+            // Released since the check: nothing to keep alive.
+        }
+#pragma warning disable CA1031 // Nothing may end the watch's thread; the connection reports what went wrong.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            try
+            {
+                ReportUnexpected("keep-alive", ex);
+            }
+#pragma warning disable CA1031 // A logger that throws must not end the watch's thread (nor the process).
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+            }
+        }
     }
 
     /// <summary>Puts this connection on the lazy watch's list (once).</summary>
@@ -124,7 +204,7 @@ public sealed partial class ManagedConnection
         {
             lock (s_watchLock)
             {
-                if (Volatile.Read(ref s_watchHead) is not null)
+                if (Volatile.Read(ref s_watchHead) is not null || Volatile.Read(ref s_keepAliveHead) is not null || s_keepAliveAged is not null)
                 {
                     idlePeriods = 0;
                 }
@@ -139,6 +219,7 @@ public sealed partial class ManagedConnection
                 Monitor.Wait(s_watchLock, WatchPeriodMilliseconds);
             }
 
+            SetAgedKeepAlive();
             LookAtParkedLoops();
         }
     }

@@ -63,9 +63,10 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         // keeping it costs nothing, whereas asking the socket after a connect means getpeername and three allocations.
         RemoteEndPoint = Unmapped(remoteEndPoint ?? socket.RemoteEndPoint);
 
-        if (applyKeepAlive)
+        if (applyKeepAlive && settings.KeepAliveTimeSeconds != 0 && socket.ProtocolType == ProtocolType.Tcp)
         {
-            ApplyKeepAlive(socket, settings);
+            // Set by the lazy watch's thread 2-4 ms from now, if the connection still lives (ManagedConnection.Watch.cs).
+            QueueKeepAlive();
         }
 
         _inputPooled = settings.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
@@ -206,7 +207,8 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     /// <returns>The managed connection.</returns>
     /// <remarks>If the socket is rejected (an exception is thrown) ownership is not taken: the caller still owns it.
     /// <c>NoDelay</c> is left as it is; TCP keep-alive is set as the options say (<see cref="ManagedConnectionOptions.KeepAliveTime"/>;
-    /// <see cref="Timeout.InfiniteTimeSpan"/> leaves the socket's own setting alone).</remarks>
+    /// <see cref="Timeout.InfiniteTimeSpan"/> leaves the socket's own setting alone), a few milliseconds after the adoption
+    /// (see <see cref="ManagedConnectionOptions.KeepAliveTime"/>).</remarks>
     /// <exception cref="ArgumentNullException"><paramref name="connectedSocket"/> is null.</exception>
     /// <exception cref="ObjectDisposedException">The socket is already disposed.</exception>
     /// <exception cref="ArgumentException">The socket is not a TCP stream socket, is listening, or is not connected.</exception>

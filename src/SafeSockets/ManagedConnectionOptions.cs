@@ -144,7 +144,10 @@ public sealed class ManagedConnectionOptions
     /// <remarks>Defaults to 15 seconds (Go's default; Kestrel leaves keep-alive off). A peer that vanished without FIN or
     /// RST (power loss, a dropped NAT entry) is otherwise never noticed, and its connection is kept forever. The kernel
     /// counts whole seconds (rounded up). When the peer stops answering, the connection ends by itself with
-    /// <see cref="CloseOutcome.PeerUnreachable"/>.</remarks>
+    /// <see cref="CloseOutcome.PeerUnreachable"/>. The options are set on a connected or adopted socket 2-4 ms after the
+    /// connection is made, by a thread of the library, so a connection that ends sooner never pays the four
+    /// <c>setsockopt</c> calls (the first probe is seconds away either way); an accepted socket inherits them from its
+    /// listening socket.</remarks>
     /// <exception cref="ArgumentOutOfRangeException">The value is under 1 second or over 32,767 seconds (other than infinite).</exception>
     public TimeSpan KeepAliveTime
     {

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Time.Testing;
 using SafeSockets.Tests.Infrastructure;
 
@@ -142,22 +143,71 @@ public sealed class IdleTimeoutTests
     [Fact]
     public async Task KeepAlive_IsSetOnAdoptedSockets_AsTheOptionsSay_AndOffWhenInfinite()
     {
+        (Socket peer2, Socket server2) = await Loopback.CreatePairAsync();
         (Socket peer, Socket server) = await Loopback.CreatePairAsync();
+        using (peer2)
         using (peer)
         {
+            // Adopted first, with keep-alive off: once the other (adopted after it) has its keep-alive, the library has
+            // looked past this one too.
+            await using ManagedConnection off = ManagedConnection.Adopt(server2, new ManagedConnectionOptions { KeepAliveTime = Timeout.InfiniteTimeSpan });
             var options = new ManagedConnectionOptions { KeepAliveTime = TimeSpan.FromSeconds(7), KeepAliveInterval = TimeSpan.FromSeconds(3), KeepAliveRetryCount = 4 };
             await using ManagedConnection connection = ManagedConnection.Adopt(server, options);
+            await WaitForKeepAliveAsync(server);
             AssertKeepAlive(server, time: 7, interval: 3, count: 4);
+            Assert.Equal(0, (int)server2.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
             peer.Shutdown(SocketShutdown.Send);
+            peer2.Shutdown(SocketShutdown.Send);
+        }
+    }
+
+    [Fact]
+    public async Task KeepAlive_IsSetOnConnectedConnections_WhileTheApplicationWaitsInReceive()
+    {
+        // Set a few milliseconds after the connect by the library's own thread, also on a connection whose application
+        // sits in ReceiveAsync (its receive loop reads, it is not parked): a vanished peer would leave that read pending
+        // for ever, so it needs keep-alive most.
+        using Socket listener = Loopback.Listen();
+        var options = new ManagedConnectionOptions { KeepAliveTime = TimeSpan.FromSeconds(9), KeepAliveInterval = TimeSpan.FromSeconds(2), KeepAliveRetryCount = 5 };
+        await using ManagedConnection client = await ManagedConnection.ConnectAsync(listener.LocalEndPoint!, options).WithTimeout();
+        using Socket peer = await listener.AcceptAsync().WithTimeout();
+        byte[] buffer = new byte[16];
+        ValueTask<int> receiving = client.ReceiveAsync(buffer);
+        Assert.False(receiving.IsCompleted);
+
+        await WaitForKeepAliveAsync(client.Socket);
+        AssertKeepAlive(client.Socket, time: 9, interval: 2, count: 5);
+
+        // The read it waited in is untouched.
+        peer.Send([1, 2, 3]);
+        Assert.Equal(3, await receiving.AsTask().WithTimeout());
+        peer.Shutdown(SocketShutdown.Send);
+        Assert.Equal(CloseOutcome.Graceful, (await client.CloseAsync().WithTimeout()).Outcome);
+    }
+
+    [Fact]
+    public async Task KeepAlive_ConnectionsReleasedBeforeTheirKeepAliveIsSet_AreSkippedWithoutAnError()
+    {
+        var logger = new CapturingLogger();
+        var options = new ManagedConnectionOptions { Logger = logger };
+        using Socket listener = Loopback.Listen(backlog: 64);
+        for (int i = 0; i < 20; i++)
+        {
+            ManagedConnection client = await ManagedConnection.ConnectAsync(listener.LocalEndPoint!, options).WithTimeout();
+            using Socket peer = await listener.AcceptAsync().WithTimeout();
+            client.Abort();
         }
 
+        // One made after them: once its keep-alive is set, the library has passed over the released ones.
         (Socket peer2, Socket server2) = await Loopback.CreatePairAsync();
         using (peer2)
         {
-            await using ManagedConnection connection = ManagedConnection.Adopt(server2, new ManagedConnectionOptions { KeepAliveTime = Timeout.InfiniteTimeSpan });
-            Assert.Equal(0, (int)server2.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
+            await using ManagedConnection marker = ManagedConnection.Adopt(server2, options);
+            await WaitForKeepAliveAsync(server2);
             peer2.Shutdown(SocketShutdown.Send);
         }
+
+        Assert.DoesNotContain(logger.Entries, e => e.Level >= LogLevel.Warning);
     }
 
     [Fact]
@@ -196,6 +246,7 @@ public sealed class IdleTimeoutTests
         {
             var options = new ManagedConnectionOptions { KeepAliveTime = TimeSpan.FromSeconds(32_767), KeepAliveInterval = TimeSpan.FromSeconds(32_767), KeepAliveRetryCount = 127 };
             await using ManagedConnection connection = ManagedConnection.Adopt(server, options);
+            await WaitForKeepAliveAsync(server);
             Assert.Equal(32_767, (int)server.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime)!);
             Assert.Equal(127, (int)server.GetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount)!);
             peer.Shutdown(SocketShutdown.Send);
@@ -240,6 +291,9 @@ public sealed class IdleTimeoutTests
         options.KeepAliveTime = Timeout.InfiniteTimeSpan;
         Assert.Equal(Timeout.InfiniteTimeSpan, options.KeepAliveTime);
     }
+
+    private static Task WaitForKeepAliveAsync(Socket socket) =>
+        TestTimeouts.WaitUntilAsync(() => (int)socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)! != 0, "keep-alive is set");
 
     private static void AssertKeepAlive(Socket socket, int time, int interval, int count)
     {
