@@ -152,37 +152,37 @@ public sealed class TeardownEdgeTests
     public async Task Guard_CloseWaitTimeoutUnderTheProbePeriod_ASendMakingProgressIsNotCutShort()
     {
         // The guard's first look comes at CloseWaitTimeout when that is under 250 ms; it used to take that look as the
-        // baseline only, so a send making progress was cut at once. 4 MiB to a peer that reads 16 KiB every 5 ms: about
-        // 1.3 s of steady progress, six times the bound.
-        var options = new ManagedConnectionOptions { CloseWaitTimeout = TimeSpan.FromMilliseconds(200) };
+        // baseline only, so a send making progress was cut at once. 4 MiB to a peer that reads 16 KiB at a time, on a
+        // fake clock that moves 25 ms per read: the guard looks every 200 ms of it (eight reads apart), about 6 s of steady
+        // progress, thirty times the bound. (On the real clock, with a reader thread sleeping 5 ms per read, a loaded
+        // machine starved the reader for longer than the bound now and then, and the guard rightly cut the send.)
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions { CloseWaitTimeout = TimeSpan.FromMilliseconds(200), TimeProvider = clock };
         (Socket peer, ManagedConnection connection) = await Loopback.CreateSmallBufferManagedServerAsync(options);
         using (peer)
         {
             peer.Shutdown(SocketShutdown.Send);
             await connection.PeerClosed.WhenCanceled().WithTimeout();
+            clock.Advance(TimeSpan.FromMilliseconds(10));
             Task send = connection.SendAsync(new byte[4 * 1024 * 1024]).AsTask();
 
-            var reader = new Thread(() =>
+            byte[] buffer = new byte[16 * 1024];
+            long received = 0;
+            while (!send.IsCompleted)
             {
-                byte[] buffer = new byte[16 * 1024];
-                try
-                {
-                    while (peer.Receive(buffer) > 0)
-                    {
-                        Thread.Sleep(5); // a slow reader (pacing, not synchronisation)
-                    }
-                }
-                catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
-                {
-                    // Cut short (a reset, or the test ended): the send's result says so.
-                }
-            }) { IsBackground = true };
-            reader.Start();
+                int n = await peer.ReceiveAsync(buffer).WithTimeout();
+                Assert.True(n > 0, $"the peer read {received} bytes, then the end: {connection.State}");
+                received += n;
+                clock.Advance(TimeSpan.FromMilliseconds(25));
+            }
 
             await send.WithTimeout();
             Assert.Equal(ConnectionState.PeerShutdown, connection.State);
+            Task<PeerReadResult> rest = Peer.ReadToEndAsync(peer);
             Assert.Equal(CloseOutcome.Graceful, (await connection.CloseAsync().WithTimeout()).Outcome);
-            Assert.True(reader.Join(TestTimeouts.Passing));
+            PeerReadResult end = await rest.WithTimeout();
+            Assert.Equal(PeerEnd.Fin, end.End);
+            Assert.Equal(4 * 1024 * 1024, received + end.Bytes);
         }
     }
 
