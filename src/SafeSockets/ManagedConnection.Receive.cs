@@ -396,6 +396,12 @@ public sealed partial class ManagedConnection
                 {
                     discard = true;
                 }
+                else
+                {
+                    // Bytes handed over: a lazily watched loop reads on demand again (it is watched again if it then stays
+                    // parked). A watch for good (PeerClosed, Transport) stays.
+                    _park.TryUnwatch();
+                }
             }
         }
         catch (OperationCanceledException) when (Volatile.Read(ref _drainStop) != (int)DrainStop.None)

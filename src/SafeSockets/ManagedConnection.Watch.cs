@@ -14,10 +14,11 @@ namespace SafeSockets;
 // - the application asks (ReceiveAsync finds the input empty): the loop is woken on the application's own thread and
 //   issues its read there, so bytes that are already in the kernel reach the application synchronously, and bytes
 //   that are not yet there cost exactly one wake-up, as with a raw socket;
-// - the connection is watched: from then on a read is always pending, as before. A connection becomes watched when
-//   someone asks for PeerClosed or Transport (they want the peer's FIN seen at once), and when the application has
-//   not read for 1-3 ms (a connection it holds but does not read, or forgot: its FIN must still be
-//   seen, and the CLOSE_WAIT guard armed);
+// - the connection is watched: a read is then always pending, as before. A connection is watched for good when
+//   someone asks for PeerClosed or Transport (they want the peer's FIN seen at once), and lazily when the application
+//   has not read for 1-3 ms (a connection it holds but does not read, or forgot: its FIN must still be seen, and the
+//   CLOSE_WAIT guard armed). A lazy watch ends when the loop hands bytes over (the application reads again: a
+//   keep-alive connection between two requests goes back to reading on demand), and comes back if it parks again;
 // - the teardown drains (it takes the input, and the loop reads and discards until the peer's FIN).
 // Only the loop ever reads the socket: the pipe, the drain, the reader hand-off and the teardown's prompt wake-up of a
 // pending ReceiveAsync are unchanged.
@@ -28,12 +29,13 @@ public sealed partial class ManagedConnection
     // (plus the look's own lateness). Short against CloseWaitTimeout (the guard starts when the FIN is seen: fin-latency's
     // never-reacting application must see our FIN within 5 ms of CloseWaitTimeout), long against a request/response
     // handler's work between two reads (microseconds).
-    // Not a .NET timer: those run on the kernel's 4 ms coarse clock here; a thread of ours sleeps on a monitor.
+    // Not a .NET timer: those run on the kernel's 4 ms coarse clock here; a thread of ours sleeps between looks.
     private const int WatchPeriodMilliseconds = 2;
 
     // How long a loop must have stayed parked before the lazy watch watches it: a connection the application reads
     // without pause parks for microseconds between reads and is never watched (found by review: with no minimum, a
-    // look that landed in such a gap watched it, and a watch is for good).
+    // look that landed in such a gap watched it, and each watch costs a wake-up from the pool and, until the next bytes
+    // are handed over, reads the old way).
     private static readonly TimeSpan s_minimumParkedTime = TimeSpan.FromMilliseconds(1);
 
     // How long the lazy watch's thread keeps looking after its list last had an entry before it sleeps until a push.
@@ -62,6 +64,12 @@ public sealed partial class ManagedConnection
 
     /// <summary>For tests: the lazy watch leaves this connection's loop parked (until a read, a watch or the teardown).</summary>
     internal void KeepParkedForTest() => _park.NoLazyWatch = true;
+
+    /// <summary>Whether the loop keeps a read pending now (watched for good or lazily), for tests.</summary>
+    internal bool IsWatchedForTest => _park.IsWatched;
+
+    /// <summary>How many times the loop parked, for tests (a watched loop never parks).</summary>
+    internal int LoopParksForTest => _park.Parks;
 
     /// <summary>From now on the loop keeps a read pending at all times (the peer's FIN and resets are seen at once).</summary>
     private void Watch() => _park.Watch();
@@ -286,7 +294,8 @@ public sealed partial class ManagedConnection
             return;
         }
 
-        // Parked since it was queued, for long enough: nobody reads. Watch it (the loop resumes from the pool).
-        Watch();
+        // Parked since it was queued, for long enough: nobody reads. Watch it until it next hands bytes over (the loop
+        // resumes from the pool).
+        _park.WatchLazily();
     }
 }

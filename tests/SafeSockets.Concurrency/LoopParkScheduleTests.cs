@@ -25,6 +25,15 @@ public sealed class LoopParkScheduleTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_lazy_watch_in_the_middle_of_the_exchanges_and_the_loop_unwatching_after_each_hand_over()
+    {
+        // The lazy watch wakes a parked loop to keep a read pending; the loop goes back to reading on demand once it hands
+        // bytes over. A demand the application makes while the loop is still watched must keep it from parking: found by
+        // this test when Demand ignored a watched loop (the application then waited for ever beside a parked loop).
+        CoyoteRunner.AssertNoBug(() => RunAsync(watchAt: 1, lazily: true), output);
+    }
+
+    [Fact]
     public void A_drain_while_the_application_still_reads_ends_the_loop()
     {
         CoyoteRunner.AssertNoBug(
@@ -75,12 +84,12 @@ public sealed class LoopParkScheduleTests(ITestOutputHelper output)
             output);
     }
 
-    private static async Task RunAsync(int watchAt)
+    private static async Task RunAsync(int watchAt, bool lazily = false)
     {
         var model = new Model();
         Task<ModelExit> loop = Task.Run(model.LoopAsync);
         Task peer = Task.Run(() => model.PeerAsync(Messages));
-        Task<int> reader = Task.Run(() => model.ApplicationAsync(Messages, stopWhenDrained: false, watchAt));
+        Task<int> reader = Task.Run(() => model.ApplicationAsync(Messages, stopWhenDrained: false, watchAt, lazily));
         int received = await reader;
         await peer;
         Specification.Assert(received == Messages, "The application got {0} of {1} messages.", received, Messages);
@@ -166,6 +175,9 @@ public sealed class LoopParkScheduleTests(ITestOutputHelper output)
                 }
 
                 reader?.TrySetResult();
+
+                // As the real loop: bytes handed over end a lazy watch.
+                Park.TryUnwatch();
             }
         }
 
@@ -186,14 +198,22 @@ public sealed class LoopParkScheduleTests(ITestOutputHelper output)
             }
         }
 
-        public async Task<int> ApplicationAsync(int messages, bool stopWhenDrained, int watchAt = -1)
+        public async Task<int> ApplicationAsync(int messages, bool stopWhenDrained, int watchAt = -1, bool lazily = false)
         {
             int received = 0;
             while (received < messages)
             {
                 if (received == watchAt)
                 {
-                    Park.Watch();
+                    if (lazily)
+                    {
+                        // The lazy watch's thread, in the real code; here beside the application's next demand.
+                        _ = Task.Run(() => Park.WatchLazily());
+                    }
+                    else
+                    {
+                        Park.Watch();
+                    }
                 }
 
                 Task? wait = null;

@@ -37,6 +37,51 @@ public sealed class ReadOnDemandTests
     }
 
     [Fact]
+    public async Task KeepAliveConnection_PausingBetweenRequests_ReadsOnDemandAgainAfterEachPause_AndStillSeesAFinWhileIdle()
+    {
+        // A connection whose application pauses between requests (a keep-alive client's think time) is watched lazily
+        // during each pause; once the loop hands the next request over it reads on demand again (it used to stay
+        // watched for good, and every later request paid the always-pending read). The peer's FIN during a later pause
+        // is still seen with nobody reading.
+        var options = new ManagedConnectionOptions { CloseWaitTimeout = TimeSpan.FromMilliseconds(200) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            byte[] buffer = new byte[64];
+            for (int request = 0; request < 3; request++)
+            {
+                // The pause: the lazy watch watches the parked loop within a few milliseconds.
+                await TestTimeouts.WaitUntilAsync(() => connection.IsWatchedForTest, "the idle connection is watched");
+                int parks = connection.LoopParksForTest;
+                ValueTask<int> receiving = connection.ReceiveAsync(buffer);
+                await Peer.SendPatternAsync(peer, 64);
+                int n = await receiving.AsTask().WithTimeout();
+                Assert.Equal(Peer.Pattern(64).AsSpan(0, n).ToArray(), buffer.AsSpan(0, n).ToArray());
+                // A watched loop never parks; this one parks again (and may be watched again if the pause goes on).
+                await TestTimeouts.WaitUntilAsync(() => connection.LoopParksForTest > parks, "the loop parks (reads on demand) again after handing the request over");
+                while (n < 64)
+                {
+                    n += await connection.ReceiveAsync(buffer.AsMemory(n)).AsTask().WithTimeout();
+                }
+
+                await connection.SendAsync(buffer).AsTask().WithTimeout();
+                byte[] answer = new byte[64];
+                for (int got = 0; got < 64;)
+                {
+                    got += await peer.ReceiveAsync(answer.AsMemory(got)).AsTask().WithTimeout();
+                }
+            }
+
+            // A FIN during the next pause, nobody reading: the lazy watch watches the loop again, it reads the FIN, and the
+            // guard closes the forgotten connection.
+            peer.Shutdown(SocketShutdown.Send);
+            CloseResult result = await connection.Completion.WithTimeout();
+            Assert.Equal(CloseOutcome.CloseWaitTimedOut, result.Outcome);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        }
+    }
+
+    [Fact]
     public async Task PeerFinArrivesWhileTheApplicationWorks_TheNextReadReturnsZero_AndStateIsPeerShutdown()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();

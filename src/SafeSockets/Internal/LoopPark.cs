@@ -38,11 +38,15 @@ internal sealed class LoopPark : IValueTaskSource<int>
     private ManualResetValueTaskSourceCore<int> _core;
     private int _state;
     private int _demand;
+    // 0: not watched; WatchedForGood: PeerClosed or Transport asked (a read pending until the end); WatchedLazily: the
+    // lazy watch found the loop parked for a while (a read pending until the loop next hands bytes over).
     private int _watched;
+    private const int WatchedForGood = 1;
+    private const int WatchedLazily = 2;
     private int _draining;
     private int _parks;
 
-    /// <summary>Whether the loop keeps a read pending at all times (it never parks again).</summary>
+    /// <summary>Whether the loop keeps a read pending (for good, or until it hands bytes over after a lazy watch).</summary>
     public bool IsWatched => Volatile.Read(ref _watched) != 0;
 
     /// <summary>A park whose loop runs in the default execution context whoever wakes it (see <see cref="Resume"/>).</summary>
@@ -71,11 +75,13 @@ internal sealed class LoopPark : IValueTaskSource<int>
     public bool ReadNow => Volatile.Read(ref _demand) != 0 || Volatile.Read(ref _draining) != 0 || !IsWatched;
 
     /// <summary>The application wants bytes and none are buffered: the loop must read.</summary>
+    /// <remarks>Recorded even while the loop is watched: a lazily watched loop stops being watched once it hands bytes
+    /// over (<see cref="TryUnwatch"/>), and a demand made just before must still keep it from parking.</remarks>
     public void Demand()
     {
-        if (IsWatched)
+        if (Volatile.Read(ref _watched) == WatchedForGood)
         {
-            // A read is always pending (or about to be): nothing to ask.
+            // A read is pending until the end (or about to be): nothing to ask.
             return;
         }
 
@@ -91,7 +97,26 @@ internal sealed class LoopPark : IValueTaskSource<int>
     /// <returns><see langword="true"/> for the call that made it watched.</returns>
     public bool Watch()
     {
-        if (Interlocked.Exchange(ref _watched, 1) != 0)
+        if (Interlocked.Exchange(ref _watched, WatchedForGood) != 0)
+        {
+            // Already watched (lazily: now for good; the loop is awake, it does not park while watched).
+            return false;
+        }
+
+        if (TryHold())
+        {
+            ResumeOnThreadPool();
+        }
+
+        return true;
+    }
+
+    /// <summary>The lazy watch found the loop parked for a while: it keeps a read pending until it next hands bytes over
+    /// (<see cref="TryUnwatch"/>), so the peer's FIN is seen while nobody reads. Woken from the thread pool.</summary>
+    /// <returns><see langword="true"/> if this call made it watched.</returns>
+    public bool WatchLazily()
+    {
+        if (Interlocked.CompareExchange(ref _watched, WatchedLazily, 0) != 0)
         {
             return false;
         }
@@ -102,6 +127,16 @@ internal sealed class LoopPark : IValueTaskSource<int>
         }
 
         return true;
+    }
+
+    /// <summary>The loop handed bytes over: the application reads again, so a lazily watched loop goes back to reading on
+    /// demand (the lazy watch watches it again if it stays parked). A watch for good stays.</summary>
+    public void TryUnwatch()
+    {
+        if (Volatile.Read(ref _watched) == WatchedLazily)
+        {
+            Interlocked.CompareExchange(ref _watched, 0, WatchedLazily);
+        }
     }
 
     /// <summary>The teardown took the input (or released the socket): the loop must run to its end.</summary>
