@@ -359,7 +359,7 @@ public sealed partial class ManagedConnection
 
                 // These bytes answer any demand the application made (a demand made from here on is seen when the loop
                 // would park).
-                _park.Satisfied();
+                bool asked = _park.Satisfied();
 
                 // A reader waiting for these bytes is not resumed here: its continuation is caught and run once the next
                 // read is pending (Internal/ReaderHandOff.cs).
@@ -396,10 +396,11 @@ public sealed partial class ManagedConnection
                 {
                     discard = true;
                 }
-                else
+                else if (asked)
                 {
-                    // Bytes handed over: a lazily watched loop reads on demand again (it is watched again if it then stays
-                    // parked). A watch for good (PeerClosed, Transport) stays.
+                    // Bytes the application asked for, handed over: a lazily watched loop reads on demand again (it is
+                    // watched again if it then stays parked). Bytes nobody asked for keep it watched (a forgotten
+                    // connection must go on reading to its FIN); a watch for good (PeerClosed, Transport) stays.
                     _park.TryUnwatch();
                 }
             }

@@ -54,6 +54,18 @@ public sealed partial class ManagedConnection
     // yet. Not tied to the loop's park: a connection waiting in ReceiveAsync (its loop reading, not parked) needs
     // keep-alive most, since a vanished peer would leave that read pending for ever.
     private ManagedConnection? _nextForKeepAlive;
+
+    // What became of this connection's late keep-alive (for tests): queued, set, skipped (released before its turn),
+    // skipped late (released during it), failed (logged).
+    private int _keepAlive;
+    internal const int KeepAliveQueued = 1;
+    internal const int KeepAliveSet = 2;
+    internal const int KeepAliveSkipped = 3;
+    internal const int KeepAliveSkippedLate = 4;
+    internal const int KeepAliveFailed = 5;
+
+    /// <summary>What became of this connection's late keep-alive (0 if it was never queued), for tests.</summary>
+    internal int KeepAliveForTest => Volatile.Read(ref _keepAlive);
     private static ManagedConnection? s_keepAliveHead;
 
     // Taken from s_keepAliveHead at the previous look; only the watch's thread touches it.
@@ -89,6 +101,7 @@ public sealed partial class ManagedConnection
     /// <summary>Has the watch's thread set keep-alive 2-4 ms from now, unless the connection is released by then.</summary>
     private void QueueKeepAlive()
     {
+        _keepAlive = KeepAliveQueued;
         ManagedConnection? head = Volatile.Read(ref s_keepAliveHead);
         while (true)
         {
@@ -127,21 +140,25 @@ public sealed partial class ManagedConnection
     {
         if (_lifecycle.IsReleased)
         {
+            Volatile.Write(ref _keepAlive, KeepAliveSkipped);
             return;
         }
 
         try
         {
             ApplyKeepAlive(_socket, _settings);
+            Volatile.Write(ref _keepAlive, KeepAliveSet);
         }
         catch (ObjectDisposedException)
         {
             // Released since the check: nothing to keep alive.
+            Volatile.Write(ref _keepAlive, KeepAliveSkippedLate);
         }
 #pragma warning disable CA1031 // Nothing may end the watch's thread; the connection reports what went wrong.
         catch (Exception ex)
 #pragma warning restore CA1031
         {
+            Volatile.Write(ref _keepAlive, KeepAliveFailed);
             try
             {
                 ReportUnexpected("keep-alive", ex);
@@ -233,8 +250,10 @@ public sealed partial class ManagedConnection
             }
 
             Thread.Sleep(WatchPeriodMilliseconds);
-            SetAgedKeepAlive();
+
+            // Parked loops first: a burst of new connections' keep-alive calls must not delay a FIN's detection.
             LookAtParkedLoops();
+            SetAgedKeepAlive();
         }
     }
 

@@ -63,12 +63,6 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         // keeping it costs nothing, whereas asking the socket after a connect means getpeername and three allocations.
         RemoteEndPoint = Unmapped(remoteEndPoint ?? socket.RemoteEndPoint);
 
-        if (applyKeepAlive && settings.KeepAliveTimeSeconds != 0 && socket.ProtocolType == ProtocolType.Tcp)
-        {
-            // Set by the lazy watch's thread 2-4 ms from now, if the connection still lives (ManagedConnection.Watch.cs).
-            QueueKeepAlive();
-        }
-
         _inputPooled = settings.MaxInputBufferSize == ManagedConnectionOptions.DefaultBufferSize;
         _input = _inputPooled ? s_inputPipePool.Rent() : new Pipe(CreateInputPipeOptions(settings.MaxInputBufferSize));
         _openedTimestamp = settings.TimeProvider.GetTimestamp();
@@ -104,6 +98,12 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
 #pragma warning restore CA2012
             Volatile.Write(ref _receiveLoopStored, true);
 
+            if (applyKeepAlive && settings.KeepAliveTimeSeconds != 0 && socket.ProtocolType == ProtocolType.Tcp)
+            {
+                // Set by the lazy watch's thread 2-4 ms from now, if the connection still lives (ManagedConnection.Watch.cs).
+                // Last: a constructor that throws before here leaves nothing of it on the list (Adopt's caller keeps its socket).
+                QueueKeepAlive();
+            }
         }
         finally
         {

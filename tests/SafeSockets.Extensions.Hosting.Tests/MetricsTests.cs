@@ -112,7 +112,7 @@ public sealed class MetricsTests
         // point missing, the histogram's there): flush again until this connection's points are in, bounded.
         MeterProvider provider = host.Services.GetRequiredService<MeterProvider>();
         await WaitUntilAsync(
-            () => provider.ForceFlush(30_000) && Points(exported, SafeSocketsMetrics.ConnectionDuration, port).Count == 1
+            () => provider.ForceFlush(5_000) && Points(exported, SafeSocketsMetrics.ConnectionDuration, port).Count == 1
                 && Points(exported, SafeSocketsMetrics.ConnectionsClosed, port).Count == 1,
             "the exporter got the connection's duration and close");
         MetricSnapshot histogram = exported.Last(m => m.Name == SafeSocketsMetrics.ConnectionDuration);

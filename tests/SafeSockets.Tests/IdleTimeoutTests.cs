@@ -148,14 +148,15 @@ public sealed class IdleTimeoutTests
         using (peer2)
         using (peer)
         {
-            // Adopted first, with keep-alive off: once the other (adopted after it) has its keep-alive, the library has
-            // looked past this one too.
+            // Keep-alive off: the connection is never queued for it (and the socket's own setting stays).
             await using ManagedConnection off = ManagedConnection.Adopt(server2, new ManagedConnectionOptions { KeepAliveTime = Timeout.InfiniteTimeSpan });
             var options = new ManagedConnectionOptions { KeepAliveTime = TimeSpan.FromSeconds(7), KeepAliveInterval = TimeSpan.FromSeconds(3), KeepAliveRetryCount = 4 };
             await using ManagedConnection connection = ManagedConnection.Adopt(server, options);
             await WaitForKeepAliveAsync(server);
             AssertKeepAlive(server, time: 7, interval: 3, count: 4);
+            Assert.Equal(ManagedConnection.KeepAliveSet, connection.KeepAliveForTest);
             Assert.Equal(0, (int)server2.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive)!);
+            Assert.Equal(0, off.KeepAliveForTest);
             peer.Shutdown(SocketShutdown.Send);
             peer2.Shutdown(SocketShutdown.Send);
         }
@@ -191,22 +192,21 @@ public sealed class IdleTimeoutTests
         var logger = new CapturingLogger();
         var options = new ManagedConnectionOptions { Logger = logger };
         using Socket listener = Loopback.Listen(backlog: 64);
+        var released = new List<ManagedConnection>();
         for (int i = 0; i < 20; i++)
         {
             ManagedConnection client = await ManagedConnection.ConnectAsync(listener.LocalEndPoint!, options).WithTimeout();
             using Socket peer = await listener.AcceptAsync().WithTimeout();
             client.Abort();
+            released.Add(client);
         }
 
-        // One made after them: once its keep-alive is set, the library has passed over the released ones.
-        (Socket peer2, Socket server2) = await Loopback.CreatePairAsync();
-        using (peer2)
-        {
-            await using ManagedConnection marker = ManagedConnection.Adopt(server2, options);
-            await WaitForKeepAliveAsync(server2);
-            peer2.Shutdown(SocketShutdown.Send);
-        }
-
+        // A connection released before its turn (2-4 ms after it was made) is skipped without touching the socket (no
+        // setsockopt on a disposed socket, no exception on the library's thread); one whose turn came first (a slow
+        // first connect, a loaded machine) had it set while it lived. Nothing is logged.
+        await TestTimeouts.WaitUntilAsync(() => released.All(c => c.KeepAliveForTest != ManagedConnection.KeepAliveQueued), "the library took its turn on each");
+        Assert.All(released, c => Assert.Contains(c.KeepAliveForTest, new[] { ManagedConnection.KeepAliveSkipped, ManagedConnection.KeepAliveSet }));
+        Assert.Contains(released, c => c.KeepAliveForTest == ManagedConnection.KeepAliveSkipped);
         Assert.DoesNotContain(logger.Entries, e => e.Level >= LogLevel.Warning);
     }
 

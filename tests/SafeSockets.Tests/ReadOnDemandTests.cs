@@ -82,6 +82,53 @@ public sealed class ReadOnDemandTests
     }
 
     [Fact]
+    public async Task ForgottenConnection_PeerSendsABurstThenFin_TheLoopStaysWatched_UntilItSeesTheFin()
+    {
+        // Nobody reads: once watched, the loop must keep reading what the peer sends (into the input, up to its limit) and
+        // see the FIN behind it. Found by review: the loop stopped being watched after every read it handed over, parked
+        // and waited 1-4 ms for the lazy watch each time (14 parks, the FIN seen 35 ms late, for 512 KiB).
+        var options = new ManagedConnectionOptions { MaxInputBufferSize = 1024 * 1024, CloseWaitTimeout = TimeSpan.FromSeconds(10) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        await using (connection)
+        {
+            await TestTimeouts.WaitUntilAsync(() => connection.IsWatchedForTest, "the idle connection is watched");
+            int parks = connection.LoopParksForTest;
+            await Peer.SendPatternAsync(peer, 512 * 1024).WithTimeout();
+            peer.Shutdown(SocketShutdown.Send);
+            await TestTimeouts.WaitUntilAsync(() => connection.State == ConnectionState.PeerShutdown, "the FIN is seen");
+            Assert.Equal(parks, connection.LoopParksForTest);
+            Assert.True(connection.IsWatchedForTest);
+        }
+    }
+
+    [Fact]
+    public async Task PeerClosedAskedWhileLazilyWatched_StaysWatchedForGood_AfterHandOvers()
+    {
+        // PeerClosed asked while the loop is lazily watched: its watch for good survives the hand-overs that end a lazy one.
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        await using (connection)
+        {
+            await TestTimeouts.WaitUntilAsync(() => connection.IsWatchedForTest, "the idle connection is watched lazily");
+            CancellationToken peerClosed = connection.PeerClosed;
+            int parks = connection.LoopParksForTest;
+            byte[] buffer = new byte[64];
+            for (int i = 0; i < 3; i++)
+            {
+                ValueTask<int> receiving = connection.ReceiveAsync(buffer);
+                await Peer.SendPatternAsync(peer, 10);
+                Assert.Equal(10, await receiving.AsTask().WithTimeout());
+            }
+
+            Assert.True(connection.IsWatchedForTest, "PeerClosed's watch was lost after a hand-over");
+            Assert.Equal(parks, connection.LoopParksForTest);
+            peer.Shutdown(SocketShutdown.Send);
+            await peerClosed.WhenCanceled().WithTimeout();
+        }
+    }
+
+    [Fact]
     public async Task PeerFinArrivesWhileTheApplicationWorks_TheNextReadReturnsZero_AndStateIsPeerShutdown()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();

@@ -90,7 +90,17 @@ internal sealed class LoopPark : IValueTaskSource<int>
     }
 
     /// <summary>The bytes the loop just read answer any demand so far (the loop calls it before it hands them over).</summary>
-    public void Satisfied() => Volatile.Write(ref _demand, 0);
+    /// <returns>Whether the application had asked for bytes (the loop then ends a lazy watch after handing them over).</returns>
+    public bool Satisfied()
+    {
+        if (Volatile.Read(ref _demand) == 0)
+        {
+            return false;
+        }
+
+        Volatile.Write(ref _demand, 0);
+        return true;
+    }
 
     /// <summary>From now on the loop keeps a read pending at all times. A parked loop is woken from the thread pool: the
     /// caller (a property getter, the lazy watch's thread) never runs the loop, or a teardown it may start, itself.</summary>
@@ -129,8 +139,9 @@ internal sealed class LoopPark : IValueTaskSource<int>
         return true;
     }
 
-    /// <summary>The loop handed bytes over: the application reads again, so a lazily watched loop goes back to reading on
-    /// demand (the lazy watch watches it again if it stays parked). A watch for good stays.</summary>
+    /// <summary>The loop handed over bytes the application asked for: it reads again, so a lazily watched loop goes back
+    /// to reading on demand (the lazy watch watches it again if it stays parked). A watch for good stays. (Bytes nobody
+    /// asked for do not end a lazy watch: a forgotten connection's loop keeps reading until the peer's FIN.)</summary>
     public void TryUnwatch()
     {
         if (Volatile.Read(ref _watched) == WatchedLazily)
