@@ -362,6 +362,110 @@ public sealed class ReadOnDemandTests
         }
     }
 
+    [Fact]
+    public async Task LoopTheWatchLeavesParked_TheApplicationsReceiveWakesIt_BytesInTheKernelArriveSynchronously()
+    {
+        // Without the lazy watch only the application's demand wakes the loop: a lost demand would be a receive that never
+        // ends (with the watch, one that ends 2 ms late). Bytes already in the kernel are read on the caller's thread.
+        (Socket peer, ManagedConnection connection) = await CreateKeptParkedAsync();
+        await using (connection)
+        using (peer)
+        {
+            Assert.Equal(100, peer.Send(Peer.Pattern(100)));
+            await TestTimeouts.WaitUntilAsync(() => Available(connection) == 100, "the bytes reached our kernel");
+
+            byte[] buffer = new byte[100];
+            ValueTask<int> receive = connection.ReceiveAsync(buffer);
+            Assert.True(receive.IsCompleted, "the receive did not complete on the caller's thread");
+            Assert.Equal(100, await receive);
+            Assert.Equal(Peer.Pattern(100), buffer);
+
+            // Nothing in the kernel: the demand leaves a read pending, which the next bytes complete.
+            Task<int> next = connection.ReceiveAsync(buffer).AsTask();
+            Assert.Equal(10, peer.Send(Peer.Pattern(10)));
+            Assert.Equal(10, await next.WithTimeout());
+            Assert.Equal(Peer.Pattern(10), buffer[..10]);
+        }
+    }
+
+    [Fact]
+    public async Task LoopTheWatchLeavesParked_ParksAgainOnceTheBytesAnswerTheReceive()
+    {
+        // The demand is answered by the bytes read for it: the loop goes back to its park, with no read pending (a loop
+        // that kept reading would be the first edition's cost again, benchmarks/README.md, "Hot path").
+        (Socket peer, ManagedConnection connection) = await CreateKeptParkedAsync();
+        await using (connection)
+        using (peer)
+        {
+            for (int exchange = 0; exchange < 3; exchange++)
+            {
+                Task<int> receive = connection.ReceiveAsync(new byte[10]).AsTask();
+                Assert.Equal(10, peer.Send(Peer.Pattern(10)));
+                Assert.Equal(10, await receive.WithTimeout());
+                await TestTimeouts.WaitUntilAsync(() => LazyWatchProbe.Park(connection).IsParked, "the loop parks again");
+            }
+
+            Assert.False(LazyWatchProbe.Park(connection).IsWatched);
+        }
+    }
+
+    [Fact]
+    public async Task LoopTheWatchLeavesParked_AskingForPeerClosedWakesIt_AndThePeersFinFiresIt()
+    {
+        // Whoever asks for PeerClosed wants the FIN seen at once: asking must wake the parked loop itself, not leave it to
+        // the lazy watch.
+        (Socket peer, ManagedConnection connection) = await CreateKeptParkedAsync();
+        await using (connection)
+        using (peer)
+        {
+            CancellationToken peerClosed = connection.PeerClosed;
+            peer.Shutdown(SocketShutdown.Send);
+            await peerClosed.WhenCanceled().WithTimeout();
+            Assert.Equal(ConnectionState.PeerShutdown, connection.State);
+        }
+    }
+
+    [Fact]
+    public async Task Abort_OfAWatchedConnection_BytesInTheInputTheApplicationNeverRead_CountInBytesDrained()
+    {
+        // The loop read 1000 bytes for a receive that took 100, and has its next read pending (the connection is
+        // watched): the 900 left in the input are discarded by the abort and counted before its result is recorded. (The
+        // loop, which ends when the released socket fails its read, would count them too late.)
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+        using (peer)
+        {
+            _ = connection.PeerClosed;
+            Assert.Equal(1000, peer.Send(Peer.Pattern(1000)));
+            byte[] buffer = new byte[100];
+            Assert.Equal(100, await connection.ReceiveAsync(buffer).AsTask().WithTimeout());
+            Assert.Equal(Peer.Pattern(100), buffer);
+
+            connection.Abort();
+            CloseResult result = await connection.Completion.WithTimeout();
+            Assert.Equal(CloseOutcome.Aborted, result.Outcome);
+            Assert.Equal(900, result.BytesDrained);
+        }
+    }
+
+    /// <summary>A connection whose loop stays parked until the application reads, asks for PeerClosed or closes (the lazy
+    /// watch leaves it alone). The watch may have watched it in the instant before: then another one.</summary>
+    private static async Task<(Socket Peer, ManagedConnection Connection)> CreateKeptParkedAsync()
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+            connection.KeepParkedForTest();
+            if (!LazyWatchProbe.Park(connection).IsWatched)
+            {
+                return (peer, connection);
+            }
+
+            connection.Abort();
+            peer.Dispose();
+            Assert.True(attempt < 5, "the lazy watch watched every new connection within its first instant");
+        }
+    }
+
     private static int Available(ManagedConnection connection)
     {
         try
