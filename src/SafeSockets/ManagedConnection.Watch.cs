@@ -80,6 +80,24 @@ public sealed partial class ManagedConnection
     /// <summary>Whether the loop keeps a read pending now (watched for good or lazily), for tests.</summary>
     internal bool IsWatchedForTest => _park.IsWatched;
 
+    /// <summary>The loop's park, for tests (they look; they never set it).</summary>
+    internal LoopPark ParkForTest => _park;
+
+    /// <summary>Whether the lazy watch's thread sleeps until the next push, for tests.</summary>
+    internal static bool WatcherAsleepForTest
+    {
+        get
+        {
+            lock (s_watchLock)
+            {
+                return s_watcherAsleep;
+            }
+        }
+    }
+
+    /// <summary>Whether the receive loop waits for the application to read what fills its input, for tests.</summary>
+    internal bool InputPausedForTest => Volatile.Read(ref _inputPaused);
+
     /// <summary>How many times the loop parked, for tests (a watched loop never parks).</summary>
     internal int LoopParksForTest => _park.Parks;
 

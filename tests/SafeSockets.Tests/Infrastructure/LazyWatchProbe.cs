@@ -1,4 +1,3 @@
-using System.Reflection;
 using SafeSockets.Internal;
 
 namespace SafeSockets.Tests.Infrastructure;
@@ -7,33 +6,12 @@ namespace SafeSockets.Tests.Infrastructure;
 /// tests that must know where they stand before they act: they wait for these states, they never set them.</summary>
 internal static class LazyWatchProbe
 {
-    private static readonly FieldInfo s_park = typeof(ManagedConnection).GetField("_park", BindingFlags.NonPublic | BindingFlags.Instance)
-        ?? throw new MissingFieldException(nameof(ManagedConnection), "_park");
-
-    private static readonly FieldInfo s_watcherAsleep = typeof(ManagedConnection).GetField("s_watcherAsleep", BindingFlags.NonPublic | BindingFlags.Static)
-        ?? throw new MissingFieldException(nameof(ManagedConnection), "s_watcherAsleep");
-
-    private static readonly FieldInfo s_inputPaused = typeof(ManagedConnection).GetField("_inputPaused", BindingFlags.NonPublic | BindingFlags.Instance)
-        ?? throw new MissingFieldException(nameof(ManagedConnection), "_inputPaused");
-
     /// <summary>Whether the receive loop waits for the application to read what fills its input (backpressure).</summary>
-    public static bool InputPaused(ManagedConnection connection)
-    {
-        Thread.MemoryBarrier();
-        return (bool)s_inputPaused.GetValue(connection)!;
-    }
+    public static bool InputPaused(ManagedConnection connection) => connection.InputPausedForTest;
 
     /// <summary>The connection's park (whether its loop is parked, watched, how often it parked).</summary>
-    public static LoopPark Park(ManagedConnection connection) => (LoopPark)s_park.GetValue(connection)!;
+    public static LoopPark Park(ManagedConnection connection) => connection.ParkForTest;
 
-    /// <summary>Whether the lazy watch's thread sleeps until the next push (its list stayed empty for a while).</summary>
-    public static bool WatcherAsleep
-    {
-        get
-        {
-            // Written under the watch's lock; a stale read only makes the caller's wait look once more.
-            Thread.MemoryBarrier();
-            return (bool)s_watcherAsleep.GetValue(null)!;
-        }
-    }
+    /// <summary>Whether the lazy watch's thread sleeps until the next push (its lists stayed empty for a while).</summary>
+    public static bool WatcherAsleep => ManagedConnection.WatcherAsleepForTest;
 }
