@@ -30,9 +30,7 @@ public sealed class LazyWatchTests
         {
             // Never read, never asked for PeerClosed: only the watch can see the FIN.
             peer.Shutdown(SocketShutdown.Send);
-            CloseResult result = await connection.Completion.WithTimeout();
-            Assert.Equal(CloseOutcome.CloseWaitTimedOut, result.Outcome);
-            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            await Peer.ExpectTheGuardsCloseAsync(peer, connection);
         }
     }
 
@@ -74,9 +72,7 @@ public sealed class LazyWatchTests
                 Assert.Equal(10, await receive.WithTimeout());
                 peer.Shutdown(SocketShutdown.Send);
 
-                CloseResult result = await connection.Completion.WithTimeout();
-                Assert.Equal(CloseOutcome.CloseWaitTimedOut, result.Outcome);
-                Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+                await Peer.ExpectTheGuardsCloseAsync(peer, connection);
                 return;
             }
         }

@@ -30,9 +30,7 @@ public sealed class ReadOnDemandTests
             Assert.Equal(Peer.Pattern(100), buffer);
             peer.Shutdown(SocketShutdown.Send);
 
-            CloseResult result = await connection.Completion.WithTimeout();
-            Assert.Equal(CloseOutcome.CloseWaitTimedOut, result.Outcome);
-            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            await Peer.ExpectTheGuardsCloseAsync(peer, connection);
         }
     }
 
@@ -75,9 +73,7 @@ public sealed class ReadOnDemandTests
             // A FIN during the next pause, nobody reading: the lazy watch watches the loop again, it reads the FIN, and the
             // guard closes the forgotten connection.
             peer.Shutdown(SocketShutdown.Send);
-            CloseResult result = await connection.Completion.WithTimeout();
-            Assert.Equal(CloseOutcome.CloseWaitTimedOut, result.Outcome);
-            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            await Peer.ExpectTheGuardsCloseAsync(peer, connection);
         }
     }
 

@@ -18,6 +18,15 @@ internal readonly record struct PeerReadResult(long Bytes, PeerEnd End, byte[]? 
 /// <summary>A real peer's view of the connection: reads until FIN or RST.</summary>
 internal static class Peer
 {
+    /// <summary>After the peer's FIN, with nobody reading or closing: the CLOSE_WAIT guard closes the connection
+    /// (CloseWaitTimedOut) and the peer gets our FIN, not a reset.</summary>
+    public static async Task ExpectTheGuardsCloseAsync(Socket peer, ManagedConnection connection)
+    {
+        CloseResult result = await connection.Completion.WithTimeout();
+        Assert.Equal(CloseOutcome.CloseWaitTimedOut, result.Outcome);
+        Assert.Equal(PeerEnd.Fin, (await ReadToEndAsync(peer).WithTimeout()).End);
+    }
+
     public static async Task<PeerReadResult> ReadToEndAsync(Socket socket, bool keepData = false, CancellationToken cancellationToken = default)
     {
         byte[] buffer = new byte[64 * 1024];
