@@ -54,6 +54,10 @@ public sealed partial class ManagedConnection
     // yet. Not tied to the loop's park: a connection waiting in ReceiveAsync (its loop reading, not parked) needs
     // keep-alive most, since a vanished peer would leave that read pending for ever.
     private ManagedConnection? _nextForKeepAlive;
+    private static ManagedConnection? s_keepAliveHead;
+
+    // Taken from s_keepAliveHead at the previous look; only the watch's thread touches it.
+    private static ManagedConnection? s_keepAliveAged;
 
     // What became of this connection's late keep-alive (for tests): queued, set, skipped (released before its turn),
     // skipped late (released during it), failed (logged).
@@ -66,10 +70,7 @@ public sealed partial class ManagedConnection
 
     /// <summary>What became of this connection's late keep-alive (0 if it was never queued), for tests.</summary>
     internal int KeepAliveForTest => Volatile.Read(ref _keepAlive);
-    private static ManagedConnection? s_keepAliveHead;
 
-    // Taken from s_keepAliveHead at the previous look; only the watch's thread touches it.
-    private static ManagedConnection? s_keepAliveAged;
     private static readonly object s_watchLock = new();
     private static bool s_watcherRunning;
     private static bool s_watcherAsleep;
