@@ -357,8 +357,10 @@ public sealed partial class ManagedConnection
                     readSize /= 2;
                 }
 
-                // These bytes answer any demand the application made (a demand made from here on is seen when the loop
-                // would park).
+                // These bytes answer any demand the application made: one made before the flush below is answered by it (so
+                // Satisfied may clear it without an atomic exchange), a later one is seen when the loop would park. A
+                // demand left from a ReceiveAsync that was cancelled ends a lazy watch once, at the next read: the loop then
+                // parks and is watched again at the next look (1-3 ms; a forgotten connection's FIN is that much later).
                 bool asked = _park.Satisfied();
 
                 // A reader waiting for these bytes is not resumed here: its continuation is caught and run once the next

@@ -17,7 +17,7 @@ namespace SafeSockets;
 // - the connection is watched: a read is then always pending, as before. A connection is watched for good when
 //   someone asks for PeerClosed or Transport (they want the peer's FIN seen at once), and lazily when the application
 //   has not read for 1-3 ms (a connection it holds but does not read, or forgot: its FIN must still be seen, and the
-//   CLOSE_WAIT guard armed). A lazy watch ends when the loop hands bytes over (the application reads again: a
+//   CLOSE_WAIT guard armed). A lazy watch ends when the loop hands over bytes the application asked for (it reads again: a
 //   keep-alive connection between two requests goes back to reading on demand), and comes back if it parks again;
 // - the teardown drains (it takes the input, and the loop reads and discards until the peer's FIN).
 // Only the loop ever reads the socket: the pipe, the drain, the reader hand-off and the teardown's prompt wake-up of a
@@ -332,7 +332,7 @@ public sealed partial class ManagedConnection
             return;
         }
 
-        // Parked since it was queued, for long enough: nobody reads. Watch it until it next hands bytes over (the loop
+        // Parked since it was queued, for long enough: nobody reads. Watch it until it hands over bytes asked for (the loop
         // resumes from the pool).
         _park.WatchLazily();
     }

@@ -39,14 +39,14 @@ internal sealed class LoopPark : IValueTaskSource<int>
     private int _state;
     private int _demand;
     // 0: not watched; WatchedForGood: PeerClosed or Transport asked (a read pending until the end); WatchedLazily: the
-    // lazy watch found the loop parked for a while (a read pending until the loop next hands bytes over).
+    // lazy watch found the loop parked for a while (a read pending until the loop hands over bytes the application asked for).
     private int _watched;
     private const int WatchedForGood = 1;
     private const int WatchedLazily = 2;
     private int _draining;
     private int _parks;
 
-    /// <summary>Whether the loop keeps a read pending (for good, or until it hands bytes over after a lazy watch).</summary>
+    /// <summary>Whether the loop keeps a read pending (for good, or after a lazy watch until it hands over bytes asked for).</summary>
     public bool IsWatched => Volatile.Read(ref _watched) != 0;
 
     /// <summary>A park whose loop runs in the default execution context whoever wakes it (see <see cref="Resume"/>).</summary>
@@ -121,7 +121,7 @@ internal sealed class LoopPark : IValueTaskSource<int>
         return true;
     }
 
-    /// <summary>The lazy watch found the loop parked for a while: it keeps a read pending until it next hands bytes over
+    /// <summary>The lazy watch found the loop parked for a while: it keeps a read pending until it hands over bytes asked for
     /// (<see cref="TryUnwatch"/>), so the peer's FIN is seen while nobody reads. Woken from the thread pool.</summary>
     /// <returns><see langword="true"/> if this call made it watched.</returns>
     public bool WatchLazily()
