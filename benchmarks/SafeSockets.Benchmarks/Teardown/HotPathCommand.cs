@@ -24,7 +24,10 @@ internal static class HotPathCommand
                               raw (raw Socket both ends, hand-written graceful), managed (ManagedConnection both ends,
                               server on ManagedListener), server (managed server, raw client), client (managed client,
                               raw server), harness (the teardown command's raw-graceful strategy and harness)
-          --shape loop|lockstep   client loops + accept loops (default) or both ends driven by one async method
+          --shape S           loop: client loops + accept loops (default); lockstep: both ends driven by one async
+                              method, in the raw cycle's order (the client half-closes, the server reads to EOF and
+                              closes, then the client closes); lockstep-close-first: the same, but the client starts
+                              waiting for the server's FIN (CloseAsync, or a pending read) before the server reads
           --concurrency K     connections in flight (default 1)
           --cycles N          measured cycles per run (default 20000; 15000 more warm up first)
           --ports P           listener ports (default 4)
@@ -251,7 +254,9 @@ internal static class HotPathCommand
                         break;
                     case "--shape":
                         string shape = Value();
-                        settings.Shape = shape is "loop" or "lockstep" ? shape : throw new ArgumentException($"--shape must be loop or lockstep; got '{shape}'.");
+                        settings.Shape = shape is "loop" or "lockstep" or "lockstep-close-first"
+                            ? shape
+                            : throw new ArgumentException($"--shape must be loop, lockstep or lockstep-close-first; got '{shape}'.");
                         break;
                     case "--concurrency": settings.Concurrency = Positive("--concurrency"); break;
                     case "--cycles": settings.Cycles = Positive("--cycles"); break;
@@ -263,7 +268,7 @@ internal static class HotPathCommand
                 }
             }
 
-            if (settings.Shape == "lockstep" && settings.Ends.Any(e => e == "harness"))
+            if (settings.Shape != "loop" && settings.Ends.Any(e => e == "harness"))
             {
                 throw new ArgumentException("--ends harness runs the teardown harness, which has no lock-step shape.");
             }
@@ -293,7 +298,7 @@ internal static class HotPathCommand
         public static Run Create(string ends, Settings settings) => (ends, settings.Shape) switch
         {
             ("harness", _) => new HarnessRun(settings),
-            (_, "lockstep") => new LockstepRun(ends, settings),
+            (_, "lockstep" or "lockstep-close-first") => new LockstepRun(ends, settings),
             _ => new LoopRun(ends, settings),
         };
 
@@ -563,6 +568,7 @@ internal static class HotPathCommand
     private sealed class LockstepRun : Run
     {
         private readonly bool _managed;
+        private readonly bool _closeFirst;
         private readonly Socket[] _rawListeners = [];
         private readonly ManagedListener[] _managedListeners = [];
         private readonly EndPoint[] _endPoints;
@@ -577,6 +583,7 @@ internal static class HotPathCommand
 
             // One listener per flow: a flow's accept is then its own connection.
             _managed = ends == "managed";
+            _closeFirst = settings.Shape == "lockstep-close-first";
             if (_managed)
             {
                 _managedListeners = [.. Enumerable.Range(0, settings.Concurrency).Select(_ => ManagedListener.Start(new IPEndPoint(IPAddress.Loopback, 0), new ManagedListenerOptions { Backlog = 16 }))];
@@ -653,9 +660,20 @@ internal static class HotPathCommand
             await server.SendAsync(Response, SocketFlags.None);
             await ReceiveExactlyAsync(client, Strategy.ResponseBytes, clientBuffer);
             client.Shutdown(SocketShutdown.Send);
-            await ReadToEndAsync(server, serverBuffer);
-            server.Shutdown(SocketShutdown.Send);
-            await ReadToEndAsync(client, clientBuffer);
+            if (_closeFirst)
+            {
+                // The client waits for the server's FIN from now on (a read pending), as a CloseAsync started here does.
+                ValueTask clientEnd = ReadToEndAsync(client, clientBuffer);
+                await ReadToEndAsync(server, serverBuffer);
+                server.Shutdown(SocketShutdown.Send);
+                await clientEnd;
+            }
+            else
+            {
+                await ReadToEndAsync(server, serverBuffer);
+                server.Shutdown(SocketShutdown.Send);
+                await ReadToEndAsync(client, clientBuffer);
+            }
         }
 
         private async Task ManagedCycleAsync(int flow, byte[] clientBuffer, byte[] serverBuffer)
@@ -668,11 +686,26 @@ internal static class HotPathCommand
             await server.SendAsync(Response);
             await ReceiveExactlyAsync(client, Strategy.ResponseBytes, clientBuffer);
 
-            // The client's close sends FIN, then drains until the server's FIN; the server sees EOF and closes.
-            ValueTask<CloseResult> clientClose = client.CloseAsync();
-            await ReadToEndAsync(server, serverBuffer);
-            CloseResult serverResult = await server.CloseAsync();
-            CloseResult clientResult = await clientClose;
+            CloseResult serverResult, clientResult;
+            if (_closeFirst)
+            {
+                // The client's close sends FIN, then drains until the server's FIN (a read pending meanwhile); the server
+                // sees EOF and closes.
+                ValueTask<CloseResult> clientClose = client.CloseAsync();
+                await ReadToEndAsync(server, serverBuffer);
+                serverResult = await server.CloseAsync();
+                clientResult = await clientClose;
+            }
+            else
+            {
+                // The raw cycle's order: the client half-closes, the server reads to EOF and closes, then the client
+                // closes (its drain finds the server's FIN already there).
+                await client.ShutdownSendAsync();
+                await ReadToEndAsync(server, serverBuffer);
+                serverResult = await server.CloseAsync();
+                clientResult = await client.CloseAsync();
+            }
+
             if (serverResult.Outcome != CloseOutcome.Graceful || clientResult.Outcome != CloseOutcome.Graceful)
             {
                 throw new IOException($"a close ended {clientResult.Outcome} / {serverResult.Outcome}");
