@@ -143,6 +143,50 @@ public sealed class DeadlineQueueTests
     }
 
     [Fact]
+    public async Task OnTheSystemClock_DeadlinesUnderAMillisecondApart_AllFire_NoneEarly()
+    {
+        // The waiter sleeps the last fraction of a millisecond outside its lock (PreciseSleep): deadlines scheduled
+        // meanwhile, earlier or later, sub-millisecond apart, must still all run, each at or after its due time.
+        DeadlineQueue queue = DeadlineQueue.CreateSystemForTest();
+        TimeProvider clock = TimeProvider.System;
+        long tenthOfAMillisecond = clock.TimestampFrequency / 10_000;
+        var owners = new List<SystemOwner>();
+        for (int round = 0; round < 20; round++)
+        {
+            long now = clock.GetTimestamp();
+            foreach (int tenths in new[] { 9, 3, 6, 1, 12, 4 })
+            {
+                var owner = new SystemOwner(clock);
+                owners.Add(owner);
+                queue.Schedule(owner, now + (tenths * tenthOfAMillisecond), DeadlinePurpose.None);
+            }
+
+            await Task.WhenAll(owners.Select(o => o.Fired.Task)).WithTimeout();
+        }
+
+        Assert.All(owners, o => Assert.True(o.Fired.Task.Result >= o.Due, "fired before its due time"));
+        Assert.Equal(0, queue.Count);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(50)]
+    [InlineData(300)]
+    [InlineData(900)]
+    [InlineData(2500)]
+    public void PreciseSleep_SleepsAtLeastWhatItIsAskedFor(int microseconds)
+    {
+        long ticks = microseconds * System.Diagnostics.Stopwatch.Frequency / 1_000_000;
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        PreciseSleep.For(ticks);
+        long slept = System.Diagnostics.Stopwatch.GetTimestamp() - start;
+
+        // Never shorter (a signal ends nanosleep early: it sleeps again for the rest); how much longer is the machine's
+        // business (benchmarks, not tests).
+        Assert.True(slept >= ticks, $"slept {slept} ticks for {ticks}");
+    }
+
+    [Fact]
     public async Task OnTheSystemClock_AnIdleWaiterEnds_AndTheNextDeadlineStartsAnother()
     {
         DeadlineQueue queue = DeadlineQueue.CreateSystemForTest(idleExitMilliseconds: 50);

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 
 namespace SafeSockets.Internal;
@@ -217,8 +218,9 @@ internal sealed class DeadlineQueue
     {
         while (true)
         {
-            IDeadlineOwner due;
-            DeadlinePurpose purpose;
+            IDeadlineOwner? due = null;
+            DeadlinePurpose purpose = DeadlinePurpose.None;
+            long sleepTicks = 0;
             lock (_lock)
             {
                 while (true)
@@ -247,13 +249,30 @@ internal sealed class DeadlineQueue
                     }
                     else
                     {
-                        // Whole milliseconds, rounded up (a monitor wait takes no less), so it does not wake early.
                         _armedFor = _heap[0].DeadlineDue;
-                        double milliseconds = Math.Ceiling(_timeProvider.GetElapsedTime(now, _armedFor).TotalMilliseconds);
+                        long remaining = _armedFor - now;
+                        if (PreciseSleep.IsSupported && remaining < Stopwatch.Frequency / 1000)
+                        {
+                            // Under a millisecond left: slept precisely, outside the lock (PreciseSleep). A Schedule
+                            // meanwhile does not wake it; an earlier deadline runs at most this much late.
+                            sleepTicks = remaining;
+                            break;
+                        }
+
+                        // Whole milliseconds: rounded down where the rest is slept precisely (the next pass), else rounded
+                        // up (a monitor wait takes no less), so it does not wake after the deadline nor run it early.
+                        double milliseconds = _timeProvider.GetElapsedTime(now, _armedFor).TotalMilliseconds;
+                        milliseconds = PreciseSleep.IsSupported ? Math.Floor(milliseconds) : Math.Ceiling(milliseconds);
                         _asleepFor = _armedFor;
                         Monitor.Wait(_lock, (int)Math.Min(milliseconds, MaxWaitMilliseconds));
                     }
                 }
+            }
+
+            if (due is null)
+            {
+                PreciseSleep.For(sleepTicks);
+                continue;
             }
 
             due.OnDeadline(purpose);
