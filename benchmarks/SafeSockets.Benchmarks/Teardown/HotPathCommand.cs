@@ -524,7 +524,8 @@ internal static class HotPathCommand
                 ManagedConnection connection;
                 try
                 {
-                    connection = await listener.AcceptAsync(Stop.Token);
+                    // No token, as the raw accept loop: both end when their listener is disposed.
+                    connection = await listener.AcceptAsync();
                 }
                 catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or InvalidOperationException)
                 {
