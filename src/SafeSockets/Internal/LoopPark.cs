@@ -15,7 +15,7 @@ namespace SafeSockets.Internal;
 /// that asks for bytes which are already in the kernel gets them before <see cref="Demand"/> returns, without a thread
 /// hop. It runs only until the loop parks again or awaits a pending socket read.</para>
 /// </remarks>
-internal sealed class LoopPark : IValueTaskSource<int>
+internal sealed class LoopPark : IValueTaskSource<int>, IThreadPoolWorkItem
 {
     private const int Running = 0;
     private const int Parked = 1;
@@ -245,7 +245,8 @@ internal sealed class LoopPark : IValueTaskSource<int>
     {
         if (_inDefaultContext)
         {
-            ThreadPool.UnsafeQueueUserWorkItem(static park => park.Resume(), this, preferLocal: false);
+            // The park is its own work item: a watch (every pause of a keep-alive connection) queues no allocation.
+            ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
         }
         else
         {
@@ -268,6 +269,9 @@ internal sealed class LoopPark : IValueTaskSource<int>
             return captured!;
         }
     }
+
+    /// <summary>Runs <see cref="Resume"/> as a thread-pool work item (<see cref="ResumeOnThreadPool"/>).</summary>
+    void IThreadPoolWorkItem.Execute() => Resume();
 
     int IValueTaskSource<int>.GetResult(short token) => _core.GetResult(token);
 
