@@ -32,6 +32,9 @@ internal static class HotPathCommand
           --cycles N          measured cycles per run (default 20000; 15000 more warm up first)
           --ports P           listener ports (default 4)
           --pairs R           runs of each kind, alternated (default 5)
+          --requests N        requests (64 bytes, answered with 64) per connection (default 1; loop shape only)
+          --pause-ms P        the client's pause between two requests on one connection (a keep-alive client's
+                              think time; default none)
           --no-netns          run in this machine's network namespace (no unshare)
           --out DIR           also write hotpath.md there
         """;
@@ -56,6 +59,7 @@ internal static class HotPathCommand
 
         bool netns = settings.NetworkNamespace && ChildRuns.CanUnshare();
         Console.WriteLine($"hotpath: {string.Join(", ", settings.Ends)}; {settings.Shape}, {settings.Concurrency} in flight, {settings.Ports} ports, "
+            + (settings.Requests > 1 ? $"{settings.Requests} requests per connection{(settings.PauseMilliseconds > 0 ? $" {settings.PauseMilliseconds} ms apart" : "")}, " : "")
             + $"{settings.Cycles:N0} cycles a run after {Settings.Warmup:N0} warm-up, {settings.Pairs} alternating runs each, "
             + (netns ? "each run a fresh process in a fresh network namespace" : "each run a fresh process (shared network namespace)")
             + $"; {Environment.ProcessorCount} cores, .NET {Environment.Version}.");
@@ -99,7 +103,8 @@ internal static class HotPathCommand
     private static string Markdown(Settings settings, Dictionary<string, List<RunResult>> runs, string baseline, bool netns)
     {
         var text = new System.Text.StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"`hotpath --shape {settings.Shape} --concurrency {settings.Concurrency} --cycles {settings.Cycles} --pairs {settings.Pairs}` "
+        string keepAlive = (settings.Requests > 1 ? $" --requests {settings.Requests}" : "") + (settings.PauseMilliseconds > 0 ? $" --pause-ms {settings.PauseMilliseconds}" : "");
+        text.AppendLine(CultureInfo.InvariantCulture, $"`hotpath --shape {settings.Shape} --concurrency {settings.Concurrency} --cycles {settings.Cycles} --pairs {settings.Pairs}{keepAlive}` "
             + $"({(netns ? "fresh network namespace per run" : "shared network namespace")}); medians of {settings.Pairs} runs, ratios against `{baseline}` taken within each pair, then the median:");
         text.AppendLine();
         text.AppendLine("| ends | cycles/s | ratio | CPU us/cycle | CPU ratio | alloc B/cycle | OutRsts | CLOSE_WAIT | errors |");
@@ -129,7 +134,8 @@ internal static class HotPathCommand
     {
         string? stdout = await ChildRuns.RunAsync(
             ["hotpath-run", "--ends", ends, "--shape", settings.Shape, "--concurrency", ChildRuns.Invariant(settings.Concurrency),
-                "--cycles", ChildRuns.Invariant(settings.Cycles), "--ports", ChildRuns.Invariant(settings.Ports)],
+                "--cycles", ChildRuns.Invariant(settings.Cycles), "--ports", ChildRuns.Invariant(settings.Ports),
+                "--requests", ChildRuns.Invariant(settings.Requests), .. (settings.PauseMilliseconds > 0 ? (string[])["--pause-ms", ChildRuns.Invariant(settings.PauseMilliseconds)] : [])],
             netns, TimeSpan.FromMinutes(5), $"hotpath: the {ends} run");
         string[]? result = stdout is null ? null : ChildRuns.Results(stdout).LastOrDefault();
         if (stdout is not null && result is null)
@@ -230,6 +236,10 @@ internal static class HotPathCommand
 
         public int Pairs { get; private set; } = 5;
 
+        public int Requests { get; private set; } = 1;
+
+        public int PauseMilliseconds { get; private set; }
+
         public bool NetworkNamespace { get; private set; } = true;
 
         public string? OutputDirectory { get; private set; }
@@ -262,10 +272,27 @@ internal static class HotPathCommand
                     case "--cycles": settings.Cycles = Positive("--cycles"); break;
                     case "--ports": settings.Ports = Positive("--ports"); break;
                     case "--pairs": settings.Pairs = Positive("--pairs"); break;
+                    case "--requests": settings.Requests = Positive("--requests"); break;
+                    case "--pause-ms": settings.PauseMilliseconds = Positive("--pause-ms"); break;
                     case "--no-netns": settings.NetworkNamespace = false; break;
                     case "--out": settings.OutputDirectory = Value(); break;
                     default: throw new ArgumentException($"Unknown option {args[i]}.");
                 }
+            }
+
+            if (settings.Shape != "loop" && settings.Requests > 1)
+            {
+                throw new ArgumentException("--requests runs in the loop shape only.");
+            }
+
+            if ((settings.Requests > 1 || settings.PauseMilliseconds > 0) && settings.Ends.Any(e => e == "harness"))
+            {
+                throw new ArgumentException("--ends harness runs the teardown harness's own cycle (one request): no --requests or --pause-ms.");
+            }
+
+            if (settings.PauseMilliseconds > 0 && settings.Requests == 1)
+            {
+                throw new ArgumentException("--pause-ms is the pause between two requests on one connection: give --requests 2 or more.");
             }
 
             if (settings.Shape != "loop" && settings.Ends.Any(e => e == "harness"))
@@ -352,23 +379,53 @@ internal static class HotPathCommand
             }
         }
 
-        /// <summary>The raw client: connect, request, answer, Shutdown(Send), read to EOF, Dispose.</summary>
-        protected static async Task RawClientAsync(EndPoint server, byte[] buffer)
+        /// <summary>Whether a request is followed by another on the same connection, after the pause (the keep-alive shape).</summary>
+        private async ValueTask<bool> NextRequestAsync(int done)
+        {
+            if (done >= Settings.Requests)
+            {
+                return false;
+            }
+
+            if (Settings.PauseMilliseconds > 0)
+            {
+                await Task.Delay(Settings.PauseMilliseconds);
+            }
+
+            return true;
+        }
+
+        /// <summary>The raw client: connect, request, answer (and more of them with --requests), Shutdown(Send), read to
+        /// EOF, Dispose.</summary>
+        protected async Task RawClientAsync(EndPoint server, byte[] buffer)
         {
             using Socket client = NewSocket();
             await client.ConnectAsync(server);
-            await client.SendAsync(Request, SocketFlags.None);
-            await ReceiveExactlyAsync(client, Strategy.ResponseBytes, buffer);
+            int done = 0;
+            do
+            {
+                await client.SendAsync(Request, SocketFlags.None);
+                await ReceiveExactlyAsync(client, Strategy.ResponseBytes, buffer);
+            }
+            while (await NextRequestAsync(++done));
+
             client.Shutdown(SocketShutdown.Send);
             await ReadToEndAsync(client, buffer);
         }
 
-        /// <summary>The managed client: connect, request, answer, CloseAsync (FIN, drain to the peer's FIN, release).</summary>
-        protected static async Task ManagedClientAsync(EndPoint server, byte[] buffer)
+        /// <summary>The managed client: connect, request, answer (and more of them with --requests), CloseAsync (FIN,
+        /// drain to the peer's FIN, release).</summary>
+        protected async Task ManagedClientAsync(EndPoint server, byte[] buffer)
         {
             ManagedConnection client = await ManagedConnection.ConnectAsync(server);
-            await client.SendAsync(Request);
-            await ReceiveExactlyAsync(client, Strategy.ResponseBytes, buffer);
+            int done = 0;
+            do
+            {
+                await client.SendAsync(Request);
+                await ReceiveExactlyAsync(client, Strategy.ResponseBytes, buffer);
+            }
+            while (await NextRequestAsync(++done));
+
             CloseResult result = await client.CloseAsync();
             if (result.Outcome != CloseOutcome.Graceful)
             {
@@ -376,25 +433,33 @@ internal static class HotPathCommand
             }
         }
 
-        /// <summary>The raw server: request, answer, read to the client's FIN, Shutdown(Send), Dispose.</summary>
-        protected static async Task RawServeAsync(Socket accepted, byte[] buffer)
+        /// <summary>The raw server: request, answer (for each request), read to the client's FIN, Shutdown(Send), Dispose.</summary>
+        protected async Task RawServeAsync(Socket accepted, byte[] buffer)
         {
             using (accepted)
             {
-                await ReceiveExactlyAsync(accepted, Strategy.RequestBytes, buffer);
-                await accepted.SendAsync(Response, SocketFlags.None);
+                for (int i = 0; i < Settings.Requests; i++)
+                {
+                    await ReceiveExactlyAsync(accepted, Strategy.RequestBytes, buffer);
+                    await accepted.SendAsync(Response, SocketFlags.None);
+                }
+
                 await ReadToEndAsync(accepted, buffer);
                 accepted.Shutdown(SocketShutdown.Send);
             }
         }
 
-        /// <summary>The managed server: request, answer, read to the client's FIN, CloseAsync.</summary>
-        protected static async Task ManagedServeAsync(ManagedConnection connection, byte[] buffer)
+        /// <summary>The managed server: request, answer (for each request), read to the client's FIN, CloseAsync.</summary>
+        protected async Task ManagedServeAsync(ManagedConnection connection, byte[] buffer)
         {
             await using (connection)
             {
-                await ReceiveExactlyAsync(connection, Strategy.RequestBytes, buffer);
-                await connection.SendAsync(Response);
+                for (int i = 0; i < Settings.Requests; i++)
+                {
+                    await ReceiveExactlyAsync(connection, Strategy.RequestBytes, buffer);
+                    await connection.SendAsync(Response);
+                }
+
                 await ReadToEndAsync(connection, buffer);
                 CloseResult result = await connection.CloseAsync();
                 if (result.Outcome != CloseOutcome.Graceful)
