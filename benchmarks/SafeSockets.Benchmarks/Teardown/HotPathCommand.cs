@@ -273,7 +273,12 @@ internal static class HotPathCommand
                     case "--ports": settings.Ports = Positive("--ports"); break;
                     case "--pairs": settings.Pairs = Positive("--pairs"); break;
                     case "--requests": settings.Requests = Positive("--requests"); break;
-                    case "--pause-ms": settings.PauseMilliseconds = Positive("--pause-ms"); break;
+                    case "--pause-ms":
+                        string pause = Value();
+                        settings.PauseMilliseconds = int.TryParse(pause, NumberStyles.Integer, CultureInfo.InvariantCulture, out int ms) && ms >= 0
+                            ? ms
+                            : throw new ArgumentException($"--pause-ms must be 0 or a positive whole number; got '{pause}'.");
+                        break;
                     case "--no-netns": settings.NetworkNamespace = false; break;
                     case "--out": settings.OutputDirectory = Value(); break;
                     default: throw new ArgumentException($"Unknown option {args[i]}.");
@@ -293,6 +298,16 @@ internal static class HotPathCommand
             if (settings.PauseMilliseconds > 0 && settings.Requests == 1)
             {
                 throw new ArgumentException("--pause-ms is the pause between two requests on one connection: give --requests 2 or more.");
+            }
+
+            // Each of the two bounded steps (warm-up, measure) must fit its 2 minutes: the pauses alone take this long at
+            // least (Task.Delay runs on the kernel's coarse clock here: about 2 ms more than asked).
+            double pausedSeconds = Math.Max(Warmup, settings.Cycles) * (settings.Requests - 1.0) * (settings.PauseMilliseconds > 0 ? settings.PauseMilliseconds + 2 : 0)
+                / settings.Concurrency / 1000;
+            if (pausedSeconds > 90)
+            {
+                throw new ArgumentException($"--requests {settings.Requests} --pause-ms {settings.PauseMilliseconds} at --concurrency {settings.Concurrency} would pause about "
+                    + $"{pausedSeconds:N0} s per step ({Warmup:N0} warm-up cycles, then {settings.Cycles:N0}); each step is bounded at 2 minutes: raise --concurrency or lower --cycles.");
             }
 
             if (settings.Shape != "loop" && settings.Ends.Any(e => e == "harness"))

@@ -33,6 +33,10 @@ internal sealed class DeadlineQueue
     private IDeadlineOwner[] _heap = new IDeadlineOwner[16];
     private int _count;
 
+    // How many times the system clock's waiter looked at the heap (a waiter that spun instead of sleeping would look
+    // thousands of times per deadline); for tests.
+    private long _waiterPasses;
+
     // The due time the waiter (or timer) is set for; long.MaxValue when it waits for nothing.
     private long _armedFor = long.MaxValue;
 
@@ -55,6 +59,18 @@ internal sealed class DeadlineQueue
     /// <summary>A queue on the system clock with a waiter thread of its own, apart from the shared one; for tests.</summary>
     internal static DeadlineQueue CreateSystemForTest(int idleExitMilliseconds = 30_000) => new(TimeProvider.System, idleExitMilliseconds);
 
+    /// <summary>How many times the system clock's waiter looked at the heap; for tests.</summary>
+    internal long WaiterPassesForTest
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _waiterPasses;
+            }
+        }
+    }
+
     /// <summary>Whether the system clock's waiter thread is running; for tests.</summary>
     internal bool HasWaiter
     {
@@ -67,8 +83,8 @@ internal sealed class DeadlineQueue
         }
     }
 
-    /// <summary>The due time the system clock's waiter is asleep for (long.MaxValue: for a Schedule); 0 while it is
-    /// awake. For tests.</summary>
+    /// <summary>The due time the system clock's waiter is asleep for on the monitor (long.MaxValue: for a Schedule); 0
+    /// while it is awake or in the precise sleep of a deadline's last fraction of a millisecond. For tests.</summary>
     internal long WaiterAsleepFor
     {
         get
@@ -220,12 +236,13 @@ internal sealed class DeadlineQueue
         {
             IDeadlineOwner? due = null;
             DeadlinePurpose purpose = DeadlinePurpose.None;
-            long sleepTicks = 0;
+            long sleepUntil = 0;
             lock (_lock)
             {
                 while (true)
                 {
                     _asleepFor = 0;
+                    _waiterPasses++;
                     long now = _timeProvider.GetTimestamp();
                     if (_count > 0 && _heap[0].DeadlineDue <= now)
                     {
@@ -249,20 +266,23 @@ internal sealed class DeadlineQueue
                     }
                     else
                     {
+                        // On the system clock, timestamps are Stopwatch ticks.
                         _armedFor = _heap[0].DeadlineDue;
+                        long ticksPerMillisecond = Stopwatch.Frequency / 1000;
                         long remaining = _armedFor - now;
-                        if (PreciseSleep.IsSupported && remaining < Stopwatch.Frequency / 1000)
+                        if (PreciseSleep.IsSupported && remaining < ticksPerMillisecond)
                         {
-                            // Under a millisecond left: slept precisely, outside the lock (PreciseSleep). A Schedule
-                            // meanwhile does not wake it; an earlier deadline runs at most this much late.
-                            sleepTicks = remaining;
+                            // Under a millisecond left: slept precisely until the due time, outside the lock (PreciseSleep;
+                            // WaiterAsleepFor reads 0 meanwhile). A Schedule then does not wake it: an earlier deadline
+                            // runs at most that fraction of a millisecond late.
+                            sleepUntil = _armedFor;
                             break;
                         }
 
-                        // Whole milliseconds: rounded down where the rest is slept precisely (the next pass), else rounded
-                        // up (a monitor wait takes no less), so it does not wake after the deadline nor run it early.
-                        double milliseconds = _timeProvider.GetElapsedTime(now, _armedFor).TotalMilliseconds;
-                        milliseconds = PreciseSleep.IsSupported ? Math.Floor(milliseconds) : Math.Ceiling(milliseconds);
+                        // Whole milliseconds: rounded down where the rest is slept precisely (the next pass; at least
+                        // 1 ms here, so never a zero wait), else rounded up (a monitor wait takes no less), so it neither
+                        // wakes after the deadline nor runs it early.
+                        long milliseconds = PreciseSleep.IsSupported ? remaining / ticksPerMillisecond : (remaining + ticksPerMillisecond - 1) / ticksPerMillisecond;
                         _asleepFor = _armedFor;
                         Monitor.Wait(_lock, (int)Math.Min(milliseconds, MaxWaitMilliseconds));
                     }
@@ -271,7 +291,7 @@ internal sealed class DeadlineQueue
 
             if (due is null)
             {
-                PreciseSleep.For(sleepTicks);
+                PreciseSleep.Until(sleepUntil);
                 continue;
             }
 
@@ -280,7 +300,7 @@ internal sealed class DeadlineQueue
     }
 
     // A far deadline is waited for in steps (it is re-read on every wake anyway).
-    private const double MaxWaitMilliseconds = 60_000;
+    private const long MaxWaitMilliseconds = 60_000;
 
     private void ArmLocked(long due)
     {

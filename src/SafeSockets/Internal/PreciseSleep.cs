@@ -3,41 +3,65 @@ using System.Runtime.InteropServices;
 
 namespace SafeSockets.Internal;
 
-/// <summary>Sleeps for less than a millisecond, or for a time that is not a whole number of milliseconds, where the
-/// platform can (Linux and macOS: <c>nanosleep</c>).</summary>
+/// <summary>Sleeps until a time that is not a whole number of milliseconds away, where the platform can (Linux and
+/// macOS: <c>nanosleep</c>).</summary>
 /// <remarks>Every .NET wait (a monitor, a handle, <see cref="Thread.Sleep(int)"/>) takes whole milliseconds, and a wait
 /// that must not end early is rounded up: a deadline then runs 0-1 ms late, 0.5 ms on average (fin-latency: the
-/// CLOSE_WAIT guard's lateness p50 0.56 ms). The threads of ours that keep time (the deadline queue's waiter, the lazy
-/// watch) sleep whole milliseconds rounded down, then the rest here. A signal may end the sleep early (the runtime
-/// uses signals to suspend threads): callers look at the clock again anyway.</remarks>
+/// CLOSE_WAIT guard's lateness p50 0.56 ms). The deadline queue's waiter waits whole milliseconds rounded down, then
+/// sleeps the rest here, until the deadline's own time (not for a length measured later, which would add whatever
+/// delayed the thread in between). A signal may end a nanosleep early (the runtime uses signals to suspend threads):
+/// it sleeps again until the clock says the time has come.</remarks>
 internal static partial class PreciseSleep
 {
-    /// <summary>Whether <see cref="For"/> sleeps precisely here (otherwise it sleeps whole milliseconds, rounded up).</summary>
-    public static bool IsSupported { get; } = OperatingSystem.IsLinux() || OperatingSystem.IsMacOS();
+    /// <summary>Whether <see cref="Until"/> sleeps precisely here: Linux or macOS, and nanosleep could be called. It is
+    /// called once, for no time at all, when this is first read, so a missing export means whole milliseconds instead of
+    /// an exception on a thread of ours later.</summary>
+    public static bool IsSupported { get; } = Probe();
 
-    /// <summary>Sleeps for at least <paramref name="stopwatchTicks"/> (<see cref="Stopwatch"/> ticks); not at all if it
-    /// is not positive.</summary>
-    public static void For(long stopwatchTicks)
+    /// <summary>Sleeps until <paramref name="stopwatchTimestamp"/> (<see cref="Stopwatch.GetTimestamp"/>) at least; not
+    /// at all if it has passed.</summary>
+    public static void Until(long stopwatchTimestamp)
     {
-        if (stopwatchTicks <= 0)
-        {
-            return;
-        }
-
         if (!IsSupported)
         {
-            Thread.Sleep((int)Math.Ceiling(stopwatchTicks * 1000.0 / Stopwatch.Frequency));
+            long rest = stopwatchTimestamp - Stopwatch.GetTimestamp();
+            if (rest > 0)
+            {
+                Thread.Sleep((int)Math.Ceiling(rest * 1000.0 / Stopwatch.Frequency));
+            }
+
             return;
         }
 
         // Until the clock says so: a signal ends nanosleep early, and the conversion may round a nanosecond down.
-        long end = Stopwatch.GetTimestamp() + stopwatchTicks;
-        for (long left = stopwatchTicks; left > 0; left = end - Stopwatch.GetTimestamp())
+        for (long left = stopwatchTimestamp - Stopwatch.GetTimestamp(); left > 0; left = stopwatchTimestamp - Stopwatch.GetTimestamp())
         {
-            long nanoseconds = Math.Max(1, (long)Math.Ceiling(left * (1e9 / Stopwatch.Frequency)));
-            var request = new TimeSpec { Seconds = (nint)(nanoseconds / 1_000_000_000), Nanoseconds = (nint)(nanoseconds % 1_000_000_000) };
-            _ = NanoSleep(in request, IntPtr.Zero);
+            Sleep(Math.Max(1, (long)Math.Ceiling(left * (1e9 / Stopwatch.Frequency))));
         }
+    }
+
+    private static bool Probe()
+    {
+        if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS())
+        {
+            return false;
+        }
+
+        try
+        {
+            Sleep(0);
+            return true;
+        }
+        catch (Exception ex) when (ex is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return false;
+        }
+    }
+
+    private static void Sleep(long nanoseconds)
+    {
+        var request = new TimeSpec { Seconds = (nint)(nanoseconds / 1_000_000_000), Nanoseconds = (nint)(nanoseconds % 1_000_000_000) };
+        _ = NanoSleep(in request, IntPtr.Zero);
     }
 
     [StructLayout(LayoutKind.Sequential)]
