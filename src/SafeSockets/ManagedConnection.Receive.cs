@@ -13,7 +13,8 @@ public sealed partial class ManagedConnection
     private const int MinimumReadSize = 4096;
     private const int MaximumReadSize = 64 * 1024;
 
-    // Socket → _input is the receive loop's job, and only the loop reads the socket. It reads when the application asks
+    // Socket → _input is the receive loop's job, and only the loop reads bytes from the socket (the lazy watch's thread
+    // may start a watched loop's zero-byte wait for data for it: ManagedConnection.Watch.cs). It reads when the application asks
     // and, once the connection is watched, at all times, so the peer's FIN is seen while the application is busy
     // elsewhere (ManagedConnection.Watch.cs).
     private readonly Pipe _input;
@@ -22,6 +23,18 @@ public sealed partial class ManagedConnection
 
     // Set once the constructor has stored _receiveLoop (the loop itself may already be running on another thread).
     private bool _receiveLoopStored;
+
+    // The pooled operation that reads the socket: rented at the first read, by the loop or by the lazy watch's thread
+    // while it holds the loop's park (StartWatchRead), never both at once; returned by the loop when it ends, or
+    // dropped if a read ended in an unknown state.
+    private SocketIoArgs? _receiveArgs;
+    private bool _dropReceiveArgs;
+
+    // The lazy watch's zero-byte read (ManagedConnection.Watch.cs, StartWatchRead): pending, done (the loop then reads
+    // at once), and how it failed (the loop rethrows it as its own read's failure).
+    private ValueTask<int> _watchRead;
+    private bool _watchReadDone;
+    private Exception? _watchReadFailure;
 
     // Set when the receive loop has ended (its input let go of), for tests: the loop's task is the teardown's to consume.
     private bool _receiveLoopEnded;
@@ -211,7 +224,6 @@ public sealed partial class ManagedConnection
     {
         PipeWriter writer = _input.Writer;
         Exception? pipeError = null;
-        SocketIoArgs? receiveArgs = null;
         bool dropArgs = false;
         ReaderHandOff.Continuation caught = default;
         bool inputCompleted = false;
@@ -246,6 +258,21 @@ public sealed partial class ManagedConnection
                             // Woken after an abort began: nothing to read (the abort counted what the kernel held).
                             return LoopExit.Aborted;
                         }
+
+                        if (Volatile.Read(ref _watchReadDone))
+                        {
+                            // Resumed by the lazy watch's zero-byte read: its failure is this loop's read's failure, and
+                            // after it succeeded there is data (or the FIN) to read at once.
+                            _watchReadDone = false;
+                            if (_watchReadFailure is { } failure)
+                            {
+                                _watchReadFailure = null;
+                                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+                            }
+
+                            waitForData = false;
+                            goto Read;
+                        }
                     }
 
                     // The drain reads at once (into one buffer, reused). The application's read goes straight into a buffer
@@ -259,17 +286,18 @@ public sealed partial class ManagedConnection
                 // rented at the first read (a connection that is never read from never takes one).
                 if (s_stopDrainWithShutdown)
                 {
-                    receiveArgs ??= SocketIoArgs.Rent();
+                    _receiveArgs ??= SocketIoArgs.Rent();
                 }
 
                 if (waitForData)
                 {
-                    await ReaderHandOff.Then(ReceiveOnceAsync(_socket, receiveArgs, Memory<byte>.Empty, token), TakeCaught(ref caught), this, s_onHandOffError);
+                    await ReaderHandOff.Then(ReceiveOnceAsync(_socket, _receiveArgs, Memory<byte>.Empty, token), TakeCaught(ref caught), this, s_onHandOffError);
                 }
 
+            Read:
                 // While draining, the same memory is reused and never advanced: the bytes are discarded.
                 Memory<byte> memory = writer.GetMemory(readSize);
-                int received = await ReaderHandOff.Then(ReceiveOnceAsync(_socket, receiveArgs, memory, token), TakeCaught(ref caught), this, s_onHandOffError);
+                int received = await ReaderHandOff.Then(ReceiveOnceAsync(_socket, _receiveArgs, memory, token), TakeCaught(ref caught), this, s_onHandOffError);
                 bool draining = HasIo(IoInputTaken);
                 waitForData = received < memory.Length && !draining;
                 if (received == 0)
@@ -468,15 +496,17 @@ public sealed partial class ManagedConnection
             }
 
             LetGoOfInput();
-            if (receiveArgs is not null)
+            if (_receiveArgs is { } receiveArgs)
             {
-                if (dropArgs)
+                _receiveArgs = null;
+                if (dropArgs || Volatile.Read(ref _dropReceiveArgs))
                 {
                     SocketIoArgs.Drop(receiveArgs);
                 }
                 else
                 {
-                    // Its last read has completed: nobody can touch it any more.
+                    // Its last read has completed: nobody can touch it any more (the loop has ended: its park is never
+                    // taken again, so the lazy watch starts no read on it either).
                     SocketIoArgs.Return(receiveArgs);
                 }
             }

@@ -109,8 +109,9 @@ public sealed partial class ManagedConnection
                     bool held = _park.TryHold();
                     try
                     {
-                        // Also when a wake is on its way (a watch resumes the loop from the pool): the loop has not read
-                        // since it parked, and once it runs it sees the abort and reads nothing.
+                        // Also when a wake is on its way (a watch resumes the loop from the pool, or the watch's zero-byte
+                        // read waits for it): the loop has not read since it parked, and once it runs it sees the abort and
+                        // reads nothing.
                         if (held || _park.IsWaking)
                         {
                             CountUnreadInKernel();

@@ -20,7 +20,8 @@ namespace SafeSockets;
 //   CLOSE_WAIT guard armed). A lazy watch ends when the loop hands over bytes the application asked for (it reads again: a
 //   keep-alive connection between two requests goes back to reading on demand), and comes back if it parks again;
 // - the teardown drains (it takes the input, and the loop reads and discards until the peer's FIN).
-// Only the loop ever reads the socket: the pipe, the drain, the reader hand-off and the teardown's prompt wake-up of a
+// Only the loop ever reads bytes from the socket (the watch's thread may start a watched loop's zero-byte wait for
+// data for it, StartWatchRead): the pipe, the drain, the reader hand-off and the teardown's prompt wake-up of a
 // pending ReceiveAsync are unchanged.
 public sealed partial class ManagedConnection
 {
@@ -34,9 +35,16 @@ public sealed partial class ManagedConnection
 
     // How long a loop must have stayed parked before the lazy watch watches it: a connection the application reads
     // without pause parks for microseconds between reads and is never watched (found by review: with no minimum, a
-    // look that landed in such a gap watched it, and each watch costs a wake-up from the pool and, until the next bytes
+    // look that landed in such a gap watched it, and each watch costs a pending read (on Windows a wake-up from the pool) and, until the next bytes
     // are handed over, reads the old way).
     private static readonly TimeSpan s_minimumParkedTime = TimeSpan.FromMilliseconds(1);
+
+    // How many watched loops' waits for data one look starts on the watch's own thread (a syscall each, and an epoll
+    // registration for a socket's first wait); beyond that, in a look that watches a crowd of connections at once (a
+    // pause shared by thousands of keep-alive clients), the loops start their own from the pool, spread over its threads,
+    // so the look stays short and the next one (FINs, keep-alive) is not late. Only the watch's thread touches the count.
+    private const int MaxWatchReadsPerLook = 64;
+    private static int s_watchReadsThisLook;
 
     // How long the lazy watch's thread keeps looking after its list last had an entry before it sleeps until a push.
     private const int WatchLingerPeriods = 500;
@@ -95,6 +103,12 @@ public sealed partial class ManagedConnection
             }
         }
     }
+
+    /// <summary>Whether the lazy watch's thread ever left a wait for data pending on this connection's behalf (the loop's
+    /// zero-byte read, started while the watch held its park), for tests.</summary>
+    internal bool WatchReadStartedForTest => Volatile.Read(ref _watchReadStarted);
+
+    private bool _watchReadStarted;
 
     /// <summary>Whether the receive loop waits for the application to read what fills its input, for tests.</summary>
     internal bool InputPausedForTest => Volatile.Read(ref _inputPaused);
@@ -284,6 +298,7 @@ public sealed partial class ManagedConnection
     /// a released one leaves it.</summary>
     private static void LookAtParkedLoops()
     {
+        s_watchReadsThisLook = 0;
         LoopPark? entry = Interlocked.Exchange(ref s_watchHead, null);
         while (entry is not null)
         {
@@ -332,8 +347,99 @@ public sealed partial class ManagedConnection
             return;
         }
 
-        // Parked since it was queued, for long enough: nobody reads. Watch it until it hands over bytes asked for (the loop
-        // resumes from the pool).
-        _park.WatchLazily();
+        // Parked since it was queued, for long enough: nobody reads. Watch it until it hands over bytes asked for.
+        if (!s_stopDrainWithShutdown || ++s_watchReadsThisLook > MaxWatchReadsPerLook)
+        {
+            // The loop resumes from the pool and starts its wait for data itself.
+            _park.WatchLazily();
+            return;
+        }
+
+        if (_park.WatchLazilyAndHold())
+        {
+            StartWatchRead();
+        }
+    }
+
+    /// <summary>Starts the watched loop's wait for data from this thread (the lazy watch's), while it holds the loop's
+    /// park: the zero-byte read the loop would start first thing, on the loop's own operation object. When it completes
+    /// (data, the peer's FIN or reset, our drain bound's shutdown, the release) the loop resumes on the completing
+    /// thread and reads. A watch then costs no thread-pool work item and no wake-up of a pool thread just to issue a
+    /// read that waits (each pause of a keep-alive client longer than a millisecond is such a watch).</summary>
+    private void StartWatchRead()
+    {
+        ValueTask<int> read;
+        SocketIoArgs args;
+        try
+        {
+            // Nobody else touches the operation object now: the loop is suspended in its park, which we hold.
+            args = _receiveArgs ??= SocketIoArgs.Rent();
+            read = args.ReceiveAsync(_socket, Memory<byte>.Empty);
+        }
+#pragma warning disable CA1031 // Handed to the loop, which sorts it exactly as it sorts its own read's failures.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            // Released (or broken) before the read started: the operation object's state is not known; the loop drops it.
+            Volatile.Write(ref _dropReceiveArgs, true);
+            _watchReadFailure = ex;
+            Volatile.Write(ref _watchReadDone, true);
+            _park.ResumeOnThreadPool();
+            return;
+        }
+
+        if (read.IsCompleted)
+        {
+            // Data or the FIN already there: the loop reads from the pool (never on this thread).
+            TakeWatchReadResult(read);
+            _park.ResumeOnThreadPool();
+            return;
+        }
+
+        _watchRead = read;
+        Volatile.Write(ref _watchReadStarted, true);
+        try
+        {
+            // Never runs the continuation on this thread: if the read completed meanwhile, it is queued to the pool.
+            ((System.Threading.Tasks.Sources.IValueTaskSource<int>)args).OnCompleted(
+                static s => ((ManagedConnection)s!).OnWatchReadCompleted(), this, args.Version, System.Threading.Tasks.Sources.ValueTaskSourceOnCompletedFlags.None);
+        }
+#pragma warning disable CA1031 // Cannot happen (the version is the read's own); if it did, the loop must not stay held for good.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            Volatile.Write(ref _dropReceiveArgs, true);
+            _watchReadFailure = ex;
+            Volatile.Write(ref _watchReadDone, true);
+            _park.ResumeOnThreadPool();
+        }
+    }
+
+    /// <summary>The watch's zero-byte read completed (on the thread that completed it, never the watch's): the loop goes on here.</summary>
+    private void OnWatchReadCompleted()
+    {
+        ValueTask<int> read = _watchRead;
+        _watchRead = default;
+        TakeWatchReadResult(read);
+        _park.Resume();
+    }
+
+    /// <summary>Consumes the watch's read (once) and keeps its failure for the loop, which rethrows it as its own read's.</summary>
+    private void TakeWatchReadResult(ValueTask<int> read)
+    {
+        try
+        {
+            _ = read.GetAwaiter().GetResult();
+        }
+#pragma warning disable CA1031 // Handed to the loop (a reset must not read as a FIN: the kernel reports it once).
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            // The read completed (it failed): the loop sorts the failure as its own read's, and decides on the operation
+            // object as it does then.
+            _watchReadFailure = ex;
+        }
+
+        Volatile.Write(ref _watchReadDone, true);
     }
 }

@@ -37,6 +37,15 @@ public sealed class LoopParkScheduleTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_lazy_watch_that_holds_the_park_across_its_own_read_beside_demands_and_the_drain()
+    {
+        // On Linux the lazy watch's thread takes a parked loop's park and starts its zero-byte read itself; the read's
+        // completion (bytes, or the drain's stop) resumes the loop. Meanwhile the application's demands and, at the end,
+        // the drain find the park held: none of them may be lost, and the park must be resumed exactly once.
+        CoyoteRunner.AssertNoBug(() => RunAsync(watchAt: 1, lazily: true, messages: 2, watchHoldsAcrossARead: true), output, iterations: 1000);
+    }
+
+    [Fact]
     public void A_drain_while_the_application_still_reads_ends_the_loop()
     {
         CoyoteRunner.AssertNoBug(
@@ -87,19 +96,25 @@ public sealed class LoopParkScheduleTests(ITestOutputHelper output)
             output);
     }
 
-    private static async Task RunAsync(int watchAt, bool lazily = false, int messages = Messages)
+    private static async Task RunAsync(int watchAt, bool lazily = false, int messages = Messages, bool watchHoldsAcrossARead = false)
     {
-        var model = new Model();
+        var model = new Model { WatchHoldsAcrossARead = watchHoldsAcrossARead };
         Task<ModelExit> loop = Task.Run(model.LoopAsync);
         Task peer = Task.Run(() => model.PeerAsync(messages));
         Task<int> reader = Task.Run(() => model.ApplicationAsync(messages, stopWhenDrained: false, watchAt, lazily));
         int received = await reader;
         await peer;
-        await model.LazyWatch;
+        if (!watchHoldsAcrossARead)
+        {
+            await model.LazyWatch;
+        }
+
         Specification.Assert(received == messages, "The application got {0} of {1} messages.", received, messages);
 
-        // Then the teardown: the drain must end the loop, parked or reading.
+        // Then the teardown: the drain must end the loop, parked or reading. (A watch that holds the park across its read
+        // may still be waiting for bytes that never come: the drain's stop ends that read, as shutdown(SHUT_RD) does.)
         model.Drain();
+        await model.LazyWatch;
         ModelExit exit = await loop;
         Specification.Assert(exit == ModelExit.Drained, "The loop ended with {0}, not the drain.", exit);
     }
@@ -216,7 +231,7 @@ public sealed class LoopParkScheduleTests(ITestOutputHelper output)
                     {
                         // The lazy watch's thread, in the real code; here beside the application's next demand (awaited
                         // before the iteration ends: a task left running past it hung the engine under load).
-                        LazyWatch = Task.Run(() => Park.WatchLazily());
+                        LazyWatch = WatchHoldsAcrossARead ? Task.Run(WatchWithReadAsync) : Task.Run(() => Park.WatchLazily());
                     }
                     else
                     {
@@ -281,6 +296,36 @@ public sealed class LoopParkScheduleTests(ITestOutputHelper output)
         }
 
         private bool _stopped;
+
+        /// <summary>Whether the lazy watch holds the park and starts the loop's wait for data itself (StartWatchRead).</summary>
+        public bool WatchHoldsAcrossARead { get; init; }
+
+        /// <summary>StartWatchRead: hold the parked loop, wait for data on its behalf (a pending read the peer or the
+        /// drain completes, in the loop's one read slot: the loop is suspended meanwhile), then resume it.</summary>
+        private async Task WatchWithReadAsync()
+        {
+            if (!Park.WatchLazilyAndHold())
+            {
+                return;
+            }
+
+            Task? pending = null;
+            lock (_gate)
+            {
+                if (_kernel == 0 && !_stopped)
+                {
+                    _pendingRead = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    pending = _pendingRead.Task;
+                }
+            }
+
+            if (pending is not null)
+            {
+                await pending;
+            }
+
+            Park.Resume();
+        }
 
         /// <summary>The lazy watch's call, when the test makes one.</summary>
         public Task LazyWatch { get; private set; } = Task.CompletedTask;

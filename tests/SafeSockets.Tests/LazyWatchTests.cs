@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using SafeSockets.Internal;
 using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
@@ -76,5 +77,91 @@ public sealed class LazyWatchTests
                 return;
             }
         }
+    }
+
+    // The watch's thread starts a forgotten connection's wait for data itself (a zero-byte read on the loop's operation
+    // object, while it holds the loop's park) instead of waking a pool thread to start it. The loop then resumes on the
+    // read's completion: whatever ends that read must reach the loop as if the loop had read.
+
+    [Fact]
+    public async Task ForgottenConnection_TheWatchsThreadStartsItsWaitForData_TheLoopResumesWhenBytesCome()
+    {
+        (Socket peer, ManagedConnection connection) = await ForgottenAndWatchedAsync();
+        using (peer)
+        {
+            // Held by the pending read: the loop has not run since it parked.
+            Assert.True(LazyWatchProbe.Park(connection).IsWatched);
+            Assert.True(LazyWatchProbe.Park(connection).IsWaking, "the loop ran before any byte came");
+
+            await Peer.SendPatternAsync(peer, 10);
+            await TestTimeouts.WaitUntilAsync(() => !LazyWatchProbe.Park(connection).IsWaking, "the read's completion resumes the loop");
+            byte[] buffer = new byte[10];
+            Assert.Equal(10, await connection.ReceiveAsync(buffer).WithTimeout());
+            Assert.Equal(Peer.Pattern(10), buffer);
+
+            // Bytes nobody asked for keep it watched: the FIN is seen, and the guard closes it.
+            peer.Shutdown(SocketShutdown.Send);
+            await Peer.ExpectTheGuardsCloseAsync(peer, connection);
+        }
+    }
+
+    [Fact]
+    public async Task ForgottenConnection_PeerResetsWhileTheWatchsReadWaits_EndsPeerReset()
+    {
+        // The kernel reports a reset once, and it must not read as a FIN. (On Linux a zero-byte read does not consume the
+        // reset's error: the loop's read after it reports the reset. The watch's read hands any failure of its own to the
+        // loop all the same.)
+        (Socket peer, ManagedConnection connection) = await ForgottenAndWatchedAsync();
+        peer.LingerState = new LingerOption(true, 0);
+        peer.Dispose();
+
+        CloseResult result = await connection.Completion.WithTimeout();
+        Assert.Equal(CloseOutcome.PeerReset, result.Outcome);
+        Assert.Equal(ConnectionState.Closed, connection.State);
+    }
+
+    [Fact]
+    public async Task ForgottenConnection_AbortWhileTheWatchsReadWaits_EndsAborted_AndItsLoopEnds()
+    {
+        (Socket peer, ManagedConnection connection) = await ForgottenAndWatchedAsync();
+        using (peer)
+        {
+            long misusesBefore = SocketIoArgs.Counters.Misuses;
+            connection.Abort();
+            Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
+            await TestTimeouts.WaitUntilAsync(() => connection.ReceiveLoopEnded, "the loop ends once the released socket ends the watch's read");
+            Assert.Equal(1, connection.ReleaseCount);
+            Assert.Equal(PeerEnd.Reset, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            Assert.Equal(misusesBefore, SocketIoArgs.Counters.Misuses);
+        }
+    }
+
+    [Fact]
+    public async Task ForgottenConnection_CloseWhileTheWatchsReadWaits_DrainsWhatComes_AndEndsGracefully()
+    {
+        (Socket peer, ManagedConnection connection) = await ForgottenAndWatchedAsync();
+        using (peer)
+        {
+            Task<CloseResult> close = connection.CloseAsync().AsTask();
+
+            // Our FIN reaches the peer while the watch's read still waits; what the peer sends now is drained, then its FIN.
+            byte[] one = new byte[1];
+            Assert.Equal(0, await peer.ReceiveAsync(one, SocketFlags.None).WithTimeout());
+            await Peer.SendPatternAsync(peer, 5000);
+            peer.Shutdown(SocketShutdown.Send);
+
+            CloseResult result = await close.WithTimeout();
+            Assert.Equal(CloseOutcome.Graceful, result.Outcome);
+            Assert.Equal(5000, result.BytesDrained);
+            Assert.True(connection.ReceiveLoopEnded);
+        }
+    }
+
+    /// <summary>A server-side connection nobody reads, once the lazy watch has started its wait for data.</summary>
+    private static async Task<(Socket Peer, ManagedConnection Connection)> ForgottenAndWatchedAsync()
+    {
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(s_shortGuard);
+        await TestTimeouts.WaitUntilAsync(() => LazyWatchProbe.WatchReadStarted(connection), "the lazy watch started the loop's wait for data");
+        return (peer, connection);
     }
 }

@@ -11,7 +11,8 @@ namespace SafeSockets.Internal;
 /// uses a full fence, so at least one of them sees the other: a reason that arrives while the loop parks is never lost.
 /// Only the waker that takes the park (parked to waking, <see cref="TryHold"/>) completes it (<see cref="Resume"/>), so a
 /// park completes exactly once.</para>
-/// <para>The loop's continuation runs on the waker's thread (the source does not force asynchrony): an application
+/// <para>The loop's continuation runs on the waker's thread (the source does not force asynchrony; for a lazy watch that
+/// holds the park across the loop's zero-byte read, on the thread that completes that read): an application
 /// that asks for bytes which are already in the kernel gets them before <see cref="Demand"/> returns, without a thread
 /// hop. It runs only until the loop parks again or awaits a pending socket read.</para>
 /// </remarks>
@@ -122,7 +123,8 @@ internal sealed class LoopPark : IValueTaskSource<int>, IThreadPoolWorkItem
     }
 
     /// <summary>The lazy watch found the loop parked for a while: it keeps a read pending until it hands over bytes asked for
-    /// (<see cref="TryUnwatch"/>), so the peer's FIN is seen while nobody reads. Woken from the thread pool.</summary>
+    /// (<see cref="TryUnwatch"/>), so the peer's FIN is seen while nobody reads. Woken from the thread pool (see also
+    /// <see cref="WatchLazilyAndHold"/>).</summary>
     /// <returns><see langword="true"/> if this call made it watched.</returns>
     public bool WatchLazily()
     {
@@ -138,6 +140,13 @@ internal sealed class LoopPark : IValueTaskSource<int>, IThreadPoolWorkItem
 
         return true;
     }
+
+    /// <summary>As <see cref="WatchLazily"/>, but a parked loop is held, not resumed: the caller starts the loop's wait
+    /// for data itself (a zero-byte read that then resumes it), so no thread is woken just to start that wait.</summary>
+    /// <returns><see langword="true"/> if this call made it watched and took the park: the caller owes it one
+    /// <see cref="Resume"/> or <see cref="ResumeOnThreadPool"/>. <see langword="false"/>: already watched, or this call
+    /// made it watched but the loop was not parked (it is running, and reads since it is watched).</returns>
+    public bool WatchLazilyAndHold() => Interlocked.CompareExchange(ref _watched, WatchedLazily, 0) == 0 && TryHold();
 
     /// <summary>The loop handed over bytes the application asked for: it reads again, so a lazily watched loop goes back
     /// to reading on demand (the lazy watch watches it again if it stays parked). A watch for good stays. (Bytes nobody

@@ -74,6 +74,10 @@ internal sealed class SocketIoArgs : SocketAsyncEventArgs, IValueTaskSource<int>
     /// that until an operation still in progress completes).</summary>
     public static void Drop(SocketIoArgs args) => args.Dispose();
 
+    /// <summary>The version of the operation in progress (the token of the <see cref="ValueTask{Int32}"/> it returned),
+    /// for a caller that registers its continuation on this object directly.</summary>
+    public short Version => _source.Version;
+
     /// <summary>Receives into <paramref name="buffer"/>; 0 means the peer's FIN (or our own shutdown of the receive side).</summary>
     /// <exception cref="SocketException">The receive failed; <see cref="SocketException.SocketErrorCode"/> says why.</exception>
     public ValueTask<int> ReceiveAsync(Socket socket, Memory<byte> buffer)

@@ -12,6 +12,9 @@ internal static class LazyWatchProbe
     /// <summary>The connection's park (whether its loop is parked, watched, how often it parked).</summary>
     public static LoopPark Park(ManagedConnection connection) => connection.ParkForTest;
 
+    /// <summary>Whether the lazy watch's thread left the loop's wait for data pending itself (the loop held, not resumed).</summary>
+    public static bool WatchReadStarted(ManagedConnection connection) => connection.WatchReadStartedForTest;
+
     /// <summary>Whether the lazy watch's thread sleeps until the next push (its lists stayed empty for a while).</summary>
     public static bool WatcherAsleep => ManagedConnection.WatcherAsleepForTest;
 }
