@@ -380,11 +380,8 @@ public sealed partial class ManagedConnection
         catch (Exception ex)
 #pragma warning restore CA1031
         {
-            // Released (or broken) before the read started: the operation object's state is not known; the loop drops it.
-            Volatile.Write(ref _dropReceiveArgs, true);
-            _watchReadFailure = ex;
-            Volatile.Write(ref _watchReadDone, true);
-            _park.ResumeOnThreadPool();
+            // Released (or broken) before the read started.
+            HandWatchFailureToTheLoop(ex);
             return;
         }
 
@@ -408,11 +405,18 @@ public sealed partial class ManagedConnection
         catch (Exception ex)
 #pragma warning restore CA1031
         {
-            Volatile.Write(ref _dropReceiveArgs, true);
-            _watchReadFailure = ex;
-            Volatile.Write(ref _watchReadDone, true);
-            _park.ResumeOnThreadPool();
+            HandWatchFailureToTheLoop(ex);
         }
+    }
+
+    /// <summary>The watch's read could not be started or waited for: the loop, resumed from the pool, rethrows the failure
+    /// as its own read's; the operation object's state is not known, so the loop drops it.</summary>
+    private void HandWatchFailureToTheLoop(Exception failure)
+    {
+        Volatile.Write(ref _dropReceiveArgs, true);
+        _watchReadFailure = failure;
+        Volatile.Write(ref _watchReadDone, true);
+        _park.ResumeOnThreadPool();
     }
 
     /// <summary>The watch's zero-byte read completed (on the thread that completed it, never the watch's): the loop goes on here.</summary>
