@@ -62,6 +62,9 @@ public sealed partial class ManagedConnection
         ProtocolFinished,
     }
 
+    /// <summary>The bytes drained so far (counted as they are read), for tests.</summary>
+    internal long BytesDrainedForTest => Interlocked.Read(ref _bytesDrained);
+
     /// <summary>How many times the socket was disposed; tests assert it is exactly one.</summary>
     internal int ReleaseCount => Volatile.Read(ref _releases);
 

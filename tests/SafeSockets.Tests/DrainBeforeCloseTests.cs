@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using Microsoft.Extensions.Time.Testing;
 using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
@@ -207,6 +208,53 @@ public sealed class DrainBeforeCloseTests
             await Assert.ThrowsAnyAsync<OperationCanceledException>(() => close.WithTimeout());
             Assert.Equal(ConnectionState.Closed, server.State);
             Assert.Equal(CloseOutcome.DrainTimedOut, (await server.Completion.WithTimeout()).Outcome);
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_PeerSendsABitMoreOftenThanTheIdleBound_EachDrainedByteRestartsIt_Graceful()
+    {
+        // DrainIdleTimeout bounds a silence, not the drain: a peer that keeps sending a byte more often than the idle
+        // bound, then closes, gets a graceful close however long it took in all (within DrainTimeout). On a fake clock
+        // that moves only once the byte before is counted, so the test cannot be cut by a slow machine.
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions
+        {
+            TimeProvider = clock,
+            DrainTimeout = TimeSpan.FromSeconds(10),
+            DrainIdleTimeout = TimeSpan.FromMilliseconds(300),
+        };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            try
+            {
+                Task<CloseResult> close = connection.CloseAsync().AsTask();
+                byte[] one = new byte[1];
+                Assert.Equal(0, await peer.ReceiveAsync(one, SocketFlags.None).WithTimeout());
+
+                // Five bytes, 200 ms (fake) apart: 1 s in all, more than three idle bounds, never 300 ms of silence.
+                for (int i = 1; i <= 5; i++)
+                {
+                    Assert.Equal(1, await peer.SendAsync(one, SocketFlags.None).WithTimeout());
+                    await TestTimeouts.WaitUntilAsync(() => connection.BytesDrainedForTest == i || close.IsCompleted, $"byte {i} drained");
+                    if (close.IsCompleted)
+                    {
+                        Assert.Fail($"the drain ended before byte {i} was drained: {await close}");
+                    }
+
+                    clock.Advance(TimeSpan.FromMilliseconds(200));
+                }
+
+                peer.Shutdown(SocketShutdown.Send);
+                CloseResult result = await close.WithTimeout();
+                Assert.Equal(CloseOutcome.Graceful, result.Outcome);
+                Assert.Equal(5, result.BytesDrained);
+            }
+            finally
+            {
+                connection.Abort();
+            }
         }
     }
 }
