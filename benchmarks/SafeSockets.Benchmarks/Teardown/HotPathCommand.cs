@@ -163,6 +163,8 @@ internal static class HotPathCommand
         TimeSpan cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         long workItemsBefore = ThreadPool.CompletedWorkItemCount;
         long switchesBefore = ContextSwitches();
+        int gen0Before = GC.CollectionCount(0), gen1Before = GC.CollectionCount(1), gen2Before = GC.CollectionCount(2);
+        TimeSpan pauseBefore = GC.GetTotalPauseDuration();
         long start = Stopwatch.GetTimestamp();
         await run.CyclesAsync(settings.Cycles);
         TimeSpan elapsed = Stopwatch.GetElapsedTime(start);
@@ -170,6 +172,9 @@ internal static class HotPathCommand
         long allocated = GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore;
         long workItems = ThreadPool.CompletedWorkItemCount - workItemsBefore;
         long switches = ContextSwitches() - switchesBefore;
+        TimeSpan pause = GC.GetTotalPauseDuration() - pauseBefore;
+        string collections = string.Create(CultureInfo.InvariantCulture,
+            $"GC {GC.CollectionCount(0) - gen0Before}/{GC.CollectionCount(1) - gen1Before}/{GC.CollectionCount(2) - gen2Before} (gen0/1/2), paused {pause.TotalMilliseconds:N1} ms");
 
         // Server ends finish their closes after the client's cycle ends: wait (bounded) before counting what is left.
         int closeWait = 0;
@@ -185,7 +190,7 @@ internal static class HotPathCommand
                 kernel.OutRsts, closeWait, run.Errors);
         Console.WriteLine(result.Format());
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"thread-pool work items {(double)workItems / settings.Cycles:N2} per cycle, context switches {(double)switches / settings.Cycles:N2} per cycle"));
+            $"thread-pool work items {(double)workItems / settings.Cycles:N2} per cycle, context switches {(double)switches / settings.Cycles:N2} per cycle, {collections}"));
         return 0;
     }
 

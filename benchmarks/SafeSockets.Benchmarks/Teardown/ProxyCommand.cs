@@ -17,7 +17,8 @@ internal static partial class ProxyCommand
 {
     private const string Usage = """
         proxy [options]
-          --requests N      requests per proxy per round (default 10000; 1000 more warm up first)
+          --requests N      requests per proxy per round (default 10000)
+          --warmup W        requests per proxy before the measured ones (default 10000: until the JIT has settled)
           --concurrency C   requests in flight (ab -c; default 4)
           --rounds R        rounds (default 5)
           --no-install      do not install missing Debian packages (nginx-light, libnginx-mod-stream, apache2-utils)
@@ -30,18 +31,24 @@ internal static partial class ProxyCommand
     private static readonly string[] Packages = ["nginx-light", "libnginx-mod-stream", "apache2-utils"];
     private static readonly string[] Proxies = ["raw", "safesockets", "nginx"];
 
+    // Until tiered compilation has settled: the hot-path runs found 2,000 warm-up cycles left the JIT's background thread
+    // with 11-14% of the measured CPU, more for SafeSockets (more methods to compile); the first version warmed up with
+    // requests / 10 (1,000).
+    private const int DefaultWarmup = 10_000;
+
     public static async Task<int> RunAsync(string[] args)
     {
         bool install = !args.Contains("--no-install");
         args = [.. args.Where(a => a != "--no-install")];
-        int requests, concurrency, rounds;
+        int requests, concurrency, rounds, warmup;
         string? outDir;
         try
         {
-            ReliabilityCommands.CheckOptions(args, "proxy", "--requests", "--concurrency", "--rounds", "--out");
+            ReliabilityCommands.CheckOptions(args, "proxy", "--requests", "--concurrency", "--rounds", "--warmup", "--out");
             requests = ReliabilityCommands.IntArg(args, "--requests", 10_000);
             concurrency = ReliabilityCommands.IntArg(args, "--concurrency", 4);
             rounds = ReliabilityCommands.IntArg(args, "--rounds", 5);
+            warmup = ReliabilityCommands.IntArg(args, "--warmup", DefaultWarmup);
             outDir = ReliabilityCommands.StringArg(args, "--out", "") is { Length: > 0 } o ? o : null;
         }
         catch (ArgumentException ex)
@@ -62,27 +69,31 @@ internal static partial class ProxyCommand
             return 2;
         }
 
-        Console.WriteLine($"proxy: ab -n {requests} -c {concurrency} (a new connection per request) -> proxy -> nginx (return 200, 64-byte body); "
-            + $"{rounds} rounds, each in a fresh network namespace; proxies: raw sockets, SafeSockets (samples/HalfCloseProxy), nginx stream (proxy_half_close on); "
+        Console.WriteLine($"proxy: ab -n {requests} -c {concurrency} after {warmup} warm-up requests (a new connection per request) -> proxy -> nginx (return 200, 64-byte body); "
+            + $"{rounds} rounds, each proxy in a fresh network namespace of its own, in an order rotating by round; proxies: raw sockets, SafeSockets (samples/HalfCloseProxy), nginx stream (proxy_half_close on); "
             + $"{Environment.ProcessorCount} cores, .NET {Environment.Version}.");
         var results = Proxies.ToDictionary(p => p, _ => new List<ProxyResult>());
         for (int round = 1; round <= rounds; round++)
         {
-            Dictionary<string, ProxyResult>? one = await RunRoundChildAsync(requests, concurrency);
-            if (one is null)
+            // Each proxy in a namespace of its own (its own upstream nginx, TIME_WAIT table and counters), in an order
+            // that rotates round by round: run one after the other in one namespace, the second and third proxies paid
+            // for the TIME_WAIT entries the first left on the same ports (port searches and lookups in the kernel,
+            // counted as their CPU), and the raw proxy always ran first.
+            foreach (string proxy in Proxies.Skip((round - 1) % Proxies.Length).Concat(Proxies.Take((round - 1) % Proxies.Length)))
             {
-                return 1;
-            }
+                ProxyResult? one = await RunProxyChildAsync(proxy, requests, concurrency, warmup);
+                if (one is not { } r)
+                {
+                    return 1;
+                }
 
-            foreach ((string proxy, ProxyResult r) in one)
-            {
                 results[proxy].Add(r);
                 Console.WriteLine($"round {round}/{rounds} {proxy,-12} {r.RequestsPerSecond,8:N0} requests/s  proxy CPU {r.CpuMicrosPerRequest,6:N1} us/request  "
                     + $"failed {r.Failed}  non-2xx {r.Non2xx}  OutRsts {r.OutRsts}");
             }
         }
 
-        string markdown = Markdown(results, requests, concurrency, rounds);
+        string markdown = Markdown(results, requests, concurrency, rounds, warmup);
         Console.WriteLine();
         Console.WriteLine(markdown);
         if (outDir is not null)
@@ -101,7 +112,7 @@ internal static partial class ProxyCommand
         return broken ? 1 : 0;
     }
 
-    private static string Markdown(Dictionary<string, List<ProxyResult>> results, int requests, int concurrency, int rounds)
+    private static string Markdown(Dictionary<string, List<ProxyResult>> results, int requests, int concurrency, int rounds, int warmup)
     {
         static double Median(IEnumerable<double> values)
         {
@@ -111,7 +122,7 @@ internal static partial class ProxyCommand
 
         List<ProxyResult> raw = results["raw"];
         var text = new StringBuilder();
-        text.AppendLine(CultureInfo.InvariantCulture, $"`proxy --requests {requests} --concurrency {concurrency} --rounds {rounds}`: medians over rounds; ratios against the raw-socket proxy within each round, then the median:");
+        text.AppendLine(CultureInfo.InvariantCulture, $"`proxy --requests {requests} --concurrency {concurrency} --rounds {rounds} --warmup {warmup}`: medians over rounds; ratios against the raw-socket proxy within each round, then the median:");
         text.AppendLine();
         text.AppendLine("| proxy | requests/s | ratio | proxy CPU us/request | CPU ratio | failed | OutRsts (all rounds) |");
         text.AppendLine("|---|---:|---:|---:|---:|---:|---:|");
@@ -174,39 +185,39 @@ internal static partial class ProxyCommand
         }
     }
 
-    private static async Task<Dictionary<string, ProxyResult>?> RunRoundChildAsync(int requests, int concurrency)
+    private static async Task<ProxyResult?> RunProxyChildAsync(string proxy, int requests, int concurrency, int warmup)
     {
         string? stdout = await ChildRuns.RunAsync(
-            ["proxy-run", "--requests", ChildRuns.Invariant(requests), "--concurrency", ChildRuns.Invariant(concurrency)],
-            networkNamespace: true, TimeSpan.FromMinutes(10), "proxy: a round");
+            ["proxy-run", "--proxy", proxy, "--requests", ChildRuns.Invariant(requests), "--concurrency", ChildRuns.Invariant(concurrency), "--warmup", ChildRuns.Invariant(warmup)],
+            networkNamespace: true, TimeSpan.FromMinutes(10), $"proxy: a run of the {proxy} proxy");
         if (stdout is null)
         {
             return null;
         }
 
-        var results = new Dictionary<string, ProxyResult>();
-        foreach (string[] f in ChildRuns.Results(stdout))
+        string[]? f = ChildRuns.Results(stdout).FirstOrDefault(r => r.Length == 8 && r[1] == proxy);
+        if (f is null)
         {
-            results[f[1]] = new ProxyResult(double.Parse(f[2], CultureInfo.InvariantCulture), double.Parse(f[3], CultureInfo.InvariantCulture),
-                int.Parse(f[4], CultureInfo.InvariantCulture), int.Parse(f[5], CultureInfo.InvariantCulture), int.Parse(f[6], CultureInfo.InvariantCulture),
-                long.Parse(f[7], CultureInfo.InvariantCulture));
-        }
-
-        if (results.Count != Proxies.Length)
-        {
-            Console.Error.WriteLine($"proxy: a round reported {results.Count} of {Proxies.Length} proxies:");
+            Console.Error.WriteLine($"proxy: the run of the {proxy} proxy reported no result:");
             Console.Error.WriteLine(stdout);
             return null;
         }
 
-        return results;
+        return new ProxyResult(double.Parse(f[2], CultureInfo.InvariantCulture), double.Parse(f[3], CultureInfo.InvariantCulture),
+            int.Parse(f[4], CultureInfo.InvariantCulture), int.Parse(f[5], CultureInfo.InvariantCulture), int.Parse(f[6], CultureInfo.InvariantCulture),
+            long.Parse(f[7], CultureInfo.InvariantCulture));
     }
 
-    /// <summary>One round, inside its network namespace: the upstream nginx, then each proxy in turn under ab.</summary>
+    /// <summary>One proxy's run, inside its own network namespace: the upstream nginx, then the proxy under ab.</summary>
     public static async Task<int> RunRoundAsync(string[] args)
     {
         int requests = ReliabilityCommands.IntArg(args, "--requests", 10_000);
         int concurrency = ReliabilityCommands.IntArg(args, "--concurrency", 4);
+        int warmup = ReliabilityCommands.IntArg(args, "--warmup", DefaultWarmup);
+        int at = Array.IndexOf(args, "--proxy");
+        string proxy = at >= 0 && at + 1 < args.Length && Proxies.Contains(args[at + 1])
+            ? args[at + 1]
+            : throw new ArgumentException($"proxy-run needs --proxy {string.Join(", ", Proxies)}.");
         string work = Directory.CreateTempSubdirectory("safesockets-proxy-").FullName;
         try
         {
@@ -224,17 +235,14 @@ internal static partial class ProxyCommand
             var upstreamEndPoint = new IPEndPoint(IPAddress.Loopback, UpstreamPort);
             await WaitForPortAsync(upstreamEndPoint);
 
-            foreach (string proxy in Proxies)
+            ProxyResult result = proxy switch
             {
-                ProxyResult result = proxy switch
-                {
-                    "raw" => await InProcessAsync(new RawProxy(new IPEndPoint(IPAddress.Loopback, ProxyPort), upstreamEndPoint), ProxyPort, requests, concurrency),
-                    "safesockets" => await InProcessAsync(new SafeSocketsProxy(new IPEndPoint(IPAddress.Loopback, ProxyPort), upstreamEndPoint), ProxyPort, requests, concurrency),
-                    _ => await NginxProxyAsync(work, upstreamEndPoint, ProxyPort, requests, concurrency),
-                };
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"result {proxy} {result.RequestsPerSecond:R} {result.CpuMicrosPerRequest:R} {result.Completed} {result.Failed} {result.Non2xx} {result.OutRsts}"));
-            }
+                "raw" => await InProcessAsync(new RawProxy(new IPEndPoint(IPAddress.Loopback, ProxyPort), upstreamEndPoint), ProxyPort, requests, concurrency, warmup),
+                "safesockets" => await InProcessAsync(new SafeSocketsProxy(new IPEndPoint(IPAddress.Loopback, ProxyPort), upstreamEndPoint), ProxyPort, requests, concurrency, warmup),
+                _ => await NginxProxyAsync(work, upstreamEndPoint, ProxyPort, requests, concurrency, warmup),
+            };
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"result {proxy} {result.RequestsPerSecond:R} {result.CpuMicrosPerRequest:R} {result.Completed} {result.Failed} {result.Non2xx} {result.OutRsts}"));
 
             return 0;
         }
@@ -244,11 +252,11 @@ internal static partial class ProxyCommand
         }
     }
 
-    private static async Task<ProxyResult> InProcessAsync(IRunningProxy proxy, int port, int requests, int concurrency)
+    private static async Task<ProxyResult> InProcessAsync(IRunningProxy proxy, int port, int requests, int concurrency, int warmup)
     {
         await using (proxy)
         {
-            await AbAsync(port, Math.Max(1000, requests / 10), concurrency); // warm-up: JIT, pools
+            await AbAsync(port, warmup, concurrency); // warm-up: JIT, pools
             TimeSpan cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
             KernelCounters kernelBefore = KernelCounters.Read();
             AbResult ab = await AbAsync(port, requests, concurrency);
@@ -257,7 +265,7 @@ internal static partial class ProxyCommand
         }
     }
 
-    private static async Task<ProxyResult> NginxProxyAsync(string work, IPEndPoint upstream, int port, int requests, int concurrency)
+    private static async Task<ProxyResult> NginxProxyAsync(string work, IPEndPoint upstream, int port, int requests, int concurrency, int warmup)
     {
         using NginxProcess nginx = NginxProcess.Start(work, "proxy", $$"""
             stream {
@@ -269,7 +277,7 @@ internal static partial class ProxyCommand
             }
             """, workers: Environment.ProcessorCount);
         await WaitForPortAsync(new IPEndPoint(IPAddress.Loopback, port));
-        await AbAsync(port, Math.Max(1000, requests / 10), concurrency);
+        await AbAsync(port, warmup, concurrency);
         TimeSpan cpuBefore = nginx.WorkersCpu();
         KernelCounters kernelBefore = KernelCounters.Read();
         AbResult ab = await AbAsync(port, requests, concurrency);
