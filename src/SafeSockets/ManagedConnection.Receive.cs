@@ -344,6 +344,10 @@ public sealed partial class ManagedConnection
 
                 if (draining)
                 {
+                    // The idle bound now counts from here; the queued deadline is moved when it comes due. Written before
+                    // the count below, so whoever sees a byte counted also sees the activity it restarted.
+                    Volatile.Write(ref _drainActivity, _settings.TimeProvider.GetTimestamp());
+
                     // Every byte after the teardown took the input counts, including those that arrive before its FIN.
                     long total = Interlocked.Add(ref _bytesDrained, received);
 
@@ -353,9 +357,6 @@ public sealed partial class ManagedConnection
                     {
                         return LoopExit.DrainLimitExceeded;
                     }
-
-                    // The idle bound now counts from here; the queued deadline is moved when it comes due.
-                    Volatile.Write(ref _drainActivity, _settings.TimeProvider.GetTimestamp());
                     if (!drainMovedToPool)
                     {
                         // The drain may have begun on the closer's thread (the teardown woke the parked loop, or its

@@ -191,6 +191,14 @@ public sealed class DeadlineQueueTests
     }
 
     [Fact]
+    public void PreciseSleep_IsSupportedOnLinuxAndMacOS()
+    {
+        // A failed probe falls back to whole milliseconds, which every other test accepts (never early): only this one
+        // notices that deadlines went back to running up to 1 ms late.
+        Assert.Equal(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS(), PreciseSleep.IsSupported);
+    }
+
+    [Fact]
     public async Task OnTheSystemClock_AnIdleWaiterEnds_AndTheNextDeadlineStartsAnother()
     {
         DeadlineQueue queue = DeadlineQueue.CreateSystemForTest(idleExitMilliseconds: 50);

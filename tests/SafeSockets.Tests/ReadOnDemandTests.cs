@@ -474,8 +474,6 @@ public sealed class ReadOnDemandTests
         }
     }
 
-    /// <summary>Records, for every timestamp asked for from inside <paramref name="method"/>, the thread and the
-    /// application AsyncLocal current there.</summary>
     /// <summary>Records the AsyncLocal request seen by every clock read made from one of <paramref name="methods"/> (a
     /// frame of that name, or of a type whose name contains it: an async method's state machine). Give the caller too:
     /// a tier-1 JIT may inline a small method into it, and its own frame is then gone (a flake seen in CI: OnPeerFin

@@ -27,7 +27,8 @@ internal static partial class PreciseSleep
             long rest = stopwatchTimestamp - Stopwatch.GetTimestamp();
             if (rest > 0)
             {
-                Thread.Sleep((int)Math.Ceiling(rest * 1000.0 / Stopwatch.Frequency));
+                // Clamped: a time more than 24.8 days away would overflow the int and throw on a thread of ours.
+                Thread.Sleep((int)Math.Min(int.MaxValue, Math.Ceiling(rest * 1000.0 / Stopwatch.Frequency)));
             }
 
             return;
