@@ -639,6 +639,16 @@ public sealed partial class ManagedConnection
         }
     }
 
+    /// <summary>Runs between the guard's first look at our send side and its read of the kernel's view, for the connection
+    /// given; for tests (a process-wide hook: it must check which connection it is called for).</summary>
+    internal static Action<ManagedConnection>? BeforeGuardReadsKernelForTest { get; set; }
+
+    private bool BeforeGuardReadsKernel()
+    {
+        BeforeGuardReadsKernelForTest?.Invoke(this);
+        return true;
+    }
+
     private void OnGuardDeadline()
     {
         if (_lifecycle.IsTearingDown || !_lifecycle.PeerFinSeen)
@@ -652,7 +662,7 @@ public sealed partial class ManagedConnection
         // sent it between the first look and the kernel's read (both FINs then acknowledged: TCP_CLOSE too, at once on
         // loopback) is seen by the second look, not taken for a reset (RaceTests caught the guard calling such a close
         // PeerReset, once in a run of 100 rounds).
-        if (OperatingSystem.IsLinux() && !_lifecycle.SendShutdown && TcpConnectionInfo.Read(_socket) is { IsAvailable: true, State: TcpState.Close }
+        if (OperatingSystem.IsLinux() && !_lifecycle.SendShutdown && BeforeGuardReadsKernel() && TcpConnectionInfo.Read(_socket) is { IsAvailable: true, State: TcpState.Close }
             && !_lifecycle.SendShutdown && !_lifecycle.IsTearingDown)
         {
             // Never on this thread: the deadline queue's one waiter must stay free for other connections.

@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using Microsoft.Extensions.Time.Testing;
+using SafeSockets.Diagnostics;
 using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
@@ -67,6 +68,52 @@ public sealed class RaceTests
                 Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
                 Assert.Equal(1, connection.ReleaseCount);
             }
+        }
+    }
+
+    [Fact]
+    public async Task GuardReadingTheKernelJustAfterTheApplicationsFin_DoesNotTakeTheEndOfBothSidesForAReset()
+    {
+        // The window the test above hits about once in ten runs, held open: the guard has looked at our send side (still
+        // open), then the application sends its FIN and both FINs are acknowledged (TCP_CLOSE, as after a reset), then the
+        // guard reads the kernel's view. It must look at our send side again and not call that PeerReset.
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions { TimeProvider = clock, CloseWaitTimeout = TimeSpan.FromSeconds(1) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            peer.Shutdown(SocketShutdown.Send);
+            await connection.PeerClosed.WhenCanceled().WithTimeout();
+
+            int calls = 0;
+            bool reachedClose = false;
+            void OurFinInTheWindow(ManagedConnection guarded)
+            {
+                if (!ReferenceEquals(guarded, connection) || calls++ > 0)
+                {
+                    return;
+                }
+
+                Assert.True(connection.ShutdownSendAsync().AsTask().Wait(TestTimeouts.Passing), "the half-close did not finish");
+                reachedClose = SpinWait.SpinUntil(() => connection.GetKernelInfo().State == TcpState.Close, TestTimeouts.Passing);
+            }
+
+            ManagedConnection.BeforeGuardReadsKernelForTest = OurFinInTheWindow;
+            try
+            {
+                clock.Advance(TimeSpan.FromSeconds(1)); // the guard runs on this thread (a fake clock's timer)
+            }
+            finally
+            {
+                ManagedConnection.BeforeGuardReadsKernelForTest = null;
+            }
+
+            Assert.Equal(1, calls);
+            Assert.True(reachedClose, "both FINs were not acknowledged (TCP_CLOSE) in time");
+            CloseResult result = await connection.Completion.WithTimeout();
+            Assert.Equal(CloseOutcome.CloseWaitTimedOut, result.Outcome);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            Assert.Equal(1, connection.ReleaseCount);
         }
     }
 
