@@ -372,6 +372,11 @@ public sealed partial class ManagedConnection
         SocketIoArgs args;
         try
         {
+            if (WatchReadFailureForTest?.Invoke(this, false) is { } injected)
+            {
+                throw injected;
+            }
+
             // Nobody else touches the operation object now: the loop is suspended in its park, which we hold.
             args = _receiveArgs ??= SocketIoArgs.Rent();
             read = args.ReceiveAsync(_socket, Memory<byte>.Empty);
@@ -409,6 +414,11 @@ public sealed partial class ManagedConnection
         }
     }
 
+    /// <summary>For tests: a failure to inject into the lazy watch's read of the connection given, when it starts (false:
+    /// as if the read threw there) or when it has completed (true: as if it completed with that failure); null for none.
+    /// Process-wide: it must check which connection it is called for.</summary>
+    internal static Func<ManagedConnection, bool, Exception?>? WatchReadFailureForTest { get; set; }
+
     /// <summary>The watch's read could not be started or waited for: the loop, resumed from the pool, rethrows the failure
     /// as its own read's; the operation object's state is not known, so the loop drops it.</summary>
     private void HandWatchFailureToTheLoop(Exception failure)
@@ -434,6 +444,10 @@ public sealed partial class ManagedConnection
         try
         {
             _ = read.GetAwaiter().GetResult();
+            if (WatchReadFailureForTest?.Invoke(this, true) is { } injected)
+            {
+                throw injected;
+            }
         }
 #pragma warning disable CA1031 // Handed to the loop (a reset must not read as a FIN: the kernel reports it once).
         catch (Exception ex)

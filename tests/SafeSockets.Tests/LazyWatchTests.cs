@@ -121,6 +121,65 @@ public sealed class LazyWatchTests
     }
 
     [Fact]
+    public async Task ForgottenConnection_TheWatchsReadCompletesWithAReset_TheLoopTakesItAsItsOwnRead_EndsPeerReset()
+    {
+        // On a runtime whose zero-byte read consumed the reset's error, the loop's next read would see only the end of the
+        // stream: the failure of the watch's read must reach the loop. (Linux never loses it, so it is injected here.)
+        (Socket peer, ManagedConnection connection) = await ForgottenAndWatchedAsync();
+        using (peer)
+        {
+            long misusesBefore = SocketIoArgs.Counters.Misuses;
+            int injected = 0;
+            ManagedConnection.WatchReadFailureForTest = (c, completed) =>
+                ReferenceEquals(c, connection) && completed && Interlocked.Increment(ref injected) == 1 ? new SocketException((int)SocketError.ConnectionReset) : null;
+            try
+            {
+                // Bytes and the FIN: were the failure dropped, the loop would read them and end with the FIN (the guard's close).
+                await Peer.SendPatternAsync(peer, 10);
+                peer.Shutdown(SocketShutdown.Send);
+                CloseResult result = await connection.Completion.WithTimeout();
+                Assert.Equal(1, injected);
+                Assert.Equal(CloseOutcome.PeerReset, result.Outcome);
+                Assert.Equal(1, connection.ReleaseCount);
+                Assert.Equal(misusesBefore, SocketIoArgs.Counters.Misuses);
+            }
+            finally
+            {
+                ManagedConnection.WatchReadFailureForTest = null;
+            }
+        }
+    }
+
+    [Fact]
+    public async Task ForgottenConnection_TheWatchsReadFailsToStart_TheLoopTakesTheFailure_EndsPeerReset()
+    {
+        // The read throws where it starts, on the watch's thread: the loop, resumed from the pool, rethrows it as its own
+        // read's (and drops the operation object, whose state is unknown). Set before the connection exists: the watch's
+        // first look at it is 1-3 ms after it parks.
+        long misusesBefore = SocketIoArgs.Counters.Misuses;
+        int injected = 0;
+        ManagedConnection.WatchReadFailureForTest = (_, completed) =>
+            !completed && Interlocked.Increment(ref injected) == 1 ? new SocketException((int)SocketError.ConnectionReset) : null;
+        try
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(s_shortGuard);
+            using (peer)
+            {
+                CloseResult result = await connection.Completion.WithTimeout();
+                Assert.Equal(1, injected);
+                Assert.Equal(CloseOutcome.PeerReset, result.Outcome);
+                Assert.Equal(1, connection.ReleaseCount);
+                Assert.True(connection.ReceiveLoopEnded);
+                Assert.Equal(misusesBefore, SocketIoArgs.Counters.Misuses);
+            }
+        }
+        finally
+        {
+            ManagedConnection.WatchReadFailureForTest = null;
+        }
+    }
+
+    [Fact]
     public async Task ForgottenConnection_AbortWhileTheWatchsReadWaits_EndsAborted_AndItsLoopEnds()
     {
         (Socket peer, ManagedConnection connection) = await ForgottenAndWatchedAsync();
