@@ -44,7 +44,16 @@ public sealed partial class ManagedConnection
     // pause shared by thousands of keep-alive clients), the loops start their own from the pool, spread over its threads,
     // so the look stays short and the next one (FINs, keep-alive) is not late. Only the watch's thread touches the count.
     private const int MaxWatchReadsPerLook = 64;
+    private static int s_maxWatchReadsPerLook = MaxWatchReadsPerLook;
     private static int s_watchReadsThisLook;
+
+    /// <summary>How many waits for data one look of the lazy watch starts itself (64); for tests, which set it to 0 to
+    /// send every watched loop down the other path (resumed from the pool, it starts its own wait).</summary>
+    internal static int MaxWatchReadsPerLookForTest
+    {
+        get => Volatile.Read(ref s_maxWatchReadsPerLook);
+        set => Volatile.Write(ref s_maxWatchReadsPerLook, value);
+    }
 
     // How long the lazy watch's thread keeps looking after its list last had an entry before it sleeps until a push.
     private const int WatchLingerPeriods = 500;
@@ -348,7 +357,7 @@ public sealed partial class ManagedConnection
         }
 
         // Parked since it was queued, for long enough: nobody reads. Watch it until it hands over bytes asked for.
-        if (!s_stopDrainWithShutdown || ++s_watchReadsThisLook > MaxWatchReadsPerLook)
+        if (!s_stopDrainWithShutdown || ++s_watchReadsThisLook > Volatile.Read(ref s_maxWatchReadsPerLook))
         {
             // The loop resumes from the pool and starts its wait for data itself.
             _park.WatchLazily();

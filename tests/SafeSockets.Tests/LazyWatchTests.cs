@@ -180,6 +180,45 @@ public sealed class LazyWatchTests
     }
 
     [Fact]
+    public async Task BeyondTheWatchsReadsPerLook_ForgottenConnectionsStartTheirOwnWait_SeeBytesAndTheFin()
+    {
+        // Past the per-look cap (64 on the watch's own thread; here 0, so every one) a watched loop is resumed from the pool
+        // and starts its own wait for data: bytes asked for later are there, and a forgotten connection's FIN is seen (the
+        // guard closes it).
+        int cap = ManagedConnection.MaxWatchReadsPerLookForTest;
+        ManagedConnection.MaxWatchReadsPerLookForTest = 0;
+        try
+        {
+            (Socket reading, ManagedConnection read) = await Loopback.CreateManagedServerAsync(s_shortGuard);
+            (Socket forgetting, ManagedConnection forgotten) = await Loopback.CreateManagedServerAsync(s_shortGuard);
+            using (reading)
+            using (forgetting)
+            {
+                await TestTimeouts.WaitUntilAsync(
+                    () => LazyWatchProbe.Park(read).IsWatched && LazyWatchProbe.Park(forgotten).IsWatched && !LazyWatchProbe.Park(forgotten).IsParked,
+                    "both loops watched, the forgotten one resumed to wait for data");
+                Assert.False(LazyWatchProbe.WatchReadStarted(read) || LazyWatchProbe.WatchReadStarted(forgotten), "the watch's thread started a read past its cap");
+
+                await Peer.SendPatternAsync(reading, 10);
+                byte[] buffer = new byte[10];
+                Assert.Equal(10, await read.ReceiveAsync(buffer).WithTimeout());
+
+                forgetting.Shutdown(SocketShutdown.Send);
+                CloseResult result = await forgotten.Completion.WithTimeout();
+                Assert.Equal(CloseOutcome.CloseWaitTimedOut, result.Outcome);
+                Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(forgetting).WithTimeout()).End);
+
+                reading.Shutdown(SocketShutdown.Send);
+                Assert.Equal(CloseOutcome.Graceful, (await read.CloseAsync().WithTimeout()).Outcome);
+            }
+        }
+        finally
+        {
+            ManagedConnection.MaxWatchReadsPerLookForTest = cap;
+        }
+    }
+
+    [Fact]
     public async Task ForgottenConnection_AbortWhileTheWatchsReadWaits_EndsAborted_AndItsLoopEnds()
     {
         (Socket peer, ManagedConnection connection) = await ForgottenAndWatchedAsync();
