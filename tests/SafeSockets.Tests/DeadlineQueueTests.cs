@@ -199,6 +199,40 @@ public sealed class DeadlineQueueTests
     }
 
     [Fact]
+    public async Task OnTheSystemClock_DeadlinesCancelledWithinMicroseconds_DoNotWakeTheWaiterEachTime()
+    {
+        // Short connections one at a time: each schedules a guard or drain bound (250 ms and more away) and cancels it
+        // within microseconds, when it closes. A waiter that went idle with nothing to wait for was woken by every such
+        // schedule, found the heap empty again, and went idle again: a wake-up and two context switches per connection.
+        DeadlineQueue queue = DeadlineQueue.CreateSystemForTest();
+        TimeProvider clock = TimeProvider.System;
+        var first = new SystemOwner(clock);
+        queue.Schedule(first, clock.GetTimestamp(), DeadlinePurpose.None);
+        await first.Fired.Task.WithTimeout();
+        Assert.True(SpinWait.SpinUntil(() => queue.WaiterAsleepFor != 0, TestTimeouts.Passing), "the waiter did not go back to sleep");
+
+        long before = queue.WaiterPassesForTest;
+        var owner = new SystemOwner(clock);
+        for (int connection = 0; connection < 50; connection++)
+        {
+            long passes = queue.WaiterPassesForTest;
+            // Cancelled before the waiter can look (the connection closed before a woken waiter got a core).
+            queue.UnderLockForTest(() =>
+            {
+                queue.Schedule(owner, clock.GetTimestamp() + (clock.TimestampFrequency * 3 / 10), DeadlinePurpose.CloseWaitGuard);
+                queue.Cancel(owner);
+            });
+
+            // Time for a woken waiter to look (a count is asserted below, not this wait): a connection's lifetime or so.
+            SpinWait.SpinUntil(() => queue.WaiterPassesForTest != passes, TimeSpan.FromMilliseconds(20));
+        }
+
+        long looks = queue.WaiterPassesForTest - before;
+        Assert.True(looks < 5, $"the waiter looked at the heap {looks} times for 50 deadlines that were all cancelled");
+        Assert.False(owner.Fired.Task.IsCompleted);
+    }
+
+    [Fact]
     public async Task OnTheSystemClock_AnIdleWaiterEnds_AndTheNextDeadlineStartsAnother()
     {
         DeadlineQueue queue = DeadlineQueue.CreateSystemForTest(idleExitMilliseconds: 50);

@@ -59,6 +59,16 @@ internal sealed class DeadlineQueue
     /// <summary>A queue on the system clock with a waiter thread of its own, apart from the shared one; for tests.</summary>
     internal static DeadlineQueue CreateSystemForTest(int idleExitMilliseconds = 30_000) => new(TimeProvider.System, idleExitMilliseconds);
 
+    /// <summary>Runs <paramref name="action"/> holding the queue's lock (reentrant: it may schedule and cancel), so the
+    /// waiter cannot look in between; for tests.</summary>
+    internal void UnderLockForTest(Action action)
+    {
+        lock (_lock)
+        {
+            action();
+        }
+    }
+
     /// <summary>How many times the system clock's waiter looked at the heap; for tests.</summary>
     internal long WaiterPassesForTest
     {
@@ -83,7 +93,7 @@ internal sealed class DeadlineQueue
         }
     }
 
-    /// <summary>The due time the system clock's waiter is asleep for on the monitor (long.MaxValue: for a Schedule); 0
+    /// <summary>The due time the system clock's waiter is asleep for on the monitor (with nothing to wait for, its idle horizon); 0
     /// while it is awake or in the precise sleep of a deadline's last fraction of a millisecond. For tests.</summary>
     internal long WaiterAsleepFor
     {
@@ -232,6 +242,8 @@ internal sealed class DeadlineQueue
     /// no deadline at all.</summary>
     private void RunWaiter()
     {
+        // When the heap last became empty (0: it is not).
+        long idleSince = 0;
         while (true)
         {
             IDeadlineOwner? due = null;
@@ -254,18 +266,31 @@ internal sealed class DeadlineQueue
 
                     if (_count == 0)
                     {
-                        _armedFor = long.MaxValue;
-                        _asleepFor = long.MaxValue;
-                        if (!Monitor.Wait(_lock, _idleExitMilliseconds) && _count == 0)
+                        idleSince = idleSince == 0 ? now : idleSince;
+                        long idleMilliseconds = (long)Stopwatch.GetElapsedTime(idleSince, now).TotalMilliseconds;
+                        if (idleMilliseconds >= _idleExitMilliseconds)
                         {
                             // Idle: end the thread (under the lock, so the next Schedule sees it gone and starts another).
+                            _armedFor = long.MaxValue;
                             _asleepFor = 0;
                             _waiterRunning = false;
                             return;
                         }
+
+                        // Armed for a horizon, not for nothing: a Schedule due after it (the guard's first look, 250 ms
+                        // after the peer's FIN; a drain bound, seconds) need not wake this thread, which finds it when it
+                        // wakes at the horizon. Armed for nothing, it was woken by every such Schedule; with short
+                        // connections one at a time each one's deadline was cancelled before the woken thread looked, so
+                        // it found the heap empty and waited for nothing again: a wake-up and two context switches per
+                        // connection. An earlier deadline still wakes it.
+                        int wait = (int)Math.Min(IdleHorizonMilliseconds, _idleExitMilliseconds - idleMilliseconds);
+                        _armedFor = now + (wait * (Stopwatch.Frequency / 1000));
+                        _asleepFor = _armedFor;
+                        Monitor.Wait(_lock, wait);
                     }
                     else
                     {
+                        idleSince = 0;
                         // On the system clock, timestamps are Stopwatch ticks.
                         _armedFor = _heap[0].DeadlineDue;
                         long ticksPerMillisecond = Stopwatch.Frequency / 1000;
@@ -301,6 +326,10 @@ internal sealed class DeadlineQueue
 
     // A far deadline is waited for in steps (it is re-read on every wake anyway).
     private const long MaxWaitMilliseconds = 60_000;
+
+    // How far ahead a waiter with nothing to wait for is armed (see RunWaiter): the shortest deadline a connection
+    // schedules with the default options, the CLOSE_WAIT guard's look at the kernel 250 ms after the peer's FIN.
+    private const int IdleHorizonMilliseconds = 250;
 
     private void ArmLocked(long due)
     {
