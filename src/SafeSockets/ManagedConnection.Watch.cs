@@ -83,6 +83,9 @@ public sealed partial class ManagedConnection
     private static bool s_watcherRunning;
     private static bool s_watcherAsleep;
 
+    // For tests: how many threads the watch started (one per process; written under the lock).
+    private static int s_watcherThreadsStarted;
+
     /// <summary>For tests: the lazy watch leaves this connection's loop parked (until a read, a watch or the teardown).</summary>
     internal void KeepParkedForTest() => _park.NoLazyWatch = true;
 
@@ -100,6 +103,18 @@ public sealed partial class ManagedConnection
             lock (s_watchLock)
             {
                 return s_watcherAsleep;
+            }
+        }
+    }
+
+    /// <summary>How many threads the lazy watch started in this process (it starts one, once), for tests.</summary>
+    internal static int WatcherThreadsStartedForTest
+    {
+        get
+        {
+            lock (s_watchLock)
+            {
+                return s_watcherThreadsStarted;
             }
         }
     }
@@ -245,6 +260,7 @@ public sealed partial class ManagedConnection
                 // push tries again.)
                 new Thread(RunWatcher) { IsBackground = true, Name = "SafeSockets lazy watch" }.UnsafeStart();
                 s_watcherRunning = true;
+                s_watcherThreadsStarted++;
             }
             else if (s_watcherAsleep)
             {

@@ -79,6 +79,34 @@ public sealed class LazyWatchTests
         }
     }
 
+    [Fact]
+    public async Task TheWatchsThread_IsStartedOnce_NotAgainAtEachPushToAnEmptyList()
+    {
+        // Every connection pushes itself on the watch's lists (its late keep-alive, its parked loop), and a push to an
+        // empty list makes sure the watch's thread runs. It must start that thread once per process: a thread per push
+        // would be a thread per connection, each looking at the same lists for good.
+        for (int i = 0; i < 3; i++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+            using (peer)
+            {
+                try
+                {
+                    // Taken from both lists (its keep-alive set, its parked loop watched): they are empty for the next one.
+                    await TestTimeouts.WaitUntilAsync(
+                        () => connection.KeepAliveForTest == ManagedConnection.KeepAliveSet && connection.IsWatchedForTest,
+                        "the watch set the connection's keep-alive and watched its parked loop");
+                }
+                finally
+                {
+                    connection.Abort();
+                }
+            }
+        }
+
+        Assert.Equal(1, LazyWatchProbe.WatcherThreadsStarted);
+    }
+
     // The watch's thread starts a forgotten connection's wait for data itself (a zero-byte read on the loop's operation
     // object, while it holds the loop's park) instead of waking a pool thread to start it. The loop then resumes on the
     // read's completion: whatever ends that read must reach the loop as if the loop had read.
