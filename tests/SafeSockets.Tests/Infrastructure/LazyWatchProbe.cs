@@ -20,4 +20,7 @@ internal static class LazyWatchProbe
 
     /// <summary>How many threads the lazy watch started in this process.</summary>
     public static int WatcherThreadsStarted => ManagedConnection.WatcherThreadsStartedForTest;
+
+    /// <summary>How many looks the lazy watch's thread made so far (one per period while it is awake).</summary>
+    public static long WatchLooks => ManagedConnection.WatchLooksForTest;
 }
