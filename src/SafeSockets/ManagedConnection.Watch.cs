@@ -92,6 +92,11 @@ public sealed partial class ManagedConnection
     private static bool s_watcherRunning;
     private static bool s_watcherAsleep;
 
+    // For tests: how many threads the watch started (one per process), and how many looks its thread made (one per
+    // period while it is awake). Each written by one thread only (the first under the lock, the second by the watch's).
+    private static int s_watcherThreadsStarted;
+    private static long s_watchLooks;
+
     /// <summary>For tests: the lazy watch leaves this connection's loop parked (until a read, a watch or the teardown).</summary>
     internal void KeepParkedForTest() => _park.NoLazyWatch = true;
 
@@ -112,6 +117,21 @@ public sealed partial class ManagedConnection
             }
         }
     }
+
+    /// <summary>How many threads the lazy watch started in this process (it starts one, once), for tests.</summary>
+    internal static int WatcherThreadsStartedForTest
+    {
+        get
+        {
+            lock (s_watchLock)
+            {
+                return s_watcherThreadsStarted;
+            }
+        }
+    }
+
+    /// <summary>How many looks the lazy watch's thread made (one per period while it is awake), for tests.</summary>
+    internal static long WatchLooksForTest => Volatile.Read(ref s_watchLooks);
 
     /// <summary>Whether the lazy watch's thread ever left a wait for data pending on this connection's behalf (the loop's
     /// zero-byte read, started while the watch held its park), for tests.</summary>
@@ -254,6 +274,7 @@ public sealed partial class ManagedConnection
                 // push tries again.)
                 new Thread(RunWatcher) { IsBackground = true, Name = "SafeSockets lazy watch" }.UnsafeStart();
                 s_watcherRunning = true;
+                s_watcherThreadsStarted++;
             }
             else if (s_watcherAsleep)
             {
@@ -292,6 +313,7 @@ public sealed partial class ManagedConnection
             }
 
             Thread.Sleep(WatchPeriodMilliseconds);
+            Volatile.Write(ref s_watchLooks, s_watchLooks + 1);
 
             // Parked loops first: a burst of new connections' keep-alive calls must not delay a FIN's detection.
             LookAtParkedLoops();

@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using Microsoft.Extensions.Time.Testing;
+using SafeSockets.Internal;
 using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
@@ -72,6 +73,56 @@ public sealed class CloseWaitGuardActivityTests
         }
 
         return buffer;
+    }
+
+    [Fact]
+    public async Task ReceiveAfterThePeersFin_IsActivity_TheGuardCountsFromTheRead_NotFromTheFin()
+    {
+        // An application that reads after the peer's FIN (its read returns 0) is at work on the connection: the guard
+        // gives it CloseWaitTimeout from that read. On the fake clock, in the guard's own 250 ms steps (on Linux it also
+        // looks every 250 ms), so every look lands on its due time.
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions { TimeProvider = clock, CloseWaitTimeout = s_closeWaitTimeout };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            try
+            {
+                peer.Shutdown(SocketShutdown.Send);
+                await connection.PeerClosed.WhenCanceled().WithTimeout();
+                long fin = clock.GetTimestamp();
+                TimeSpan step = TimeSpan.FromMilliseconds(250);
+                for (int i = 0; i < 3; i++)
+                {
+                    clock.Advance(step);
+                }
+
+                // 750 ms after the FIN the application reads: the FIN, once more.
+                Assert.Equal(0, await connection.ReceiveAsync(new byte[16]).WithTimeout());
+
+                // At CloseWaitTimeout after the FIN the guard looks: 250 ms after the read, it arms itself again (for its
+                // next look), it does not close. A close it queued would run on the pool: wait for one or the other.
+                clock.Advance(step);
+                await TestTimeouts.WaitUntilAsync(
+                    () => DeadlineProbe.IsArmed(connection, DeadlinePurpose.CloseWaitGuard) || connection.State != ConnectionState.PeerShutdown,
+                    "the guard armed itself again, or closed");
+                Assert.Equal((DeadlinePurpose.CloseWaitGuard, DeadlineProbe.At(clock, fin, TimeSpan.FromMilliseconds(1250))), DeadlineProbe.Armed(connection));
+
+                // And it closes at CloseWaitTimeout after the read (1.75 s after the FIN).
+                for (int i = 0; i < 3; i++)
+                {
+                    clock.Advance(step);
+                }
+
+                CloseResult result = await connection.Completion.WithTimeout();
+                Assert.Equal(CloseOutcome.CloseWaitTimedOut, result.Outcome);
+                Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+            }
+            finally
+            {
+                connection.Abort();
+            }
+        }
     }
 
     [Fact]

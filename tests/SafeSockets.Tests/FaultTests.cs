@@ -185,6 +185,33 @@ public sealed class FaultTests
     }
 
     [Fact]
+    public async Task ApplicationDisposesTheAdoptedSocket_UnderAWatchedLoop_TheLoopsFaultClosesTheConnection_Faulted()
+    {
+        // Nobody is closing: the application disposes the socket it handed over, under the loop's pending read (PeerClosed
+        // keeps one pending). The loop's unexpected failure must end the connection itself (Faulted, logged), or the
+        // connection would stay Open with no loop, its Completion never completing.
+        var logger = new CapturingLogger();
+        (Socket peer, Socket server) = await Loopback.CreatePairAsync();
+        using (peer)
+        {
+            ManagedConnection connection = ManagedConnection.Adopt(server, new ManagedConnectionOptions { Logger = logger });
+            CancellationToken peerClosed = connection.PeerClosed;
+            server.Dispose();
+
+            await TestTimeouts.WaitUntilAsync(() => connection.ReceiveLoopEnded, "the receive loop ends on the disposed socket");
+            Assert.True(connection.State != ConnectionState.Open, "the loop ended on its fault and left the connection Open");
+
+            CloseResult result = await connection.Completion.WithTimeout();
+            Assert.Equal(CloseOutcome.Faulted, result.Outcome);
+            Assert.Equal(1, connection.ReleaseCount);
+            await peerClosed.WhenCanceled().WithTimeout();
+            LogEntry error = await logger.FirstError.WithTimeout();
+            Assert.Equal(9, error.Id);
+            Assert.Contains("receive loop", error.Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
     public async Task DisposeWithoutClose_IsAGracefulClose()
     {
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();

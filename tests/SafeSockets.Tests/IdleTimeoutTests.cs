@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Time.Testing;
+using SafeSockets.Internal;
 using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
@@ -112,6 +113,90 @@ public sealed class IdleTimeoutTests
             Assert.Equal(PeerEnd.Fin, (await reading.WithTimeout()).End);
             peer.Shutdown(SocketShutdown.Send);
             Assert.Equal(CloseOutcome.IdleTimedOut, (await connection.Completion.WithTimeout()).Outcome);
+        }
+    }
+
+    [Fact]
+    public async Task ALoopPausedBehindUnreadInput_IsNotIdle_AndTheBoundCountsFromTheReadThatEndsThePause()
+    {
+        // Bytes waiting in the input for the application are not silence: the idle bound arms itself again while the loop
+        // is paused behind them, however long, and once the application's read ends the pause, IdleTimeout counts from
+        // that read. The fake clock moves only onto the bound's due times, after the state it is to judge is in place.
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions
+        {
+            TimeProvider = clock,
+            IdleTimeout = TimeSpan.FromSeconds(1),
+            MaxInputBufferSize = 1, // the loop pauses behind any unread byte, and resumes once none is left
+        };
+        (Socket peer, ManagedConnection connection) = await CreateKeptParkedAsync(options);
+        using (peer)
+        {
+            try
+            {
+                long start = clock.GetTimestamp();
+
+                // Ten bytes in our kernel; a receive of one wakes the loop on this thread, which reads all ten, pauses
+                // behind nine, and hands the one over before the receive returns.
+                Assert.Equal(10, peer.Send(Peer.Pattern(10)));
+                await TestTimeouts.WaitUntilAsync(() => connection.Socket.Available == 10, "the bytes reached our kernel");
+                byte[] buffer = new byte[10];
+                ValueTask<int> first = connection.ReceiveAsync(buffer.AsMemory(0, 1));
+                Assert.True(first.IsCompleted, "the receive did not complete on the caller's thread");
+                Assert.Equal(1, await first);
+
+                // 1 s later the bound looks: paused, so not idle; it arms itself for 1 s from now.
+                clock.Advance(TimeSpan.FromSeconds(1));
+                await WaitForTheIdleBoundAsync(connection);
+                Assert.Equal((DeadlinePurpose.IdleBound, DeadlineProbe.At(clock, start, TimeSpan.FromSeconds(2))), DeadlineProbe.Armed(connection));
+
+                // At 1.5 s the application reads the nine: the pause ends (the loop then parks: nothing more to read).
+                clock.Advance(TimeSpan.FromMilliseconds(500));
+                int parks = connection.LoopParksForTest;
+                Assert.Equal(9, await connection.ReceiveAsync(buffer.AsMemory(1)).AsTask().WithTimeout());
+                Assert.Equal(Peer.Pattern(10), buffer);
+                await TestTimeouts.WaitUntilAsync(() => connection.LoopParksForTest > parks, "the loop resumed from its pause and parked");
+
+                // At 2 s the bound looks again: 0.5 s since the read that ended the pause, not idle; due at 2.5 s.
+                clock.Advance(TimeSpan.FromMilliseconds(500));
+                await WaitForTheIdleBoundAsync(connection);
+                Assert.Equal((DeadlinePurpose.IdleBound, DeadlineProbe.At(clock, start, TimeSpan.FromMilliseconds(2500))), DeadlineProbe.Armed(connection));
+
+                // At 2.5 s: a full second of silence; the connection closes itself.
+                clock.Advance(TimeSpan.FromMilliseconds(500));
+                Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+                peer.Shutdown(SocketShutdown.Send);
+                Assert.Equal(CloseOutcome.IdleTimedOut, (await connection.Completion.WithTimeout()).Outcome);
+            }
+            finally
+            {
+                connection.Abort();
+            }
+        }
+    }
+
+    /// <summary>After the clock moved onto the idle bound's due time: it either armed itself again or queued the close
+    /// (which runs on the pool); waits for one of the two.</summary>
+    private static Task WaitForTheIdleBoundAsync(ManagedConnection connection) => TestTimeouts.WaitUntilAsync(
+        () => DeadlineProbe.IsArmed(connection, DeadlinePurpose.IdleBound) || connection.State != ConnectionState.Open,
+        "the idle bound armed itself again, or closed");
+
+    /// <summary>A managed server end whose loop reads only when the application asks (the lazy watch leaves it parked);
+    /// the watch may have watched it in the instant before: then another one.</summary>
+    private static async Task<(Socket Peer, ManagedConnection Connection)> CreateKeptParkedAsync(ManagedConnectionOptions options)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+            connection.KeepParkedForTest();
+            if (!LazyWatchProbe.Park(connection).IsWatched)
+            {
+                return (peer, connection);
+            }
+
+            connection.Abort();
+            peer.Dispose();
+            Assert.True(attempt < 5, "the lazy watch watched every new connection within its first instant");
         }
     }
 

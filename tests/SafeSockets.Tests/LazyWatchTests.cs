@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net.Sockets;
 using SafeSockets.Internal;
 using SafeSockets.Tests.Infrastructure;
@@ -75,6 +76,63 @@ public sealed class LazyWatchTests
 
                 await Peer.ExpectTheGuardsCloseAsync(peer, connection);
                 return;
+            }
+        }
+    }
+
+    [Fact]
+    public async Task TheWatchsThread_IsStartedOnce_NotAgainAtEachPushToAnEmptyList()
+    {
+        // Every connection pushes itself on the watch's lists (its late keep-alive, its parked loop), and a push to an
+        // empty list makes sure the watch's thread runs. It must start that thread once per process: a thread per push
+        // would be a thread per connection, each looking at the same lists for good.
+        for (int i = 0; i < 3; i++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+            using (peer)
+            {
+                try
+                {
+                    // Taken from both lists (its keep-alive set, its parked loop watched): they are empty for the next one.
+                    await TestTimeouts.WaitUntilAsync(
+                        () => connection.KeepAliveForTest == ManagedConnection.KeepAliveSet && connection.IsWatchedForTest,
+                        "the watch set the connection's keep-alive and watched its parked loop");
+                }
+                finally
+                {
+                    connection.Abort();
+                }
+            }
+        }
+
+        Assert.Equal(1, LazyWatchProbe.WatcherThreadsStarted);
+    }
+
+    [Fact]
+    public async Task TheWatchsThread_SleepsAPeriodBetweenTwoLooks_ItDoesNotSpin()
+    {
+        // While connections are queued (and for a while after) the watch's thread looks once per period (2 ms) and sleeps
+        // in between; one that spun would burn a core. Its looks are counted over the time a new connection takes to be
+        // watched (its loop must stay parked 1 ms first, so a spinning thread looks hundreds of times meanwhile): at most
+        // one look, plus one per period of that time (the bound below allows one per millisecond). Not a maximum on a
+        // time: a loaded machine only makes the looks later, and the window longer.
+        var elapsed = Stopwatch.StartNew();
+        long before = LazyWatchProbe.WatchLooks;
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(); // a push wakes the thread
+        using (peer)
+        {
+            try
+            {
+                await TestTimeouts.WaitUntilAsync(
+                    () => connection.KeepAliveForTest == ManagedConnection.KeepAliveSet && connection.IsWatchedForTest,
+                    "the watch set the connection's keep-alive and watched its parked loop");
+                long looks = LazyWatchProbe.WatchLooks - before;
+                TimeSpan took = elapsed.Elapsed;
+                Assert.True(looks <= 2 + (long)took.TotalMilliseconds, $"the watch looked {looks} times in {took.TotalMilliseconds:F2} ms");
+            }
+            finally
+            {
+                connection.Abort();
             }
         }
     }

@@ -17,4 +17,10 @@ internal static class LazyWatchProbe
 
     /// <summary>Whether the lazy watch's thread sleeps until the next push (its lists stayed empty for a while).</summary>
     public static bool WatcherAsleep => ManagedConnection.WatcherAsleepForTest;
+
+    /// <summary>How many threads the lazy watch started in this process.</summary>
+    public static int WatcherThreadsStarted => ManagedConnection.WatcherThreadsStartedForTest;
+
+    /// <summary>How many looks the lazy watch's thread made so far (one per period while it is awake).</summary>
+    public static long WatchLooks => ManagedConnection.WatchLooksForTest;
 }
