@@ -283,10 +283,13 @@ internal sealed class DeadlineQueue
                         // connections one at a time each one's deadline was cancelled before the woken thread looked, so
                         // it found the heap empty and waited for nothing again: a wake-up and two context switches per
                         // connection. An earlier deadline still wakes it.
+                        // It wakes a little before its horizon: a deadline due just after it is then waited for as any
+                        // other (the last fraction of a millisecond slept precisely), not left to a wait that may end a
+                        // millisecond or two late.
                         int wait = (int)Math.Min(IdleHorizonMilliseconds, _idleExitMilliseconds - idleMilliseconds);
                         _armedFor = now + (wait * (Stopwatch.Frequency / 1000));
                         _asleepFor = _armedFor;
-                        Monitor.Wait(_lock, wait);
+                        Monitor.Wait(_lock, Math.Max(1, wait - IdleHorizonEarlyMilliseconds));
                     }
                     else
                     {
@@ -330,6 +333,9 @@ internal sealed class DeadlineQueue
     // How far ahead a waiter with nothing to wait for is armed (see RunWaiter): the shortest deadline a connection
     // schedules with the default options, the CLOSE_WAIT guard's look at the kernel 250 ms after the peer's FIN.
     private const int IdleHorizonMilliseconds = 250;
+
+    // How much earlier than its horizon the idle waiter wakes (about the most a monitor wait overshoots here).
+    private const int IdleHorizonEarlyMilliseconds = 2;
 
     private void ArmLocked(long due)
     {
