@@ -36,6 +36,9 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
     // When the connection was created, for safesockets.connection.duration.
     private readonly long _openedTimestamp;
 
+    /// <summary>When the connection was made, on its time provider's clock; for tests.</summary>
+    internal long OpenedTimestampForTest => _openedTimestamp;
+
     // Phase, teardown reason, result and owners: the one place the lifecycle lives (Internal/ConnectionLifecycle.cs).
     private readonly ConnectionLifecycle _lifecycle = new();
 

@@ -188,8 +188,7 @@ public sealed class IdleTimeoutTests
         for (int attempt = 1; ; attempt++)
         {
             (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
-            connection.KeepParkedForTest();
-            if (!LazyWatchProbe.Park(connection).IsWatched)
+            if (await LazyWatchProbe.KeepParkedAsync(connection))
             {
                 return (peer, connection);
             }

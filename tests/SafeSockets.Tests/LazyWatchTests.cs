@@ -216,8 +216,9 @@ public sealed class LazyWatchTests
         // first look at it is 1-3 ms after it parks.
         long misusesBefore = SocketIoArgs.Counters.Misuses;
         int injected = 0;
-        ManagedConnection.WatchReadFailureForTest = (_, completed) =>
-            !completed && Interlocked.Increment(ref injected) == 1 ? new SocketException((int)SocketError.ConnectionReset) : null;
+        long hookSet = System.Diagnostics.Stopwatch.GetTimestamp();
+        ManagedConnection.WatchReadFailureForTest = (c, completed) =>
+            !completed && c.OpenedTimestampForTest > hookSet && Interlocked.Increment(ref injected) == 1 ? new SocketException((int)SocketError.ConnectionReset) : null;
         try
         {
             (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(s_shortGuard);

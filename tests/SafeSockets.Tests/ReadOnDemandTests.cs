@@ -450,8 +450,7 @@ public sealed class ReadOnDemandTests
         for (int attempt = 1; ; attempt++)
         {
             (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
-            connection.KeepParkedForTest();
-            if (!LazyWatchProbe.Park(connection).IsWatched)
+            if (await LazyWatchProbe.KeepParkedAsync(connection))
             {
                 return (peer, connection);
             }

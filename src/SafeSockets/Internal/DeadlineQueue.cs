@@ -36,6 +36,10 @@ internal sealed class DeadlineQueue
     // How many times the system clock's waiter looked at the heap (a waiter that spun instead of sleeping would look
     // thousands of times per deadline); for tests.
     private long _waiterPasses;
+    private int _waitersStarted;
+
+    // Since when the system clock's waiter has found nothing to wait for and no deadline was scheduled (0: in use).
+    private long _idleSince;
 
     // The due time the waiter (or timer) is set for; long.MaxValue when it waits for nothing.
     private long _armedFor = long.MaxValue;
@@ -66,6 +70,18 @@ internal sealed class DeadlineQueue
         lock (_lock)
         {
             action();
+        }
+    }
+
+    /// <summary>How many waiter threads this queue started (one at a time; another only after one ended idle); for tests.</summary>
+    internal int WaitersStartedForTest
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _waitersStarted;
+            }
         }
     }
 
@@ -131,6 +147,7 @@ internal sealed class DeadlineQueue
             }
 
             owner.DeadlinePurpose = purpose;
+            _idleSince = 0; // in use, even if cancelled before the waiter looks
             int index = owner.DeadlineIndex;
             if (index < 0)
             {
@@ -242,8 +259,6 @@ internal sealed class DeadlineQueue
     /// no deadline at all.</summary>
     private void RunWaiter()
     {
-        // When the heap last became empty (0: it is not).
-        long idleSince = 0;
         while (true)
         {
             IDeadlineOwner? due = null;
@@ -256,6 +271,11 @@ internal sealed class DeadlineQueue
                     _asleepFor = 0;
                     _waiterPasses++;
                     long now = _timeProvider.GetTimestamp();
+                    if (_count > 0)
+                    {
+                        _idleSince = 0;
+                    }
+
                     if (_count > 0 && _heap[0].DeadlineDue <= now)
                     {
                         due = _heap[0];
@@ -266,8 +286,8 @@ internal sealed class DeadlineQueue
 
                     if (_count == 0)
                     {
-                        idleSince = idleSince == 0 ? now : idleSince;
-                        long idleMilliseconds = (long)Stopwatch.GetElapsedTime(idleSince, now).TotalMilliseconds;
+                        _idleSince = _idleSince == 0 ? now : _idleSince;
+                        long idleMilliseconds = (long)Stopwatch.GetElapsedTime(_idleSince, now).TotalMilliseconds;
                         if (idleMilliseconds >= _idleExitMilliseconds)
                         {
                             // Idle: end the thread (under the lock, so the next Schedule sees it gone and starts another).
@@ -293,7 +313,6 @@ internal sealed class DeadlineQueue
                     }
                     else
                     {
-                        idleSince = 0;
                         // On the system clock, timestamps are Stopwatch ticks.
                         _armedFor = _heap[0].DeadlineDue;
                         long ticksPerMillisecond = Stopwatch.Frequency / 1000;
@@ -346,6 +365,7 @@ internal sealed class DeadlineQueue
             {
                 // Started without the caller's execution context: the deadlines belong to no caller.
                 _waiterRunning = true;
+                _waitersStarted++;
                 new Thread(RunWaiter) { IsBackground = true, Name = "SafeSockets deadlines" }.UnsafeStart();
             }
             else

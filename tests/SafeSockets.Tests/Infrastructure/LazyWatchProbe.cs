@@ -23,4 +23,15 @@ internal static class LazyWatchProbe
 
     /// <summary>How many looks the lazy watch's thread made so far (one per period while it is awake).</summary>
     public static long WatchLooks => ManagedConnection.WatchLooksForTest;
+
+    /// <summary>Keeps the connection's loop parked (<see cref="ManagedConnection.KeepParkedForTest"/>) and tells whether
+    /// that came in time: the watch's thread may have been past its check of that flag in the look under way, so the
+    /// answer waits until that look is over (two looks later; the new connection keeps the watch's thread awake).</summary>
+    public static async Task<bool> KeepParkedAsync(ManagedConnection connection)
+    {
+        long looks = WatchLooks;
+        connection.KeepParkedForTest();
+        await TestTimeouts.WaitUntilAsync(() => WatchLooks >= looks + 2, "two looks of the lazy watch");
+        return !Park(connection).IsWatched;
+    }
 }
