@@ -204,12 +204,8 @@ public sealed class DeadlineQueueTests
         // Short connections one at a time: each schedules a guard or drain bound (250 ms and more away) and cancels it
         // within microseconds, when it closes. A waiter that went idle with nothing to wait for was woken by every such
         // schedule, found the heap empty again, and went idle again: a wake-up and two context switches per connection.
-        DeadlineQueue queue = DeadlineQueue.CreateSystemForTest();
         TimeProvider clock = TimeProvider.System;
-        var first = new SystemOwner(clock);
-        queue.Schedule(first, clock.GetTimestamp(), DeadlinePurpose.None);
-        await first.Fired.Task.WithTimeout();
-        Assert.True(SpinWait.SpinUntil(() => queue.WaiterAsleepFor != 0, TestTimeouts.Passing), "the waiter did not go back to sleep");
+        DeadlineQueue queue = await IdleSystemQueueAsync();
 
         long before = queue.WaiterPassesForTest;
         long start = clock.GetTimestamp();
@@ -238,12 +234,8 @@ public sealed class DeadlineQueueTests
     [Fact]
     public async Task OnTheSystemClock_AnIdleWaiter_IsWokenByADeadlineDueBeforeItsHorizon()
     {
-        DeadlineQueue queue = DeadlineQueue.CreateSystemForTest();
         TimeProvider clock = TimeProvider.System;
-        var first = new SystemOwner(clock);
-        queue.Schedule(first, clock.GetTimestamp(), DeadlinePurpose.None);
-        await first.Fired.Task.WithTimeout();
-        Assert.True(SpinWait.SpinUntil(() => queue.WaiterAsleepFor != 0, TestTimeouts.Passing), "the waiter did not go back to sleep");
+        DeadlineQueue queue = await IdleSystemQueueAsync();
 
         // Due in 100 ms, before the idle waiter's horizon (250 ms): it must be woken and sleep for this deadline, not sleep
         // on to its horizon and run it up to 150 ms late.
@@ -295,6 +287,17 @@ public sealed class DeadlineQueueTests
             // Nothing left to wait for: the thread ends within its idle time.
             Assert.True(SpinWait.SpinUntil(() => !queue.HasWaiter, TestTimeouts.Passing), "the idle waiter did not end");
         }
+    }
+
+    /// <summary>A system-clock queue of its own whose waiter ran one deadline and is asleep again with nothing to wait for.</summary>
+    private static async Task<DeadlineQueue> IdleSystemQueueAsync()
+    {
+        DeadlineQueue queue = DeadlineQueue.CreateSystemForTest();
+        var first = new SystemOwner(TimeProvider.System);
+        queue.Schedule(first, TimeProvider.System.GetTimestamp(), DeadlinePurpose.None);
+        await first.Fired.Task.WithTimeout();
+        Assert.True(SpinWait.SpinUntil(() => queue.WaiterAsleepFor != 0, TestTimeouts.Passing), "the waiter did not go back to sleep");
+        return queue;
     }
 
     private sealed class SystemOwner(TimeProvider clock) : IDeadlineOwner
