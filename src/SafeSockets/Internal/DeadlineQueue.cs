@@ -38,7 +38,8 @@ internal sealed class DeadlineQueue
     private long _waiterPasses;
     private int _waitersStarted;
 
-    // Since when the system clock's waiter has found nothing to wait for and no deadline was scheduled (0: in use).
+    // Since when the system clock's waiter has found nothing to wait for and no deadline was scheduled (0: in use; every
+    // Schedule resets it, and the heap holds nothing that was not scheduled).
     private long _idleSince;
 
     // The due time the waiter (or timer) is set for; long.MaxValue when it waits for nothing.
@@ -271,10 +272,6 @@ internal sealed class DeadlineQueue
                     _asleepFor = 0;
                     _waiterPasses++;
                     long now = _timeProvider.GetTimestamp();
-                    if (_count > 0)
-                    {
-                        _idleSince = 0;
-                    }
 
                     if (_count > 0 && _heap[0].DeadlineDue <= now)
                     {
