@@ -234,19 +234,23 @@ public sealed class DeadlineQueueTests
     [Fact]
     public async Task OnTheSystemClock_AnIdleWaiter_IsWokenByADeadlineDueBeforeItsHorizon()
     {
+        // Due in 150 ms, before the idle waiter's horizon (250 ms): it must be woken and sleep for this deadline, not sleep
+        // on to its horizon and run it up to 100 ms late. Seeing it asleep for the deadline takes this thread to look
+        // within those 150 ms: a machine that stalls it longer gets another try (a waiter never woken fails all three).
         TimeProvider clock = TimeProvider.System;
-        DeadlineQueue queue = await IdleSystemQueueAsync();
-
-        // Due in 100 ms, before the idle waiter's horizon (250 ms): it must be woken and sleep for this deadline, not sleep
-        // on to its horizon and run it up to 150 ms late.
-        var near = new SystemOwner(clock);
-        queue.Schedule(near, clock.GetTimestamp() + (clock.TimestampFrequency / 10), DeadlinePurpose.None);
         bool sawItArmed = false;
-        Assert.True(
-            SpinWait.SpinUntil(() => (sawItArmed |= queue.WaiterAsleepFor == near.Due) || near.Fired.Task.IsCompleted, TestTimeouts.Passing),
-            "the deadline never ran");
+        for (int attempt = 0; attempt < 3 && !sawItArmed; attempt++)
+        {
+            DeadlineQueue queue = await IdleSystemQueueAsync();
+            var near = new SystemOwner(clock);
+            queue.Schedule(near, clock.GetTimestamp() + (clock.TimestampFrequency * 15 / 100), DeadlinePurpose.None);
+            Assert.True(
+                SpinWait.SpinUntil(() => (sawItArmed |= queue.WaiterAsleepFor == near.Due) || near.Fired.Task.IsCompleted, TestTimeouts.Passing),
+                "the deadline never ran");
+            Assert.True(await near.Fired.Task.WithTimeout() >= near.Due, "fired before its due time");
+        }
+
         Assert.True(sawItArmed, "the idle waiter was not woken to sleep for the earlier deadline");
-        Assert.True(await near.Fired.Task.WithTimeout() >= near.Due, "fired before its due time");
     }
 
     [Fact]
@@ -258,6 +262,8 @@ public sealed class DeadlineQueueTests
         TimeProvider clock = TimeProvider.System;
         var owner = new SystemOwner(clock);
         long start = clock.GetTimestamp();
+        long last = start;
+        int longGaps = 0;
         while (clock.GetElapsedTime(start) < TimeSpan.FromSeconds(2))
         {
             queue.UnderLockForTest(() =>
@@ -265,10 +271,15 @@ public sealed class DeadlineQueueTests
                 queue.Schedule(owner, clock.GetTimestamp() + clock.TimestampFrequency, DeadlinePurpose.CloseWaitGuard);
                 queue.Cancel(owner);
             });
+
+            // A machine that stalled this loop for about the idle exit lets a correct queue end its thread: allowed.
+            longGaps += clock.GetElapsedTime(last) >= TimeSpan.FromMilliseconds(550) ? 1 : 0;
+            last = clock.GetTimestamp();
             await Task.Delay(10); // the pace of the connections, not a wait for anything
         }
 
-        Assert.Equal(1, queue.WaitersStartedForTest);
+        Assert.True(queue.WaitersStartedForTest <= 1 + longGaps, $"{queue.WaitersStartedForTest} waiter threads started, {longGaps} pauses as long as the idle exit");
+        Assert.True(queue.WaitersStartedForTest >= 1);
         Assert.False(owner.Fired.Task.IsCompleted);
     }
 

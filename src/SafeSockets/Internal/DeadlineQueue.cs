@@ -363,7 +363,16 @@ internal sealed class DeadlineQueue
                 // Started without the caller's execution context: the deadlines belong to no caller.
                 _waiterRunning = true;
                 _waitersStarted++;
-                new Thread(RunWaiter) { IsBackground = true, Name = "SafeSockets deadlines" }.UnsafeStart();
+                try
+                {
+                    new Thread(RunWaiter) { IsBackground = true, Name = "SafeSockets deadlines" }.UnsafeStart();
+                }
+                catch
+                {
+                    // No thread (out of memory, a thread limit): the next Schedule tries again rather than pulsing nobody.
+                    _waiterRunning = false;
+                    throw;
+                }
             }
             else
             {
