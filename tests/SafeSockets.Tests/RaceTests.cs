@@ -45,14 +45,9 @@ public sealed class RaceTests
     {
         for (int round = 0; round < 100; round++)
         {
-            var clock = new FakeTimeProvider();
-            var options = new ManagedConnectionOptions { TimeProvider = clock, CloseWaitTimeout = TimeSpan.FromSeconds(1) };
-            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+            (FakeTimeProvider clock, Socket peer, ManagedConnection connection) = await PeerFinishedAsync();
             using (peer)
             {
-                peer.Shutdown(SocketShutdown.Send);
-                await connection.PeerClosed.WhenCanceled().WithTimeout();
-
                 // The guard's deadline and the application's close, released together.
                 var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 Task fire = Task.Run(async () => { await start.Task; clock.Advance(TimeSpan.FromSeconds(1)); });
@@ -82,14 +77,9 @@ public sealed class RaceTests
             return; // the guard reads the kernel's view (TCP_INFO) on Linux only; CI runs on Linux
         }
 
-        var clock = new FakeTimeProvider();
-        var options = new ManagedConnectionOptions { TimeProvider = clock, CloseWaitTimeout = TimeSpan.FromSeconds(1) };
-        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        (FakeTimeProvider clock, Socket peer, ManagedConnection connection) = await PeerFinishedAsync();
         using (peer)
         {
-            peer.Shutdown(SocketShutdown.Send);
-            await connection.PeerClosed.WhenCanceled().WithTimeout();
-
             int calls = 0;
             bool reachedClose = false;
             void OurFinInTheWindow(ManagedConnection guarded)
@@ -257,5 +247,16 @@ public sealed class RaceTests
                 await lease.DisposeAsync();
             }
         }
+    }
+
+    /// <summary>A server connection on a fake clock (CloseWaitTimeout 1 s) whose peer has sent its FIN, seen by the connection.</summary>
+    private static async Task<(FakeTimeProvider Clock, Socket Peer, ManagedConnection Connection)> PeerFinishedAsync()
+    {
+        var clock = new FakeTimeProvider();
+        var options = new ManagedConnectionOptions { TimeProvider = clock, CloseWaitTimeout = TimeSpan.FromSeconds(1) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        peer.Shutdown(SocketShutdown.Send);
+        await connection.PeerClosed.WhenCanceled().WithTimeout();
+        return (clock, peer, connection);
     }
 }
