@@ -272,7 +272,6 @@ internal sealed class DeadlineQueue
                     _asleepFor = 0;
                     _waiterPasses++;
                     long now = _timeProvider.GetTimestamp();
-
                     if (_count > 0 && _heap[0].DeadlineDue <= now)
                     {
                         due = _heap[0];
@@ -300,6 +299,7 @@ internal sealed class DeadlineQueue
                         // connections one at a time each one's deadline was cancelled before the woken thread looked, so
                         // it found the heap empty and waited for nothing again: a wake-up and two context switches per
                         // connection. An earlier deadline still wakes it.
+                        //
                         // It wakes a little before its horizon: a deadline due just after it is then waited for as any
                         // other (the last fraction of a millisecond slept precisely), not left to a wait that may end a
                         // millisecond or two late.
