@@ -13,6 +13,10 @@ public sealed partial class ManagedConnection
     private const int MinimumReadSize = 4096;
     private const int MaximumReadSize = 64 * 1024;
 
+    /// <summary><see cref="ManagedConnectionOptions.UnsafePreferInlineScheduling"/>: the reader may be resumed on the thread
+    /// that completed the read, even the runtime's socket event thread.</summary>
+    internal bool PreferInlineScheduling => _settings.PreferInlineScheduling;
+
     // Socket → _input is the receive loop's job, and only the loop reads bytes from the socket (the lazy watch's thread
     // may start a watched loop's zero-byte wait for data for it: ManagedConnection.Watch.cs). It reads when the application asks
     // and, once the connection is watched, at all times, so the peer's FIN is seen while the application is busy
@@ -315,7 +319,7 @@ public sealed partial class ManagedConnection
                     }
 
                     OnPeerFin();
-                    if (!HasIo(IoInputTaken) && Thread.CurrentThread.IsThreadPoolThread)
+                    if (!HasIo(IoInputTaken) && (Thread.CurrentThread.IsThreadPoolThread || _settings.PreferInlineScheduling))
                     {
                         // The input ends here, and a reader waiting for it is handed over without a thread hop: the loop
                         // parks first and runs the reader once the park is registered. The loop's task completes only

@@ -157,7 +157,7 @@ public sealed class ConfigurationTests
             CloseWaitTimeout = TimeSpan.FromSeconds(4), IdleTimeout = TimeSpan.FromSeconds(5), KeepAliveTime = TimeSpan.FromSeconds(6),
             KeepAliveInterval = TimeSpan.FromSeconds(7), KeepAliveRetryCount = 8, TimeProvider = new OtherTimeProvider(),
             MaxInputBufferSize = 4096, MaxOutputBufferSize = 8192, Logger = new Microsoft.Extensions.Logging.Testing.FakeLogger(),
-            MeterFactory = new TestMeterFactory(), WaitForDataBeforeAllocatingBuffer = true,
+            MeterFactory = new TestMeterFactory(), WaitForDataBeforeAllocatingBuffer = true, UnsafePreferInlineScheduling = true,
         };
         var listener = new ManagedListenerOptions { Connection = connection, Backlog = 9, MaxConnections = 10, MaxDrainingConnections = 11 };
 

@@ -12,10 +12,16 @@ if (args is ["blocking-reader"])
     return await BlockingReader.RunAsync();
 }
 
+if (args is ["inline-reader"])
+{
+    return await InlineReader.RunAsync();
+}
+
 if (args is not ["vanished-peer"])
 {
     Console.Error.WriteLine("usage: SafeSockets.TestHost vanished-peer   (inside `unshare -n`, as root)");
     Console.Error.WriteLine("       SafeSockets.TestHost blocking-reader");
+    Console.Error.WriteLine("       SafeSockets.TestHost inline-reader");
     return 2;
 }
 

@@ -192,4 +192,20 @@ public sealed class ReaderHandOffInlineCompletionsTests
         Assert.Equal("6", facts["othersReceived"]);
         Assert.Equal("True", facts["peerClosedWhileBlocked"]);
     }
+
+    [Fact]
+    public async Task WithInlineSocketCompletions_TheReaderIsResumedOnThePool_UnlessTheApplicationOptsIntoInlineScheduling()
+    {
+        // A read that waited for its bytes: by default its continuation runs on a pool thread (never on the event thread);
+        // with UnsafePreferInlineScheduling on the thread that completed the read, with no hop (Kestrel's
+        // UnsafePreferInlineScheduling: the application promises never to block there).
+        Dictionary<string, string> facts = await TestHostProcess.RunAsync(
+            ["inline-reader"], environment: new Dictionary<string, string> { ["DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS"] = "1" });
+
+        Assert.Equal("1", facts["inlineCompletions"]);
+        Assert.Equal("20", facts["default.resumedOnPool"]);
+        Assert.Equal("0", facts["default.resumedElsewhere"]);
+        Assert.Equal("0", facts["inline.resumedOnPool"]);
+        Assert.Equal("20", facts["inline.resumedElsewhere"]);
+    }
 }

@@ -37,6 +37,7 @@ internal sealed class ConfigurationBinding : IConfigureNamedOptions<HostedListen
         ["MaxInputBufferSize"] = static (o, v) => o.MaxInputBufferSize = ParseInt(v),
         ["MaxOutputBufferSize"] = static (o, v) => o.MaxOutputBufferSize = ParseInt(v),
         ["WaitForDataBeforeAllocatingBuffer"] = static (o, v) => o.WaitForDataBeforeAllocatingBuffer = ParseBool(v),
+        ["UnsafePreferInlineScheduling"] = static (o, v) => o.UnsafePreferInlineScheduling = ParseBool(v),
     };
 
     private readonly string _name;

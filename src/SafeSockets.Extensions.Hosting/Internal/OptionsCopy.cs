@@ -27,6 +27,7 @@ internal static class OptionsCopy
         TimeProvider = options.TimeProvider,
         MaxInputBufferSize = options.MaxInputBufferSize,
         WaitForDataBeforeAllocatingBuffer = options.WaitForDataBeforeAllocatingBuffer,
+        UnsafePreferInlineScheduling = options.UnsafePreferInlineScheduling,
         MaxOutputBufferSize = options.MaxOutputBufferSize,
         Logger = options.Logger,
         MeterFactory = options.MeterFactory,

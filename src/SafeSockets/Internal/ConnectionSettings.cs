@@ -22,6 +22,7 @@ internal sealed class ConnectionSettings
         Logger = options.Logger;
         MaxInputBufferSize = options.MaxInputBufferSize;
         WaitForDataBeforeAllocatingBuffer = options.WaitForDataBeforeAllocatingBuffer;
+        PreferInlineScheduling = options.UnsafePreferInlineScheduling;
         OutputPipeOptions = options.MaxOutputBufferSize == ManagedConnectionOptions.DefaultBufferSize
             ? defaultOutputPipeOptions
             : ManagedConnection.CreateOutputPipeOptions(options.MaxOutputBufferSize);
@@ -47,6 +48,7 @@ internal sealed class ConnectionSettings
         Logger = source.Logger;
         MaxInputBufferSize = source.MaxInputBufferSize;
         WaitForDataBeforeAllocatingBuffer = source.WaitForDataBeforeAllocatingBuffer;
+        PreferInlineScheduling = source.PreferInlineScheduling;
         OutputPipeOptions = source.OutputPipeOptions;
         Deadlines = source.Deadlines;
         DrainTimeoutTicks = source.DrainTimeoutTicks;
@@ -83,6 +85,9 @@ internal sealed class ConnectionSettings
     public int MaxInputBufferSize { get; }
 
     public bool WaitForDataBeforeAllocatingBuffer { get; }
+
+    /// <summary><see cref="ManagedConnectionOptions.UnsafePreferInlineScheduling"/>: the reader may run on the thread that completed the read.</summary>
+    public bool PreferInlineScheduling { get; }
 
     public PipeOptions OutputPipeOptions { get; }
 

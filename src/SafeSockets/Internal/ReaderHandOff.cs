@@ -126,7 +126,8 @@ internal static class ReaderHandOff
             // loop is touched from here on. Only a pool thread runs the reader: with
             // DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 the loop runs on the runtime's socket event thread itself,
             // and a reader that blocked there would stop every connection that thread serves.
-            if (Thread.CurrentThread.IsThreadPoolThread)
+            // (Unless the application opted in: ManagedConnectionOptions.UnsafePreferInlineScheduling.)
+            if (Thread.CurrentThread.IsThreadPoolThread || owner is ManagedConnection { PreferInlineScheduling: true })
             {
                 caught.Run(owner, onError);
             }
