@@ -27,7 +27,8 @@ internal static class ChildRuns
 
     /// <summary>Runs this program with <paramref name="arguments"/>, bounded by <paramref name="timeout"/>; returns its
     /// standard output, or <see langword="null"/> (after saying why on standard error) if it failed or ran too long.</summary>
-    public static async Task<string?> RunAsync(IEnumerable<string> arguments, bool networkNamespace, TimeSpan timeout, string what)
+    public static async Task<string?> RunAsync(IEnumerable<string> arguments, bool networkNamespace, TimeSpan timeout, string what,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         // Started as `dotnet SafeSockets.Benchmarks.dll` the host is dotnet and needs the assembly; started through the
         // apphost (`dotnet run`, or ./SafeSockets.Benchmarks) the process itself is the program.
@@ -40,6 +41,11 @@ internal static class ChildRuns
             : new ProcessStartInfo(child[0], child.Skip(1));
         start.RedirectStandardOutput = true;
         start.RedirectStandardError = true;
+        foreach ((string key, string value) in environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[key] = value;
+        }
+
         using Process process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {what}");
         Task<string> output = process.StandardOutput.ReadToEndAsync();
         Task<string> error = process.StandardError.ReadToEndAsync();

@@ -35,9 +35,13 @@ internal static class HotPathCommand
           --requests N        requests (64 bytes, answered with 64) per connection (default 1; loop shape only)
           --pause-ms P        the client's pause between two requests on one connection (a keep-alive client's
                               think time; default none)
+          --inline            every run with DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 (socket completions on the
+                              runtime's event thread) and SafeSockets ends with UnsafePreferInlineScheduling (loop shape)
           --no-netns          run in this machine's network namespace (no unshare)
           --out DIR           also write hotpath.md there
         """;
+
+    private const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
     private static readonly byte[] Request = new byte[Strategy.RequestBytes];
     private static readonly byte[] Response = new byte[Strategy.ResponseBytes];
@@ -135,8 +139,10 @@ internal static class HotPathCommand
         string? stdout = await ChildRuns.RunAsync(
             ["hotpath-run", "--ends", ends, "--shape", settings.Shape, "--concurrency", ChildRuns.Invariant(settings.Concurrency),
                 "--cycles", ChildRuns.Invariant(settings.Cycles), "--ports", ChildRuns.Invariant(settings.Ports),
-                "--requests", ChildRuns.Invariant(settings.Requests), .. (settings.PauseMilliseconds > 0 ? (string[])["--pause-ms", ChildRuns.Invariant(settings.PauseMilliseconds)] : [])],
-            netns, TimeSpan.FromMinutes(5), $"hotpath: the {ends} run");
+                "--requests", ChildRuns.Invariant(settings.Requests), .. (settings.PauseMilliseconds > 0 ? (string[])["--pause-ms", ChildRuns.Invariant(settings.PauseMilliseconds)] : []),
+                .. (settings.Inline ? (string[])["--inline"] : [])],
+            netns, TimeSpan.FromMinutes(5), $"hotpath: the {ends} run",
+            settings.Inline ? new Dictionary<string, string> { [InlineCompletionsVariable] = "1" } : null);
         string[]? result = stdout is null ? null : ChildRuns.Results(stdout).LastOrDefault();
         if (stdout is not null && result is null)
         {
@@ -151,6 +157,12 @@ internal static class HotPathCommand
     public static async Task<int> RunOneAsync(string[] args)
     {
         Settings settings = Settings.Parse(args);
+        if (settings.Inline && Environment.GetEnvironmentVariable(InlineCompletionsVariable) != "1")
+        {
+            // Read by the runtime at start-up: a run that set it now would measure the default and call it inline.
+            throw new ArgumentException($"--inline needs {InlineCompletionsVariable}=1 in the process's environment (hotpath sets it for its runs).");
+        }
+
         string ends = settings.Ends.Single();
         await using Run run = Run.Create(ends, settings);
         await run.CyclesAsync(Settings.Warmup);
@@ -247,6 +259,8 @@ internal static class HotPathCommand
 
         public bool NetworkNamespace { get; private set; } = true;
 
+        public bool Inline { get; private set; }
+
         public string? OutputDirectory { get; private set; }
 
         public static Settings Parse(string[] args)
@@ -285,6 +299,7 @@ internal static class HotPathCommand
                             : throw new ArgumentException($"--pause-ms must be 0 or a positive whole number; got '{pause}'.");
                         break;
                     case "--no-netns": settings.NetworkNamespace = false; break;
+                    case "--inline": settings.Inline = true; break;
                     case "--out": settings.OutputDirectory = Value(); break;
                     default: throw new ArgumentException($"Unknown option {args[i]}.");
                 }
@@ -315,6 +330,11 @@ internal static class HotPathCommand
                     + $"{pausedSeconds:N0} s per step ({Warmup:N0} warm-up cycles, then {settings.Cycles:N0}); each step is bounded at 2 minutes: raise --concurrency or lower --cycles.");
             }
 
+            if (settings.Inline && (settings.Shape != "loop" || settings.Ends.Any(e => e == "harness")))
+            {
+                throw new ArgumentException("--inline runs the loop shape's raw and SafeSockets ends only.");
+            }
+
             if (settings.Shape != "loop" && settings.Ends.Any(e => e == "harness"))
             {
                 throw new ArgumentException("--ends harness runs the teardown harness, which has no lock-step shape.");
@@ -333,6 +353,13 @@ internal static class HotPathCommand
         protected Run(Settings settings) => Settings = settings;
 
         protected Settings Settings { get; }
+
+        /// <summary>The SafeSockets ends' options: the defaults, or with --inline UnsafePreferInlineScheduling.</summary>
+        protected ManagedConnectionOptions ConnectionOptions => _connectionOptions ??= Settings.Inline
+            ? new ManagedConnectionOptions { UnsafePreferInlineScheduling = true }
+            : ManagedConnectionOptions.Default;
+
+        private ManagedConnectionOptions? _connectionOptions;
 
         public int[] Ports { get; protected set; } = [];
 
@@ -437,7 +464,7 @@ internal static class HotPathCommand
         /// drain to the peer's FIN, release).</summary>
         protected async Task ManagedClientAsync(EndPoint server, byte[] buffer)
         {
-            ManagedConnection client = await ManagedConnection.ConnectAsync(server);
+            ManagedConnection client = await ManagedConnection.ConnectAsync(server, ConnectionOptions);
             int done = 0;
             do
             {
@@ -506,7 +533,7 @@ internal static class HotPathCommand
             {
                 if (managedServer)
                 {
-                    ManagedListener listener = ManagedListener.Start(new IPEndPoint(IPAddress.Loopback, 0), new ManagedListenerOptions { Backlog = 1024 });
+                    ManagedListener listener = ManagedListener.Start(new IPEndPoint(IPAddress.Loopback, 0), new ManagedListenerOptions { Backlog = 1024, Connection = ConnectionOptions });
                     _listeners.Add(listener);
                     _endPoints.Add(listener.LocalEndPoint);
                     _ = AcceptManagedAsync(listener);
