@@ -17,7 +17,8 @@ public sealed class ConfigurationTests
             ("Connection:IdleTimeout", "00:02:00"),
             ("Connection:CloseWaitTimeout", "00:00:03"),
             ("Connection:MaxDrainBytes", "1024"),
-            ("Connection:WaitForDataBeforeAllocatingBuffer", "true"));
+            ("Connection:WaitForDataBeforeAllocatingBuffer", "true"),
+            ("Connection:UnsafePreferInlineScheduling", "true"));
         builder.Services.AddManagedListener<EchoHandler>(TestHosts.Name, o =>
         {
             o.Listener.Connection.DrainTimeout = TimeSpan.FromSeconds(10);
@@ -35,6 +36,7 @@ public sealed class ConfigurationTests
         Assert.Equal(TimeSpan.FromSeconds(3), options.Listener.Connection.CloseWaitTimeout);
         Assert.Equal(1024, options.Listener.Connection.MaxDrainBytes);
         Assert.True(options.Listener.Connection.WaitForDataBeforeAllocatingBuffer);
+        Assert.True(options.Listener.Connection.UnsafePreferInlineScheduling);
         Assert.Same(host.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), options.Listener.Connection.MeterFactory);
         await host.StopAsync().WithTimeout();
     }
