@@ -242,13 +242,17 @@ public sealed class ManagedConnectionOptions
     /// thread-pool hop, even when that thread is the runtime's socket event thread.</summary>
     /// <remarks>
     /// <para>Defaults to <see langword="false"/>: the application's code runs on thread-pool threads only. That matters
-    /// only where the runtime completes socket operations on its event thread, which .NET does when the environment
-    /// variable <c>DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1</c> is set for the process (read at start-up); otherwise
-    /// completions run on the pool and this option changes nothing.</para>
+    /// only where the runtime completes socket operations on its event thread, which .NET does on Unix when the
+    /// environment variable <c>DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1</c> is set for the process (read at
+    /// start-up); otherwise completions run on the pool and this option changes nothing.</para>
     /// <para>Unsafe, as Kestrel's <c>SocketTransportOptions.UnsafePreferInlineScheduling</c>: with both on, the code after
     /// the application's <c>await</c> of a read runs on the event thread, which serves every connection; if it blocks
     /// (a synchronous wait, a lock held long, heavy work), no other connection receives anything and no FIN is seen
-    /// until it returns. In exchange no thread-pool work item or wake-up is spent per read: in the <c>hotpath</c>
+    /// until it returns. That includes the library's own synchronous members after such a read: a
+    /// <see cref="ManagedConnection.GetStream"/> stream's <c>Read</c>, <c>Write</c> and <c>Dispose</c> (a plain
+    /// <c>using</c> of a stream that owns the connection closes it synchronously; so does a <c>StreamReader</c>'s
+    /// <c>ReadLine</c> or an <c>SslStream</c> disposing it) wait for completions that only that thread can deliver, and
+    /// then never return. In exchange no thread-pool work item or wake-up is spent per read: in the <c>hotpath</c>
     /// benchmark with 8 connections in flight, about 1.2x the cycles per second of raw sockets at the runtime's default
     /// and 0.8x their CPU per cycle (benchmarks/README.md).</para>
     /// </remarks>
