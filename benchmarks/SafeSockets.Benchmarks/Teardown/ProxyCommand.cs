@@ -19,6 +19,8 @@ internal static partial class ProxyCommand
         proxy [options]
           --requests N      requests per proxy per round (default 10000)
           --warmup W        requests per proxy before the measured ones (default 10000: until the JIT has settled)
+          --inline          every proxy's process with DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 (the .NET ones), the
+                            SafeSockets proxy with UnsafePreferInlineScheduling
           --concurrency C   requests in flight (ab -c; default 4)
           --rounds R        rounds (default 5)
           --no-install      do not install missing Debian packages (nginx-light, libnginx-mod-stream, apache2-utils)
@@ -41,10 +43,11 @@ internal static partial class ProxyCommand
         bool install = !args.Contains("--no-install");
         args = [.. args.Where(a => a != "--no-install")];
         int requests, concurrency, rounds, warmup;
+        bool inline = args.Contains("--inline");
         string? outDir;
         try
         {
-            ReliabilityCommands.CheckOptions(args, "proxy", "--requests", "--concurrency", "--rounds", "--warmup", "--out");
+            ReliabilityCommands.CheckOptions([.. args.Where(a => a != "--inline")], "proxy", "--requests", "--concurrency", "--rounds", "--warmup", "--out");
             requests = ReliabilityCommands.IntArg(args, "--requests", 10_000);
             concurrency = ReliabilityCommands.IntArg(args, "--concurrency", 4);
             rounds = ReliabilityCommands.IntArg(args, "--rounds", 5);
@@ -69,7 +72,7 @@ internal static partial class ProxyCommand
             return 2;
         }
 
-        Console.WriteLine($"proxy: ab -n {requests} -c {concurrency} after {warmup} warm-up requests (a new connection per request) -> proxy -> nginx (return 200, 64-byte body); "
+        Console.WriteLine($"proxy{(inline ? " --inline" : "")}: ab -n {requests} -c {concurrency} after {warmup} warm-up requests (a new connection per request) -> proxy -> nginx (return 200, 64-byte body); "
             + $"{rounds} rounds, each proxy in a fresh network namespace of its own, in an order rotating by round; proxies: raw sockets, SafeSockets (samples/HalfCloseProxy), nginx stream (proxy_half_close on); "
             + $"{Environment.ProcessorCount} cores, .NET {Environment.Version}.");
         var results = Proxies.ToDictionary(p => p, _ => new List<ProxyResult>());
@@ -81,7 +84,7 @@ internal static partial class ProxyCommand
             // counted as their CPU), and the raw proxy always ran first.
             foreach (string proxy in Proxies.Skip((round - 1) % Proxies.Length).Concat(Proxies.Take((round - 1) % Proxies.Length)))
             {
-                ProxyResult? one = await RunProxyChildAsync(proxy, requests, concurrency, warmup);
+                ProxyResult? one = await RunProxyChildAsync(proxy, requests, concurrency, warmup, inline);
                 if (one is not { } r)
                 {
                     return 1;
@@ -185,11 +188,13 @@ internal static partial class ProxyCommand
         }
     }
 
-    private static async Task<ProxyResult?> RunProxyChildAsync(string proxy, int requests, int concurrency, int warmup)
+    private static async Task<ProxyResult?> RunProxyChildAsync(string proxy, int requests, int concurrency, int warmup, bool inline)
     {
         string? stdout = await ChildRuns.RunAsync(
-            ["proxy-run", "--proxy", proxy, "--requests", ChildRuns.Invariant(requests), "--concurrency", ChildRuns.Invariant(concurrency), "--warmup", ChildRuns.Invariant(warmup)],
-            networkNamespace: true, TimeSpan.FromMinutes(10), $"proxy: a run of the {proxy} proxy");
+            ["proxy-run", "--proxy", proxy, "--requests", ChildRuns.Invariant(requests), "--concurrency", ChildRuns.Invariant(concurrency), "--warmup", ChildRuns.Invariant(warmup),
+                .. (inline ? (string[])["--inline"] : [])],
+            networkNamespace: true, TimeSpan.FromMinutes(10), $"proxy: a run of the {proxy} proxy",
+            inline ? new Dictionary<string, string> { ["DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS"] = "1" } : null);
         if (stdout is null)
         {
             return null;
@@ -214,6 +219,12 @@ internal static partial class ProxyCommand
         int requests = ReliabilityCommands.IntArg(args, "--requests", 10_000);
         int concurrency = ReliabilityCommands.IntArg(args, "--concurrency", 4);
         int warmup = ReliabilityCommands.IntArg(args, "--warmup", DefaultWarmup);
+        bool inline = args.Contains("--inline");
+        if (inline && Environment.GetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS") != "1")
+        {
+            throw new ArgumentException("--inline needs DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 in the process's environment (proxy sets it for its runs).");
+        }
+
         int at = Array.IndexOf(args, "--proxy");
         string proxy = at >= 0 && at + 1 < args.Length && Proxies.Contains(args[at + 1])
             ? args[at + 1]
@@ -238,7 +249,7 @@ internal static partial class ProxyCommand
             ProxyResult result = proxy switch
             {
                 "raw" => await InProcessAsync(new RawProxy(new IPEndPoint(IPAddress.Loopback, ProxyPort), upstreamEndPoint), ProxyPort, requests, concurrency, warmup),
-                "safesockets" => await InProcessAsync(new SafeSocketsProxy(new IPEndPoint(IPAddress.Loopback, ProxyPort), upstreamEndPoint), ProxyPort, requests, concurrency, warmup),
+                "safesockets" => await InProcessAsync(new SafeSocketsProxy(new IPEndPoint(IPAddress.Loopback, ProxyPort), upstreamEndPoint, inline), ProxyPort, requests, concurrency, warmup),
                 _ => await NginxProxyAsync(work, upstreamEndPoint, ProxyPort, requests, concurrency, warmup),
             };
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -438,9 +449,10 @@ internal static partial class ProxyCommand
         private readonly CancellationTokenSource _stop = new();
         private readonly Task _running;
 
-        public SafeSocketsProxy(IPEndPoint listen, IPEndPoint upstream)
+        public SafeSocketsProxy(IPEndPoint listen, IPEndPoint upstream, bool inline)
         {
             ManagedConnectionOptions options = HalfCloseProxy.Proxy.ConnectionOptions(HalfCloseProxy.Proxy.DefaultProxyTimeout);
+            options.UnsafePreferInlineScheduling = inline; // the pumps never block after a read: awaits only
             _listener = ManagedListener.Start(listen, new ManagedListenerOptions { Connection = options, Backlog = 1024 });
             _running = HalfCloseProxy.Proxy.RunAsync(_listener, upstream, options, _stop.Token);
         }
