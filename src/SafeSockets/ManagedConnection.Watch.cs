@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using SafeSockets.Internal;
 
 namespace SafeSockets;
@@ -32,6 +33,7 @@ public sealed partial class ManagedConnection
     // handler's work between two reads (microseconds).
     // Not a .NET timer: those run on the kernel's 4 ms coarse clock here; a thread of ours sleeps between looks.
     private const int WatchPeriodMilliseconds = 2;
+    private static readonly long s_watchPeriodTicks = Stopwatch.Frequency * WatchPeriodMilliseconds / 1000;
 
     // How long a loop must have stayed parked before the lazy watch watches it: a connection the application reads
     // without pause parks for microseconds between reads and is never watched (found by review: with no minimum, a
@@ -286,8 +288,11 @@ public sealed partial class ManagedConnection
     /// <summary>The lazy watch's thread: a look every period while connections are queued (and for a while after), else
     /// asleep until a push (the decision to sleep, taken with the lists read again, and a push's pulse are both under the
     /// lock: none is lost).</summary>
-    /// <remarks>Between looks it sleeps (one nanosleep), not on the monitor: a timed monitor wait cost several futex
-    /// calls per look (perf, 1 in flight: the watch's thread made about a third of the process's futex calls).</remarks>
+    /// <remarks>Between looks it sleeps, not on the monitor: a timed monitor wait cost several futex calls per look (perf,
+    /// 1 in flight: the watch's thread made about a third of the process's futex calls). Nor with
+    /// <see cref="Thread.Sleep(int)"/>, which the runtime implements on Linux as a timed condition wait (two futex calls
+    /// and a mutex per look; perf, the proxy benchmark: the watch's thread made more futex calls than all the pool's
+    /// workers together), but with one <c>nanosleep</c> where the platform has it (<see cref="PreciseSleep"/>).</remarks>
     private static void RunWatcher()
     {
         int idlePeriods = 0;
@@ -312,7 +317,7 @@ public sealed partial class ManagedConnection
                 idlePeriods = 0;
             }
 
-            Thread.Sleep(WatchPeriodMilliseconds);
+            PreciseSleep.Until(Stopwatch.GetTimestamp() + s_watchPeriodTicks);
             Volatile.Write(ref s_watchLooks, s_watchLooks + 1);
 
             // Parked loops first: a burst of new connections' keep-alive calls must not delay a FIN's detection.

@@ -207,7 +207,7 @@ internal static class HotPathCommand
     }
 
     /// <summary>Voluntary and involuntary context switches of the whole process so far (getrusage; Linux).</summary>
-    private static long ContextSwitches()
+    internal static long ContextSwitches()
     {
         if (!OperatingSystem.IsLinux())
         {

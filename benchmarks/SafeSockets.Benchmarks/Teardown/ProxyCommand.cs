@@ -270,8 +270,12 @@ internal static partial class ProxyCommand
             await AbAsync(port, warmup, concurrency); // warm-up: JIT, pools
             TimeSpan cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
             KernelCounters kernelBefore = KernelCounters.Read();
+            long workItemsBefore = ThreadPool.CompletedWorkItemCount;
+            long switchesBefore = HotPathCommand.ContextSwitches();
             AbResult ab = await AbAsync(port, requests, concurrency);
             TimeSpan cpu = Process.GetCurrentProcess().TotalProcessorTime - cpuBefore;
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"thread-pool work items {(double)(ThreadPool.CompletedWorkItemCount - workItemsBefore) / requests:N2} per request, context switches {(double)(HotPathCommand.ContextSwitches() - switchesBefore) / requests:N2} per request (the proxy's process)"));
             return new ProxyResult(ab.RequestsPerSecond, cpu.TotalMicroseconds / requests, ab.Completed, ab.Failed, ab.Non2xx, (KernelCounters.Read() - kernelBefore).OutRsts);
         }
     }
