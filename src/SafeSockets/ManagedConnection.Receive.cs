@@ -419,11 +419,16 @@ public sealed partial class ManagedConnection
                     caught = HandOffQueued(caught);
                     // Paused: the application is not reading. A FIN behind the unread bytes is invisible to a read, but not to the kernel.
                     // While paused the connection is not idle (bytes wait for the application), whatever arrives meanwhile.
-                    Volatile.Write(ref _inputPaused, true);
+                    Volatile.Write(ref _inputPause, InputPausedState);
                     StartFinProbe();
                     flush = await flushing.ConfigureAwait(false);
                     StopFinProbe();
-                    Volatile.Write(ref _inputPaused, false);
+                    if (Interlocked.Exchange(ref _inputPause, InputRunning) == InputPausedCountedByAbort)
+                    {
+                        // An abort counted what the kernel held while this loop was paused: not a byte more is read.
+                        return LoopExit.Aborted;
+                    }
+
                     NoteIo();
                 }
 

@@ -33,7 +33,16 @@ public sealed partial class ManagedConnection
     // The last byte received or handed to the kernel (IdleTimeout's clock; written only when the bound is on), and
     // whether the receive loop is paused behind bytes the application has not read (not idle either).
     private long _lastIo;
-    private bool _inputPaused;
+
+    // The receive loop's pause behind a full input, in one word: running; paused; or paused and counted by an abort.
+    // An abort that finds the loop paused counts what the kernel holds then (it takes the pause: paused -> counted);
+    // the loop, woken, finds its pause taken and reads no more. Whichever of the two takes the pause first wins, once.
+    private int _inputPause;
+    private const int InputRunning = 0;
+    private const int InputPausedState = 1;
+    private const int InputPausedCountedByAbort = 2;
+
+    private bool InputPaused => Volatile.Read(ref _inputPause) != InputRunning;
 
     // The kernel gave up on the peer (keep-alive or retransmissions timed out): latched, so whoever looks after it (a
     // running teardown, a failing send) says unreachable, not reset.
@@ -105,6 +114,16 @@ public sealed partial class ManagedConnection
                 {
                     // Stryker disable once Statement : ReleaseSocket below cancels the deadline too; one that fires in between finds the teardown begun and returns
                     _settings.Deadlines.Cancel(this);
+
+                    // A loop paused behind a full input (the application reads nothing) is woken by the release of the
+                    // input below and would read on, racing the release: what its reads took first was all that
+                    // counted (12-48 KiB of 48 KiB). Counted here while it is still paused; woken, it reads no more.
+                    bool counted = Interlocked.CompareExchange(ref _inputPause, InputPausedCountedByAbort, InputPausedState) == InputPausedState;
+                    if (counted)
+                    {
+                        CountUnreadInKernel();
+                    }
+
                     TakeInputForTeardown();
 
                     // A parked loop stays parked, and nobody else can wake it, until the socket is released: it must not
@@ -115,7 +134,7 @@ public sealed partial class ManagedConnection
                         // Also when a wake is on its way (a watch resumes the loop from the pool, or the watch's zero-byte
                         // read waits for it): the loop has not read since it parked, and once it runs it sees the abort and
                         // reads nothing.
-                        if (held || _park.IsWaking)
+                        if (!counted && (held || _park.IsWaking))
                         {
                             CountUnreadInKernel();
                         }
@@ -711,7 +730,7 @@ public sealed partial class ManagedConnection
             return long.MaxValue;
         }
 
-        if (SendInFlight() || Volatile.Read(ref _inputPaused))
+        if (SendInFlight() || InputPaused)
         {
             Volatile.Write(ref _lastIo, now);
         }

@@ -142,7 +142,7 @@ public sealed partial class ManagedConnection
     private bool _watchReadStarted;
 
     /// <summary>Whether the receive loop waits for the application to read what fills its input, for tests.</summary>
-    internal bool InputPausedForTest => Volatile.Read(ref _inputPaused);
+    internal bool InputPausedForTest => InputPaused;
 
     /// <summary>How many times the loop parked, for tests (a watched loop never parks).</summary>
     internal int LoopParksForTest => _park.Parks;

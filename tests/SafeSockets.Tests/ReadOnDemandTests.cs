@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net.Sockets;
+using SafeSockets.Diagnostics;
 using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
@@ -303,6 +304,34 @@ public sealed class ReadOnDemandTests
                 Assert.Equal(CloseOutcome.Aborted, result.Outcome);
                 Assert.Equal(Unread, result.BytesDrained);
                 return;
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Abort_OfALoopPausedBehindAFullInput_CountsEveryUnreadByteOnce()
+    {
+        // Found by mutation testing (P177/P185 had no test that could fail): the abort woke the paused loop, which then
+        // read on the aborting thread and on the pool while the abort released the socket, so BytesDrained counted only
+        // what those reads took first (12-48 KiB of 48 KiB). The abort now counts what the kernel holds while the loop
+        // is still paused, and the loop, woken, reads no more.
+        const int Sent = 48 * 1024;
+        var options = new ManagedConnectionOptions { MaxInputBufferSize = 4096 };
+        for (int i = 0; i < 10; i++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+            using (peer)
+            {
+                _ = connection.PeerClosed; // watched: the loop reads what arrives until the input is full, then pauses
+                await Peer.SendPatternAsync(peer, Sent);
+                await TestTimeouts.WaitUntilAsync(
+                    () => LazyWatchProbe.InputPaused(connection) && TcpConnectionInfo.Read(peer).UnackedSegments == 0,
+                    "the loop paused behind unread bytes, every byte in our kernel or the input");
+
+                connection.Abort();
+                CloseResult result = await connection.Completion.WithTimeout();
+                Assert.Equal(CloseOutcome.Aborted, result.Outcome);
+                Assert.Equal(Sent, result.BytesDrained);
             }
         }
     }
