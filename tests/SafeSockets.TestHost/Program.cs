@@ -17,11 +17,17 @@ if (args is ["inline-reader"])
     return await InlineReader.RunAsync();
 }
 
+if (args is ["exit-with-connections-open"])
+{
+    return await ExitWithConnectionsOpen.RunAsync();
+}
+
 if (args is not ["vanished-peer"])
 {
     Console.Error.WriteLine("usage: SafeSockets.TestHost vanished-peer   (inside `unshare -n`, as root)");
     Console.Error.WriteLine("       SafeSockets.TestHost blocking-reader");
     Console.Error.WriteLine("       SafeSockets.TestHost inline-reader");
+    Console.Error.WriteLine("       SafeSockets.TestHost exit-with-connections-open");
     return 2;
 }
 

@@ -116,6 +116,49 @@ public sealed class SynchronizationContextTests
     }
 
     [Fact]
+    public async Task ReceiveAsync_WakingTheParkedLoopOnTheCallersContext_TheLoopsPausedFlushResumesWithoutAPost()
+    {
+        // On-demand reads: a receive wakes the parked loop on the caller's thread, so the loop runs with the caller's
+        // context current (a UI thread's). Its first read takes 4 KiB from the kernel into an input that pauses at 1 KiB: its
+        // flush pauses there, on the caller's thread. When the application's next read frees the input, the flush must
+        // resume where that read runs, never by a post to the context the loop was woken on: a UI thread would run the
+        // loop's reads, or a blocked one would never run it and the loop would stop for good. (The context here runs what
+        // is posted on the pool, so a post is counted, not a hang.) Two things keep the post away, each enough alone: the
+        // input pipe is made with useSynchronizationContext: false (it then never captures a context), and the loop's
+        // await of the flush is ConfigureAwait(false). Seen failing (one post) with both undone, passing with either one.
+        const int Sent = 8 * 1024;
+        var options = new ManagedConnectionOptions { MaxInputBufferSize = 1024 };
+        (Socket peer, ManagedConnection connection) = await CreateKeptParkedAsync(options);
+        await using (connection)
+        using (peer)
+        {
+            Assert.Equal(Sent, peer.Send(Peer.Pattern(Sent)));
+            await TestTimeouts.WaitUntilAsync(() => connection.Socket.Available == Sent, "the bytes reached our kernel");
+
+            var context = new RecordingSynchronizationContext();
+            byte[] buffer = new byte[Sent];
+            ValueTask<int> first = context.Start(() => connection.ReceiveAsync(buffer.AsMemory(0, 16)));
+            Assert.True(first.IsCompleted, "the receive did not complete on the caller's thread (the loop was not woken there)");
+            Assert.Equal(16, await first);
+            Assert.True(LazyWatchProbe.InputPaused(connection), "the loop's flush did not pause on the caller's thread");
+
+            // Off the context: this read empties the input and resumes the paused flush.
+            int received = 16;
+            received += await connection.ReceiveAsync(buffer.AsMemory(received)).AsTask().WithTimeout();
+            Assert.Equal(0, context.Posts);
+            Assert.False(LazyWatchProbe.InputPaused(connection), "the read that emptied the input did not resume the loop's flush");
+
+            while (received < Sent)
+            {
+                received += await connection.ReceiveAsync(buffer.AsMemory(received)).AsTask().WithTimeout();
+            }
+
+            Assert.Equal(Peer.Pattern(Sent), buffer);
+            Assert.Equal(0, context.Posts);
+        }
+    }
+
+    [Fact]
     public async Task Adopt_OnABlockedContext_TheConnectionStillReceives()
     {
         // The receive loop starts by yielding; it must not yield to the caller's context (it would never start).
@@ -202,5 +245,77 @@ public sealed class SynchronizationContextTests
         await stop.WithTimeout();
         Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
         Assert.Equal(0, context.Posts);
+    }
+
+    /// <summary>A managed server end whose loop reads only when the application asks (the lazy watch leaves it parked);
+    /// the watch may have watched it in the instant before: then another one.</summary>
+    private static async Task<(Socket Peer, ManagedConnection Connection)> CreateKeptParkedAsync(ManagedConnectionOptions options)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+            if (await LazyWatchProbe.KeepParkedAsync(connection))
+            {
+                return (peer, connection);
+            }
+
+            connection.Abort();
+            peer.Dispose();
+            Assert.True(attempt < 5, "the lazy watch watched every new connection within its first instant");
+        }
+    }
+
+    /// <summary>A UI thread's context that is not blocked: it counts what is posted to it and runs it (on the pool, with
+    /// itself current, as a UI thread would run it with its own), so a post the library should not make is counted and
+    /// the connection still ends.</summary>
+    private sealed class RecordingSynchronizationContext : SynchronizationContext
+    {
+        private int _posts;
+
+        /// <summary>How many continuations were posted here.</summary>
+        public int Posts => Volatile.Read(ref _posts);
+
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            Interlocked.Increment(ref _posts);
+            ThreadPool.UnsafeQueueUserWorkItem(
+                static s =>
+                {
+                    (RecordingSynchronizationContext context, SendOrPostCallback callback, object? callbackState) = s;
+                    SynchronizationContext? previous = Current;
+                    SetSynchronizationContext(context);
+                    try
+                    {
+                        callback(callbackState);
+                    }
+                    finally
+                    {
+                        SetSynchronizationContext(previous);
+                    }
+                },
+                (this, d, state),
+                preferLocal: false);
+        }
+
+        public override void Send(SendOrPostCallback d, object? state) =>
+            throw new InvalidOperationException("The library never sends work to the caller's context.");
+
+        public override SynchronizationContext CreateCopy() => this;
+
+        /// <summary>Calls <paramref name="start"/> on this thread with this context current (as a UI event handler would),
+        /// then puts the previous context back.</summary>
+        public T Start<T>(Func<T> start)
+        {
+            SynchronizationContext? previous = Current;
+            SetSynchronizationContext(this);
+            try
+            {
+                return start();
+            }
+            finally
+            {
+                SetSynchronizationContext(previous);
+            }
+        }
     }
 }

@@ -7,7 +7,9 @@ namespace SafeSockets.Tests.Infrastructure;
 /// "key=value"; the test judges them.</summary>
 internal static class TestHostProcess
 {
-    public static async Task<Dictionary<string, string>> RunAsync(string[] arguments, bool unshare = false, IReadOnlyDictionary<string, string>? environment = null)
+    /// <summary>Runs the host with <paramref name="arguments"/> and returns the facts it printed; fails unless it exited by
+    /// itself with code 0 within <paramref name="exitWithin"/> (120 s if not given), and kills it if it did not.</summary>
+    public static async Task<Dictionary<string, string>> RunAsync(string[] arguments, bool unshare = false, IReadOnlyDictionary<string, string>? environment = null, TimeSpan? exitWithin = null)
     {
         string host = AppContext.BaseDirectory.Replace("SafeSockets.Tests", "SafeSockets.TestHost", StringComparison.Ordinal);
         string dll = Path.Combine(host, "SafeSockets.TestHost.dll");
@@ -25,10 +27,14 @@ internal static class TestHostProcess
             start.Environment[key] = value;
         }
 
+        TimeSpan bound = exitWithin ?? TimeSpan.FromSeconds(120);
         using Process process = Process.Start(start)!;
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(120));
-        Task<string> output = process.StandardOutput.ReadToEndAsync(timeout.Token);
-        Task<string> errors = process.StandardError.ReadToEndAsync(timeout.Token);
+
+        // The output ends when the process does (killed below if it does not exit in time); read within a bound of its own.
+        using var readTimeout = new CancellationTokenSource(bound + TimeSpan.FromSeconds(30));
+        Task<string> output = process.StandardOutput.ReadToEndAsync(readTimeout.Token);
+        Task<string> errors = process.StandardError.ReadToEndAsync(readTimeout.Token);
+        using var timeout = new CancellationTokenSource(bound);
         try
         {
             await process.WaitForExitAsync(timeout.Token);
@@ -36,7 +42,7 @@ internal static class TestHostProcess
         catch (OperationCanceledException)
         {
             process.Kill(entireProcessTree: true);
-            throw;
+            Assert.Fail($"the host did not exit within {bound.TotalSeconds:F0} s and was killed. stdout: {await ReadOrNoteAsync(output)} stderr: {await ReadOrNoteAsync(errors)}");
         }
 
         string stdout = await output;
@@ -46,5 +52,17 @@ internal static class TestHostProcess
             .Select(line => line.Split('=', 2))
             .Where(pair => pair.Length == 2)
             .ToDictionary(pair => pair[0], pair => pair[1]);
+    }
+
+    private static async Task<string> ReadOrNoteAsync(Task<string> read)
+    {
+        try
+        {
+            return await read;
+        }
+        catch (OperationCanceledException)
+        {
+            return "(not read in time)";
+        }
     }
 }
