@@ -64,7 +64,7 @@ internal static class HotPathCommand
         bool netns = settings.NetworkNamespace && ChildRuns.CanUnshare();
         Console.WriteLine($"hotpath: {string.Join(", ", settings.Ends)}; {settings.Shape}, {settings.Concurrency} in flight, {settings.Ports} ports, "
             + (settings.Requests > 1 ? $"{settings.Requests} requests per connection{(settings.PauseMilliseconds > 0 ? $" {settings.PauseMilliseconds} ms apart" : "")}, " : "")
-            + $"{settings.Cycles:N0} cycles a run after {Settings.Warmup:N0} warm-up, {settings.Pairs} alternating runs each, "
+            + $"{settings.Cycles:N0} cycles a run after at least {Settings.Warmup:N0} warm-up (until compilation settles), {settings.Pairs} alternating runs each, "
             + (netns ? "each run a fresh process in a fresh network namespace" : "each run a fresh process (shared network namespace)")
             + $"; {Environment.ProcessorCount} cores, .NET {Environment.Version}.");
         var runs = settings.Ends.ToDictionary(e => e, _ => new List<RunResult>());
@@ -165,7 +165,8 @@ internal static class HotPathCommand
 
         string ends = settings.Ends.Single();
         await using Run run = Run.Create(ends, settings);
-        await run.CyclesAsync(Settings.Warmup);
+        (int warmupCycles, long compiledInWarmup) = await WarmUpAsync(run);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"warm-up {warmupCycles:N0} cycles, {compiledInWarmup:N0} methods compiled"));
 
         GC.Collect();
         GC.WaitForPendingFinalizers();
@@ -206,6 +207,45 @@ internal static class HotPathCommand
         return 0;
     }
 
+    /// <summary>Runs cycles until tiered compilation has settled: at least <see cref="Settings.Warmup"/> cycles, then batches
+    /// until one of at least a second compiled at most a few methods (bounded: 1 minute more; the child run has 5).</summary>
+    /// <remarks>15,000 cycles were not enough at 8 in flight: perf showed SafeSockets' run still executing tier-0 and
+    /// instrumented code 5-6 s into the measured window (raw sockets: about 1 s), since it has more methods for the one
+    /// background compiler thread to promote on a saturated machine; that was counted as the library's cost per cycle.
+    /// A run of either kind is now measured only once compilation has settled.</remarks>
+    private static async Task<(int Cycles, long Compiled)> WarmUpAsync(Run run)
+    {
+        // Settled: a batch of a second or more compiled at most this many methods (the rarely called ones, a timer's or
+        // the lazy watch's, reach the runtime's 30 calls one by one for minutes; the hot ones are done by then).
+        const int SettledCompiles = 5;
+        long compiledBefore = System.Runtime.JitInfo.GetCompiledMethodCount();
+        await run.CyclesAsync(Settings.Warmup);
+        int cycles = Settings.Warmup;
+        long started = Stopwatch.GetTimestamp();
+        int batch = 2_000;
+        while (Stopwatch.GetElapsedTime(started) < TimeSpan.FromMinutes(1))
+        {
+            long compiled = System.Runtime.JitInfo.GetCompiledMethodCount();
+            long batchStart = Stopwatch.GetTimestamp();
+            await run.CyclesAsync(batch);
+            cycles += batch;
+            TimeSpan took = Stopwatch.GetElapsedTime(batchStart);
+            if (took < TimeSpan.FromSeconds(1))
+            {
+                // Batches of at least a second: the runtime waits 100 ms after the last new method before promoting any.
+                batch = (int)Math.Min(100_000, batch * 2);
+                continue;
+            }
+
+            if (System.Runtime.JitInfo.GetCompiledMethodCount() - compiled <= SettledCompiles)
+            {
+                break;
+            }
+        }
+
+        return (cycles, System.Runtime.JitInfo.GetCompiledMethodCount() - compiledBefore);
+    }
+
     /// <summary>Voluntary and involuntary context switches of the whole process so far (getrusage; Linux).</summary>
     internal static long ContextSwitches()
     {
@@ -237,8 +277,9 @@ internal static class HotPathCommand
 
     internal sealed record Settings
     {
-        // Long enough for tiered compilation to settle: with 2,000 the JIT's background thread still took 11-14% of the
-        // measured CPU (more for SafeSockets, which has more methods to compile), counted as the library's cost per cycle.
+        // The least warm-up (WarmUpAsync goes on until compilation settles): with 2,000 the JIT's background thread still
+        // took 11-14% of the measured CPU (more for SafeSockets, which has more methods to compile), counted as the
+        // library's cost per cycle; with 15,000 alone, 8 in flight still ran tier-0 code seconds into the measured window.
         public const int Warmup = 15_000;
 
         public IReadOnlyList<string> Ends { get; private set; } = ["raw", "managed"];
