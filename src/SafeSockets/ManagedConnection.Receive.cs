@@ -177,24 +177,41 @@ public sealed partial class ManagedConnection
 
     /// <summary>Step 0 of the teardown: nobody may read any more. From here on every byte that arrives is drained (read,
     /// counted, discarded); what the application left unread in the input is discarded and counted too.</summary>
-    private void TakeInputForTeardown()
+    private bool TakeInputForTeardown(bool countPausedLoop = false)
     {
         int previous = Interlocked.Or(ref _io, IoInputTaken);
         if ((previous & IoInputTaken) != 0)
         {
-            return;
+            return false;
         }
 
-        // If the loop is paused behind unread data, or about to flush, let it go on: its next read is drained. (Before
-        // the input may be given back below: after that the pipe may already serve another connection.)
-        _input.Writer.CancelPendingFlush();
-
-        if ((previous & IoPipe) != 0)
+        // The application owns Transport.Input's reader, or a ReceiveAsync holds it: wake it (a ReceiveAsync throws and
+        // completes the reader on its way out; Transport's reader gets a cancelled read, and its input completes after the
+        // drain). First, before the paused loop below can end: a loop whose pause an abort took completes the input at
+        // once, and the application must see the cancellation before that end, not a clean end of a cut-off input.
+        bool readerElsewhere = (previous & (IoPipe | IoReadActive)) != 0;
+        if (readerElsewhere)
         {
-            // The application owns Transport.Input's reader: wake it; its input completes after the drain.
             _input.Reader.CancelPendingRead();
         }
-        else if ((previous & IoReadActive) == 0)
+
+        // An abort: a loop paused behind a full input (the application reads nothing) is woken below and would read on,
+        // racing the release, so what its reads took first was all that counted (12-48 KiB of 48 KiB). Counted here
+        // while it is still paused; woken, it finds its pause taken and reads no more.
+        bool counted = countPausedLoop
+            && Interlocked.CompareExchange(ref _inputPause, InputPausedCountedByAbort, InputPausedState) == InputPausedState;
+        if (counted)
+        {
+            AfterAbortTookPauseForTest?.Invoke(this);
+            CountUnreadInKernel();
+        }
+
+        // If the loop is paused behind unread data, or about to flush, let it go on: its next read is drained (or, its
+        // pause taken by an abort, it ends). Before the input may be given back below: after that the pipe may already
+        // serve another connection.
+        _input.Writer.CancelPendingFlush();
+
+        if (!readerElsewhere)
         {
             // The reader is ours now. Discard (and count) what the application never read. The reader is completed after
             // the loop has completed the writer (LetGoOfInput): in that order the pipe keeps its buffer segment for the
@@ -203,12 +220,8 @@ public sealed partial class ManagedConnection
             DiscardUnreadInput();
             Volatile.Write(ref _inputReturnable, true);
         }
-        else
-        {
-            // A ReceiveAsync holds the reader: wake it; it throws and completes the reader on its way out.
-            _input.Reader.CancelPendingRead();
-        }
 
+        return counted;
     }
 
     /// <summary>Counts and drops what sits unread in the input (the teardown owns the reader).</summary>

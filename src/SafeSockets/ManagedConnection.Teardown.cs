@@ -115,16 +115,8 @@ public sealed partial class ManagedConnection
                     // Stryker disable once Statement : ReleaseSocket below cancels the deadline too; one that fires in between finds the teardown begun and returns
                     _settings.Deadlines.Cancel(this);
 
-                    // A loop paused behind a full input (the application reads nothing) is woken by the release of the
-                    // input below and would read on, racing the release: what its reads took first was all that
-                    // counted (12-48 KiB of 48 KiB). Counted here while it is still paused; woken, it reads no more.
-                    bool counted = Interlocked.CompareExchange(ref _inputPause, InputPausedCountedByAbort, InputPausedState) == InputPausedState;
-                    if (counted)
-                    {
-                        CountUnreadInKernel();
-                    }
-
-                    TakeInputForTeardown();
+                    // A loop paused behind a full input is counted while still paused (TakeInputForTeardown).
+                    bool counted = TakeInputForTeardown(countPausedLoop: true);
 
                     // A parked loop stays parked, and nobody else can wake it, until the socket is released: it must not
                     // read now. What the kernel holds unread is lost with the reset: counted, as a loop's read would have.
@@ -657,6 +649,9 @@ public sealed partial class ManagedConnection
             Volatile.Write(ref _lastActivity, _settings.TimeProvider.GetTimestamp());
         }
     }
+
+    /// <summary>Runs right after an abort took a paused loop's pause, for the connection given; for tests (process-wide).</summary>
+    internal static Action<ManagedConnection>? AfterAbortTookPauseForTest { get; set; }
 
     /// <summary>Runs between the guard's first look at our send side and its read of the kernel's view, for the connection
     /// given; for tests (a process-wide hook: it must check which connection it is called for).</summary>

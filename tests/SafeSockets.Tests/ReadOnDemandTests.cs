@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.IO.Pipelines;
 using System.Net.Sockets;
 using SafeSockets.Diagnostics;
 using SafeSockets.Tests.Infrastructure;
@@ -333,6 +334,53 @@ public sealed class ReadOnDemandTests
                 Assert.Equal(CloseOutcome.Aborted, result.Outcome);
                 Assert.Equal(Sent, result.BytesDrained);
             }
+        }
+    }
+
+    [Fact]
+    public async Task Abort_OfAPausedLoop_TheTransportReaderGetsACancelledReadBeforeTheInputEnds()
+    {
+        // Found by review of the fix above: the abort took the paused loop's pause before it took the input, and the
+        // application's AdvanceTo in between ended the pause; the loop, finding its pause taken, completed the input with
+        // no error, so the application's next read saw a clean end of input (a cut-off body looks complete) instead of
+        // the cancelled read Transport promises. The hook runs right after the abort took the pause.
+        var options = new ManagedConnectionOptions { MaxInputBufferSize = 4096 };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            PipeReader input = connection.Transport.Input;
+            await Peer.SendPatternAsync(peer, 48 * 1024);
+            ReadResult first = await input.ReadAsync().AsTask().WithTimeout();
+            await TestTimeouts.WaitUntilAsync(() => LazyWatchProbe.InputPaused(connection), "the loop paused behind unread bytes");
+
+            ReadResult? inTheWindow = null;
+            int calls = 0;
+            void ReadInTheWindow(ManagedConnection aborting)
+            {
+                if (!ReferenceEquals(aborting, connection) || calls++ > 0)
+                {
+                    return;
+                }
+
+                input.AdvanceTo(first.Buffer.End); // ends the pause: the loop resumes here, inline
+                Assert.True(input.TryRead(out ReadResult next), "the application's read found nothing to return");
+                inTheWindow = next;
+                input.AdvanceTo(next.Buffer.Start);
+            }
+
+            ManagedConnection.AfterAbortTookPauseForTest = ReadInTheWindow;
+            try
+            {
+                connection.Abort();
+            }
+            finally
+            {
+                ManagedConnection.AfterAbortTookPauseForTest = null;
+            }
+
+            Assert.Equal(1, calls);
+            Assert.True(inTheWindow!.Value.IsCanceled, "the application saw the end of its input before a cancelled read");
+            Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
         }
     }
 
