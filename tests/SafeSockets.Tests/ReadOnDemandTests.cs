@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using SafeSockets.Diagnostics;
+using SafeSockets.Internal;
 using SafeSockets.Tests.Infrastructure;
 
 namespace SafeSockets.Tests;
@@ -388,7 +389,9 @@ public sealed class ReadOnDemandTests
     public async Task Close_WithMuchUnreadInTheKernel_TheClosersThreadDrainsAtMostOneRead()
     {
         // Found by review: the teardown woke the parked loop on the closer's thread, which then drained there for as long
-        // as reads found bytes, before the flush, our FIN and the drain bound.
+        // as reads found bytes, before the flush, our FIN and the drain bound. (By the time the kernel holds this much the
+        // lazy watch has watched the loop, whose read is pending on the pool: the close wakes nothing on its thread here.
+        // The test below keeps the loop parked, or paused, so that the close does.)
         var clock = new RecordingClock("ReceiveLoopAsync");
         var options = new ManagedConnectionOptions { TimeProvider = clock, MaxDrainBytes = 64L << 20 };
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
@@ -432,6 +435,87 @@ public sealed class ReadOnDemandTests
             Assert.Equal(Total, result.BytesDrained);
             int onCloser = clock.Seen.Count(s => s.Thread == closerThread);
             Assert.True(onCloser <= 1, $"{onCloser} drained reads ran on the closer's thread");
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Close_WakingTheLoopOnTheClosersThread_ItDrainsExactlyOneReadThere_TheRestOnThePool(bool pausedBehindAFullInput)
+    {
+        // Found by mutation testing (R218, R331 at ea86270: the drain never moved to the pool): the test above lets the
+        // lazy watch watch its loop, whose read is then pending on the pool when the close comes, so the closer's thread
+        // drains nothing with or without the move. Here the close itself wakes the loop on its thread: a loop kept parked
+        // (never watched) is woken by the teardown's Drain, a loop paused behind a full input is resumed inline by its
+        // CancelPendingFlush (the input's writer scheduler is inline). Either way the kernel holds much, so every read
+        // completes at once: the loop must do its first read there and go on on the pool; kept on the closer's thread,
+        // it reads on there until the kernel is empty, holding the close (its FIN and its bounds) for as long as the peer
+        // keeps sending.
+        var clock = new RecordingClock("ReceiveLoopAsync");
+        var options = new ManagedConnectionOptions { TimeProvider = clock, MaxDrainBytes = 64L << 20 };
+        Socket peer;
+        ManagedConnection connection;
+        if (pausedBehindAFullInput)
+        {
+            options.MaxInputBufferSize = 4096;
+            (peer, connection) = await Loopback.CreateManagedServerAsync(options);
+            _ = connection.PeerClosed; // watched for good: the loop reads what arrives until the input is full, then pauses
+        }
+        else
+        {
+            (peer, connection) = await CreateKeptParkedAsync(options);
+        }
+
+        using (peer)
+        {
+            // Nobody reads: the kernel fills up (the peer's blocking sends go on as the drain makes room).
+            const int Total = 4 << 20;
+            Task sending = Task.Run(() =>
+            {
+                byte[] chunk = new byte[64 * 1024];
+                for (int sent = 0; sent < Total; sent += chunk.Length)
+                {
+                    peer.Send(chunk);
+                }
+
+                peer.Shutdown(SocketShutdown.Send);
+            });
+            await TestTimeouts.WaitUntilAsync(
+                () => Available(connection) > 32 * 1024 && (!pausedBehindAFullInput || LazyWatchProbe.InputPaused(connection)),
+                "the kernel holds much unread, behind a loop parked or paused");
+            if (!pausedBehindAFullInput)
+            {
+                LoopPark park = LazyWatchProbe.Park(connection);
+                Assert.True(park.IsParked && !park.IsWatched, "the kept-parked loop was woken or watched before the close");
+            }
+
+            clock.Seen.Clear();
+
+            // The closer's thread stays alive until the end, so no other thread can take its managed thread id.
+            int closerThread = 0;
+            Task<CloseResult>? close = null;
+            using var called = new ManualResetEventSlim();
+            using var done = new ManualResetEventSlim();
+            var closer = new Thread(() =>
+            {
+                closerThread = Environment.CurrentManagedThreadId;
+                close = connection.CloseAsync().AsTask();
+                called.Set();
+                done.Wait(TestTimeouts.Passing);
+            });
+            closer.Start();
+            Assert.True(called.Wait(TestTimeouts.Passing), "CloseAsync did not return");
+
+            await sending.WithTimeout();
+            CloseResult result = await close!.WithTimeout();
+            done.Set();
+            closer.Join();
+            Assert.Equal(CloseOutcome.Graceful, result.Outcome);
+            Assert.Equal(Total, result.BytesDrained);
+
+            // One clock read per drained read (the drain's activity); the loop reads the clock nowhere else here (no idle
+            // bound: NoteIo reads none).
+            Assert.Equal(1, clock.Seen.Count(s => s.Thread == closerThread));
         }
     }
 
@@ -522,11 +606,11 @@ public sealed class ReadOnDemandTests
 
     /// <summary>A connection whose loop stays parked until the application reads, asks for PeerClosed or closes (the lazy
     /// watch leaves it alone). The watch may have watched it in the instant before: then another one.</summary>
-    private static async Task<(Socket Peer, ManagedConnection Connection)> CreateKeptParkedAsync()
+    private static async Task<(Socket Peer, ManagedConnection Connection)> CreateKeptParkedAsync(ManagedConnectionOptions? options = null)
     {
         for (int attempt = 1; ; attempt++)
         {
-            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
             if (await LazyWatchProbe.KeepParkedAsync(connection))
             {
                 return (peer, connection);
