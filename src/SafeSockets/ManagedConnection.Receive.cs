@@ -185,6 +185,8 @@ public sealed partial class ManagedConnection
             return false;
         }
 
+        AfterInputTakenForTest?.Invoke(this);
+
         // The application owns Transport.Input's reader, or a ReceiveAsync holds it: wake it (a ReceiveAsync throws and
         // completes the reader on its way out; Transport's reader gets a cancelled read, and its input completes after the
         // drain). First, before the paused loop below can end: a loop whose pause an abort took completes the input at
@@ -510,6 +512,14 @@ public sealed partial class ManagedConnection
                 ReaderHandOff.Arm();
                 try
                 {
+                    // The teardown took the input from a Transport reader: the input never ends before that reader's
+                    // cancelled read, whoever gets there first (the teardown's CancelPendingRead may still be on its way
+                    // while this loop drained to the FIN; a clean end would make a cut-off body look complete).
+                    if ((Volatile.Read(ref _io) & (IoInputTaken | IoPipe)) == (IoInputTaken | IoPipe))
+                    {
+                        _input.Reader.CancelPendingRead();
+                    }
+
                     writer.Complete(pipeError);
                 }
                 finally

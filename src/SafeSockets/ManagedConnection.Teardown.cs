@@ -650,6 +650,10 @@ public sealed partial class ManagedConnection
         }
     }
 
+    /// <summary>Runs right after a teardown took the input (before it wakes a reader), for the connection given; for tests
+    /// (process-wide).</summary>
+    internal static Action<ManagedConnection>? AfterInputTakenForTest { get; set; }
+
     /// <summary>Runs right after an abort took a paused loop's pause, for the connection given; for tests (process-wide).</summary>
     internal static Action<ManagedConnection>? AfterAbortTookPauseForTest { get; set; }
 

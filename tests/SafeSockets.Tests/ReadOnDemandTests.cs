@@ -385,6 +385,68 @@ public sealed class ReadOnDemandTests
         }
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task CloseOrAbort_ALoopThatDrainsToTheFinBeforeTheReaderIsWoken_TheTransportReaderStillGetsACancelledRead(bool abort)
+    {
+        // Found by review: between the teardown taking the input and its CancelPendingRead, a running loop (its pause just
+        // ended by the application's AdvanceTo) drained the rest to the peer's FIN and completed the input with no error:
+        // the application's next read saw a clean end after 4 KiB of 48 KiB, a cut-off body looking complete. The loop
+        // now cancels the Transport reader's pending read itself before it completes an input the teardown took.
+        var options = new ManagedConnectionOptions { MaxInputBufferSize = 4096 };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            PipeReader input = connection.Transport.Input;
+            await Peer.SendPatternAsync(peer, 48 * 1024);
+            peer.Shutdown(SocketShutdown.Send);
+            ReadResult first = await input.ReadAsync().AsTask().WithTimeout();
+            await TestTimeouts.WaitUntilAsync(() => LazyWatchProbe.InputPaused(connection), "the loop paused behind unread bytes");
+
+            ReadResult? inTheWindow = null;
+            bool loopEnded = false;
+            void ReadInTheWindow(ManagedConnection closing)
+            {
+                if (!ReferenceEquals(closing, connection) || inTheWindow is not null)
+                {
+                    return;
+                }
+
+                // The application ends the pause on its own thread; the loop runs there (the pipe resumes it inline),
+                // drains to the FIN and ends, all before the closer's thread goes on.
+                Assert.True(Task.Run(() => input.AdvanceTo(first.Buffer.End)).Wait(TestTimeouts.Passing), "AdvanceTo did not return");
+                loopEnded = SpinWait.SpinUntil(() => connection.ReceiveLoopEnded, TestTimeouts.Passing);
+                Assert.True(input.TryRead(out ReadResult next), "the application's read found nothing to return");
+                inTheWindow = next;
+                input.AdvanceTo(next.Buffer.End);
+            }
+
+            ManagedConnection.AfterInputTakenForTest = ReadInTheWindow;
+            CloseResult result;
+            try
+            {
+                if (abort)
+                {
+                    connection.Abort();
+                    result = await connection.Completion.WithTimeout();
+                }
+                else
+                {
+                    result = await connection.CloseAsync().AsTask().WithTimeout();
+                }
+            }
+            finally
+            {
+                ManagedConnection.AfterInputTakenForTest = null;
+            }
+
+            Assert.True(loopEnded, "the loop did not drain to the FIN in the window");
+            Assert.True(inTheWindow!.Value.IsCanceled, "the application saw the end of its input before a cancelled read");
+            Assert.Equal(abort ? CloseOutcome.Aborted : CloseOutcome.Graceful, result.Outcome);
+        }
+    }
+
     [Fact]
     public async Task Close_WithMuchUnreadInTheKernel_TheClosersThreadDrainsAtMostOneRead()
     {
