@@ -318,6 +318,11 @@ public sealed partial class ManagedConnection
                 Memory<byte> memory = writer.GetMemory(readSize);
                 int received = await ReaderHandOff.Then(ReceiveOnceAsync(_socket, _receiveArgs, memory, token), TakeCaught(ref caught), this, s_onHandOffError);
                 bool draining = HasIo(IoInputTaken);
+                if (s_afterReadForTest is { } afterRead && received > 0 && !draining)
+                {
+                    afterRead(this);
+                }
+
                 waitForData = received < memory.Length && !draining;
                 if (received == 0)
                 {
@@ -428,6 +433,13 @@ public sealed partial class ManagedConnection
                 if (flushing.IsCompleted)
                 {
                     flush = flushing.Result;
+                    if (flush.IsCompleted && HasIo(IoInputTaken))
+                    {
+                        // The reader was completed before these bytes were flushed (a ReceiveAsync the teardown woke, on
+                        // its way out): the pipe dropped them, unseen, and nobody else counts them. (Bytes a paused flush
+                        // had made readable are counted by whoever discards the input.)
+                        Interlocked.Add(ref _bytesDrained, received);
+                    }
                 }
                 else
                 {

@@ -650,6 +650,16 @@ public sealed partial class ManagedConnection
         }
     }
 
+    /// <summary>Runs in the receive loop right after a read that got bytes for the application, before they are flushed to
+    /// the input, for the connection given; for tests (process-wide; a field: one load on the hot path when unset).</summary>
+    internal static Action<ManagedConnection>? AfterReadForTest
+    {
+        get => Volatile.Read(ref s_afterReadForTest);
+        set => Volatile.Write(ref s_afterReadForTest, value);
+    }
+
+    private static Action<ManagedConnection>? s_afterReadForTest;
+
     /// <summary>Runs right after a teardown took the input (before it wakes a reader), for the connection given; for tests
     /// (process-wide).</summary>
     internal static Action<ManagedConnection>? AfterInputTakenForTest { get; set; }

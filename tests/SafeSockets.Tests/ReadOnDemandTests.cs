@@ -448,6 +448,54 @@ public sealed class ReadOnDemandTests
     }
 
     [Fact]
+    public async Task Close_WhileAReceiveWaits_AndTheLoopHoldsAReadNotYetFlushed_CountsThatReadInBytesDrained()
+    {
+        // Found by review: the loop's read completed before the close took the input (so it was not a drain read); the
+        // close woke the waiting ReceiveAsync, which completed the reader on its way out; the loop's Advance of those
+        // bytes was then ignored by the pipe and they were counted nowhere (BytesDrained 45,056 of 49,152).
+        const int Sent = 48 * 1024;
+        var options = new ManagedConnectionOptions { MaxInputBufferSize = 4096 };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            // The receive wakes the parked loop on this thread: its read is pending, and so is the receive, when it returns.
+            byte[] buffer = new byte[1024];
+            Task<int> receiving = connection.ReceiveAsync(buffer).AsTask();
+            Assert.False(receiving.IsCompleted);
+
+            using var inTheWindow = new ManualResetEventSlim();
+            using var release = new ManualResetEventSlim();
+            int calls = 0;
+            ManagedConnection.AfterReadForTest = read =>
+            {
+                if (ReferenceEquals(read, connection) && Interlocked.Increment(ref calls) == 1)
+                {
+                    inTheWindow.Set();
+                    Assert.True(release.Wait(TestTimeouts.Passing), "the test never let the loop go on");
+                }
+            };
+            try
+            {
+                await Peer.SendPatternAsync(peer, Sent);
+                peer.Shutdown(SocketShutdown.Send);
+                Assert.True(inTheWindow.Wait(TestTimeouts.Passing), "the loop's read got no bytes");
+
+                ValueTask<CloseResult> closing = connection.CloseAsync();
+                await Assert.ThrowsAsync<ObjectDisposedException>(() => receiving.WithTimeout());
+                release.Set();
+                CloseResult result = await closing.AsTask().WithTimeout();
+                Assert.Equal(CloseOutcome.Graceful, result.Outcome);
+                Assert.Equal(Sent, result.BytesDrained);
+            }
+            finally
+            {
+                ManagedConnection.AfterReadForTest = null;
+                release.Set();
+            }
+        }
+    }
+
+    [Fact]
     public async Task Close_WithMuchUnreadInTheKernel_TheClosersThreadDrainsAtMostOneRead()
     {
         // Found by review: the teardown woke the parked loop on the closer's thread, which then drained there for as long
