@@ -133,7 +133,10 @@ public sealed partial class ManagedConnection
             if ((Interlocked.And(ref _io, ~IoReadActive) & IoInputTaken) != 0)
             {
                 // The teardown took the input while we held the reader: what is left unread is discarded (and counted),
-                // and we complete the reader.
+                // and we complete the reader. First the flag: a loop read not yet handed over sees it and counts its bytes
+                // itself, never advancing them (one the loop already advanced is in the input, and the discard counts it,
+                // unless its flush lands between the discard and the completion: a lower bound, docs/reliability.md).
+                Volatile.Write(ref _readerCompletedByTeardown, true);
                 try
                 {
                     DiscardUnreadInput();
@@ -400,6 +403,17 @@ public sealed partial class ManagedConnection
                     continue;
                 }
 
+                if (Volatile.Read(ref _readerCompletedByTeardown))
+                {
+                    // A read that completed just before the teardown took the input, and a ReceiveAsync the teardown woke
+                    // has completed the reader on its way out: the pipe would drop these bytes unseen. Counted here, never
+                    // advanced (so never counted twice); the next reads are the drain's. (If the reader completes after
+                    // this look, the pipe drops them uncounted: BytesDrained is then a lower bound, docs/reliability.md.)
+                    Interlocked.Add(ref _bytesDrained, received);
+                    discard = true;
+                    continue;
+                }
+
                 writer.Advance(received);
                 if (received >= memory.Length && readSize < MaximumReadSize)
                 {
@@ -433,13 +447,6 @@ public sealed partial class ManagedConnection
                 if (flushing.IsCompleted)
                 {
                     flush = flushing.Result;
-                    if (flush.IsCompleted && HasIo(IoInputTaken))
-                    {
-                        // The reader was completed before these bytes were flushed (a ReceiveAsync the teardown woke, on
-                        // its way out): the pipe dropped them, unseen, and nobody else counts them. (Bytes a paused flush
-                        // had made readable are counted by whoever discards the input.)
-                        Interlocked.Add(ref _bytesDrained, received);
-                    }
                 }
                 else
                 {

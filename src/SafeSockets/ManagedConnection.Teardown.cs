@@ -38,6 +38,9 @@ public sealed partial class ManagedConnection
     // An abort that finds the loop paused counts what the kernel holds then (it takes the pause: paused -> counted);
     // the loop, woken, finds its pause taken and reads no more. Whichever of the two takes the pause first wins, once.
     private int _inputPause;
+
+    // A ReceiveAsync the teardown woke completed the input's reader (the pipe then drops what the loop advances).
+    private bool _readerCompletedByTeardown;
     private const int InputRunning = 0;
     private const int InputPausedState = 1;
     private const int InputPausedCountedByAbort = 2;
