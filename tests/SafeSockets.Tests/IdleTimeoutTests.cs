@@ -129,7 +129,7 @@ public sealed class IdleTimeoutTests
             IdleTimeout = TimeSpan.FromSeconds(1),
             MaxInputBufferSize = 1, // the loop pauses behind any unread byte, and resumes once none is left
         };
-        (Socket peer, ManagedConnection connection) = await CreateKeptParkedAsync(options);
+        (Socket peer, ManagedConnection connection) = await LazyWatchProbe.CreateKeptParkedServerAsync(options);
         using (peer)
         {
             try
@@ -180,24 +180,6 @@ public sealed class IdleTimeoutTests
     private static Task WaitForTheIdleBoundAsync(ManagedConnection connection) => TestTimeouts.WaitUntilAsync(
         () => DeadlineProbe.IsArmed(connection, DeadlinePurpose.IdleBound) || connection.State != ConnectionState.Open,
         "the idle bound armed itself again, or closed");
-
-    /// <summary>A managed server end whose loop reads only when the application asks (the lazy watch leaves it parked);
-    /// the watch may have watched it in the instant before: then another one.</summary>
-    private static async Task<(Socket Peer, ManagedConnection Connection)> CreateKeptParkedAsync(ManagedConnectionOptions options)
-    {
-        for (int attempt = 1; ; attempt++)
-        {
-            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
-            if (await LazyWatchProbe.KeepParkedAsync(connection))
-            {
-                return (peer, connection);
-            }
-
-            connection.Abort();
-            peer.Dispose();
-            Assert.True(attempt < 5, "the lazy watch watched every new connection within its first instant");
-        }
-    }
 
     [Fact]
     public async Task Off_ByDefault()

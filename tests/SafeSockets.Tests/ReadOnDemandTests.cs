@@ -573,7 +573,7 @@ public sealed class ReadOnDemandTests
         }
         else
         {
-            (peer, connection) = await CreateKeptParkedAsync(options);
+            (peer, connection) = await LazyWatchProbe.CreateKeptParkedServerAsync(options);
         }
 
         using (peer)
@@ -634,7 +634,7 @@ public sealed class ReadOnDemandTests
     {
         // Without the lazy watch only the application's demand wakes the loop: a lost demand would be a receive that never
         // ends (with the watch, one that ends 2 ms late). Bytes already in the kernel are read on the caller's thread.
-        (Socket peer, ManagedConnection connection) = await CreateKeptParkedAsync();
+        (Socket peer, ManagedConnection connection) = await LazyWatchProbe.CreateKeptParkedServerAsync();
         await using (connection)
         using (peer)
         {
@@ -660,7 +660,7 @@ public sealed class ReadOnDemandTests
     {
         // The demand is answered by the bytes read for it: the loop goes back to its park, with no read pending (a loop
         // that kept reading would be the first edition's cost again, benchmarks/README.md, "Hot path").
-        (Socket peer, ManagedConnection connection) = await CreateKeptParkedAsync();
+        (Socket peer, ManagedConnection connection) = await LazyWatchProbe.CreateKeptParkedServerAsync();
         await using (connection)
         using (peer)
         {
@@ -681,7 +681,7 @@ public sealed class ReadOnDemandTests
     {
         // Whoever asks for PeerClosed wants the FIN seen at once: asking must wake the parked loop itself, not leave it to
         // the lazy watch.
-        (Socket peer, ManagedConnection connection) = await CreateKeptParkedAsync();
+        (Socket peer, ManagedConnection connection) = await LazyWatchProbe.CreateKeptParkedServerAsync();
         await using (connection)
         using (peer)
         {
@@ -711,24 +711,6 @@ public sealed class ReadOnDemandTests
             CloseResult result = await connection.Completion.WithTimeout();
             Assert.Equal(CloseOutcome.Aborted, result.Outcome);
             Assert.Equal(900, result.BytesDrained);
-        }
-    }
-
-    /// <summary>A connection whose loop stays parked until the application reads, asks for PeerClosed or closes (the lazy
-    /// watch leaves it alone). The watch may have watched it in the instant before: then another one.</summary>
-    private static async Task<(Socket Peer, ManagedConnection Connection)> CreateKeptParkedAsync(ManagedConnectionOptions? options = null)
-    {
-        for (int attempt = 1; ; attempt++)
-        {
-            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
-            if (await LazyWatchProbe.KeepParkedAsync(connection))
-            {
-                return (peer, connection);
-            }
-
-            connection.Abort();
-            peer.Dispose();
-            Assert.True(attempt < 5, "the lazy watch watched every new connection within its first instant");
         }
     }
 

@@ -128,7 +128,7 @@ public sealed class SynchronizationContextTests
         // await of the flush is ConfigureAwait(false). Seen failing (one post) with both undone, passing with either one.
         const int Sent = 8 * 1024;
         var options = new ManagedConnectionOptions { MaxInputBufferSize = 1024 };
-        (Socket peer, ManagedConnection connection) = await CreateKeptParkedAsync(options);
+        (Socket peer, ManagedConnection connection) = await LazyWatchProbe.CreateKeptParkedServerAsync(options);
         await using (connection)
         using (peer)
         {
@@ -245,24 +245,6 @@ public sealed class SynchronizationContextTests
         await stop.WithTimeout();
         Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
         Assert.Equal(0, context.Posts);
-    }
-
-    /// <summary>A managed server end whose loop reads only when the application asks (the lazy watch leaves it parked);
-    /// the watch may have watched it in the instant before: then another one.</summary>
-    private static async Task<(Socket Peer, ManagedConnection Connection)> CreateKeptParkedAsync(ManagedConnectionOptions options)
-    {
-        for (int attempt = 1; ; attempt++)
-        {
-            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
-            if (await LazyWatchProbe.KeepParkedAsync(connection))
-            {
-                return (peer, connection);
-            }
-
-            connection.Abort();
-            peer.Dispose();
-            Assert.True(attempt < 5, "the lazy watch watched every new connection within its first instant");
-        }
     }
 
     /// <summary>A UI thread's context that is not blocked: it counts what is posted to it and runs it (on the pool, with

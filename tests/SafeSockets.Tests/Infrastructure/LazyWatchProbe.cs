@@ -1,9 +1,11 @@
+using System.Net.Sockets;
 using SafeSockets.Internal;
 
 namespace SafeSockets.Tests.Infrastructure;
 
-/// <summary>Read-only looks at the receive loop's park and the lazy watch's thread (ManagedConnection.Watch.cs), for
-/// tests that must know where they stand before they act: they wait for these states, they never set them.</summary>
+/// <summary>Looks at the receive loop's park and the lazy watch's thread (ManagedConnection.Watch.cs), for
+/// tests that must know where they stand before they act (they wait for these states), and the one way tests keep a
+/// loop parked (a connection the lazy watch leaves alone).</summary>
 internal static class LazyWatchProbe
 {
     /// <summary>Whether the receive loop waits for the application to read what fills its input (backpressure).</summary>
@@ -33,5 +35,24 @@ internal static class LazyWatchProbe
         connection.KeepParkedForTest();
         await TestTimeouts.WaitUntilAsync(() => WatchLooks >= looks + 2, "two looks of the lazy watch");
         return !Park(connection).IsWatched;
+    }
+
+    /// <summary>A managed server end (and its raw peer) whose loop stays parked until the application reads, asks for
+    /// PeerClosed or closes (the lazy watch leaves it alone). The watch may have watched it in the instant before: then
+    /// another one.</summary>
+    public static async Task<(Socket Peer, ManagedConnection Connection)> CreateKeptParkedServerAsync(ManagedConnectionOptions? options = null)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+            if (await KeepParkedAsync(connection))
+            {
+                return (peer, connection);
+            }
+
+            connection.Abort();
+            peer.Dispose();
+            Assert.True(attempt < 5, "the lazy watch watched every new connection within its first instant");
+        }
     }
 }
