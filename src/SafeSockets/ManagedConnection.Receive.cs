@@ -134,8 +134,8 @@ public sealed partial class ManagedConnection
             {
                 // The teardown took the input while we held the reader: what is left unread is discarded (and counted),
                 // and we complete the reader. First the flag: a loop read not yet handed over sees it and counts its bytes
-                // itself, never advancing them (one the loop already advanced is in the input, and the discard counts it,
-                // unless its flush lands between the discard and the completion: a lower bound, docs/reliability.md).
+                // itself, never advancing them (one the loop flushed before the discard is counted by it; one whose loop
+                // looked before the flag and flushes after the discard is not: a lower bound, docs/reliability.md).
                 Volatile.Write(ref _readerCompletedByTeardown, true);
                 try
                 {

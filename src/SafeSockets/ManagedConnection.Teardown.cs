@@ -38,14 +38,15 @@ public sealed partial class ManagedConnection
     // An abort that finds the loop paused counts what the kernel holds then (it takes the pause: paused -> counted);
     // the loop, woken, finds its pause taken and reads no more. Whichever of the two takes the pause first wins, once.
     private int _inputPause;
-
-    // A ReceiveAsync the teardown woke completed the input's reader (the pipe then drops what the loop advances).
-    private bool _readerCompletedByTeardown;
     private const int InputRunning = 0;
     private const int InputPausedState = 1;
     private const int InputPausedCountedByAbort = 2;
 
     private bool InputPaused => Volatile.Read(ref _inputPause) != InputRunning;
+
+    // A ReceiveAsync the teardown woke completes the input's reader (the pipe then drops what the loop advances): raised
+    // first, so a loop read not yet handed over is counted by the loop and never advanced.
+    private bool _readerCompletedByTeardown;
 
     // The kernel gave up on the peer (keep-alive or retransmissions timed out): latched, so whoever looks after it (a
     // running teardown, a failing send) says unreachable, not reset.
