@@ -509,38 +509,11 @@ public sealed class ReadOnDemandTests
         {
             // Nobody reads: the kernel fills up (the peer's blocking sends go on as the drain makes room).
             const int Total = 4 << 20;
-            Task sending = Task.Run(() =>
-            {
-                byte[] chunk = new byte[64 * 1024];
-                for (int sent = 0; sent < Total; sent += chunk.Length)
-                {
-                    peer.Send(chunk);
-                }
-
-                peer.Shutdown(SocketShutdown.Send);
-            });
+            Task sending = SendThenFinAsync(peer, Total);
             await TestTimeouts.WaitUntilAsync(() => Available(connection) > 32 * 1024, "the kernel holds much unread");
             clock.Seen.Clear();
 
-            // The closer's thread stays alive until the end, so no other thread can take its managed thread id.
-            int closerThread = 0;
-            Task<CloseResult>? close = null;
-            using var called = new ManualResetEventSlim();
-            using var done = new ManualResetEventSlim();
-            var closer = new Thread(() =>
-            {
-                closerThread = Environment.CurrentManagedThreadId;
-                close = connection.CloseAsync().AsTask();
-                called.Set();
-                done.Wait(TestTimeouts.Passing);
-            });
-            closer.Start();
-            Assert.True(called.Wait(TestTimeouts.Passing), "CloseAsync did not return");
-
-            await sending.WithTimeout();
-            CloseResult result = await close!.WithTimeout();
-            done.Set();
-            closer.Join();
+            (int closerThread, CloseResult result) = await CloseOnAThreadOfItsOwnAsync(connection, sending);
             Assert.Equal(CloseOutcome.Graceful, result.Outcome);
             Assert.Equal(Total, result.BytesDrained);
             int onCloser = clock.Seen.Count(s => s.Thread == closerThread);
@@ -580,16 +553,7 @@ public sealed class ReadOnDemandTests
         {
             // Nobody reads: the kernel fills up (the peer's blocking sends go on as the drain makes room).
             const int Total = 4 << 20;
-            Task sending = Task.Run(() =>
-            {
-                byte[] chunk = new byte[64 * 1024];
-                for (int sent = 0; sent < Total; sent += chunk.Length)
-                {
-                    peer.Send(chunk);
-                }
-
-                peer.Shutdown(SocketShutdown.Send);
-            });
+            Task sending = SendThenFinAsync(peer, Total);
             await TestTimeouts.WaitUntilAsync(
                 () => Available(connection) > 32 * 1024 && (!pausedBehindAFullInput || LazyWatchProbe.InputPaused(connection)),
                 "the kernel holds much unread, behind a loop parked or paused");
@@ -601,25 +565,7 @@ public sealed class ReadOnDemandTests
 
             clock.Seen.Clear();
 
-            // The closer's thread stays alive until the end, so no other thread can take its managed thread id.
-            int closerThread = 0;
-            Task<CloseResult>? close = null;
-            using var called = new ManualResetEventSlim();
-            using var done = new ManualResetEventSlim();
-            var closer = new Thread(() =>
-            {
-                closerThread = Environment.CurrentManagedThreadId;
-                close = connection.CloseAsync().AsTask();
-                called.Set();
-                done.Wait(TestTimeouts.Passing);
-            });
-            closer.Start();
-            Assert.True(called.Wait(TestTimeouts.Passing), "CloseAsync did not return");
-
-            await sending.WithTimeout();
-            CloseResult result = await close!.WithTimeout();
-            done.Set();
-            closer.Join();
+            (int closerThread, CloseResult result) = await CloseOnAThreadOfItsOwnAsync(connection, sending);
             Assert.Equal(CloseOutcome.Graceful, result.Outcome);
             Assert.Equal(Total, result.BytesDrained);
 
@@ -713,6 +659,48 @@ public sealed class ReadOnDemandTests
             Assert.Equal(900, result.BytesDrained);
         }
     }
+
+    /// <summary>Calls CloseAsync on a thread of its own, which stays alive until the close and <paramref name="alsoWaitFor"/>
+    /// have ended (so no other thread can take its managed thread id); returns that id and the result.</summary>
+    private static async Task<(int CloserThread, CloseResult Result)> CloseOnAThreadOfItsOwnAsync(ManagedConnection connection, Task alsoWaitFor)
+    {
+        int closerThread = 0;
+        Task<CloseResult>? close = null;
+        using var called = new ManualResetEventSlim();
+        using var done = new ManualResetEventSlim();
+        var closer = new Thread(() =>
+        {
+            closerThread = Environment.CurrentManagedThreadId;
+            close = connection.CloseAsync().AsTask();
+            called.Set();
+            done.Wait(TestTimeouts.Passing);
+        });
+        closer.Start();
+        Assert.True(called.Wait(TestTimeouts.Passing), "CloseAsync did not return");
+        try
+        {
+            await alsoWaitFor.WithTimeout();
+            return (closerThread, await close!.WithTimeout());
+        }
+        finally
+        {
+            done.Set();
+            closer.Join();
+        }
+    }
+
+    /// <summary>The peer sends <paramref name="total"/> bytes in blocking 64 KiB sends (they go on as the drain makes room),
+    /// then its FIN, on a pool thread.</summary>
+    private static Task SendThenFinAsync(Socket peer, int total) => Task.Run(() =>
+    {
+        byte[] chunk = new byte[64 * 1024];
+        for (int sent = 0; sent < total; sent += chunk.Length)
+        {
+            peer.Send(chunk);
+        }
+
+        peer.Shutdown(SocketShutdown.Send);
+    });
 
     private static int Available(ManagedConnection connection)
     {

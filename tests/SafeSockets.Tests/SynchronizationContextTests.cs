@@ -286,18 +286,6 @@ public sealed class SynchronizationContextTests
 
         /// <summary>Calls <paramref name="start"/> on this thread with this context current (as a UI event handler would),
         /// then puts the previous context back.</summary>
-        public T Start<T>(Func<T> start)
-        {
-            SynchronizationContext? previous = Current;
-            SetSynchronizationContext(this);
-            try
-            {
-                return start();
-            }
-            finally
-            {
-                SetSynchronizationContext(previous);
-            }
-        }
+        public T Start<T>(Func<T> start) => SynchronizationContextScope.Run(this, start);
     }
 }
