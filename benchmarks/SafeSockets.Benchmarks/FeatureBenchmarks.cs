@@ -7,30 +7,42 @@ using Pipelines.Sockets.Unofficial;
 
 namespace SafeSockets.Benchmarks;
 
-/// <summary>A connected loopback pair kept for the whole benchmark: raw sockets and managed connections.</summary>
+/// <summary>Loopback listeners on <see cref="CycleJobAttribute.Ports"/> ports and connected pairs made on them in turn:
+/// raw sockets and managed connections.</summary>
 public abstract class PairBenchmark
 {
-    protected Socket? Listener { get; private set; }
-
-    protected EndPoint? EndPoint { get; private set; }
+    private readonly Socket[] _listeners = new Socket[CycleJobAttribute.Ports];
+    private readonly EndPoint[] _endPoints = new EndPoint[CycleJobAttribute.Ports];
+    private int _next;
 
     [GlobalSetup]
     public virtual void Setup()
     {
-        Listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        Listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        Listener.Listen(512);
-        EndPoint = Listener.LocalEndPoint;
+        for (int i = 0; i < _listeners.Length; i++)
+        {
+            _listeners[i] = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            _listeners[i].Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            _listeners[i].Listen(512);
+            _endPoints[i] = _listeners[i].LocalEndPoint!;
+        }
     }
 
     [GlobalCleanup]
-    public virtual void Cleanup() => Listener?.Dispose();
+    public virtual void Cleanup()
+    {
+        foreach (Socket listener in _listeners)
+        {
+            listener?.Dispose();
+        }
+    }
 
+    /// <summary>A connected pair on the next port, both ends with Nagle off.</summary>
     protected async Task<(Socket Client, Socket Server)> RawPairAsync()
     {
-        Task<Socket> accept = Listener!.AcceptAsync();
+        int port = _next++ % _listeners.Length;
+        Task<Socket> accept = _listeners[port].AcceptAsync();
         var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        await client.ConnectAsync(EndPoint!);
+        await client.ConnectAsync(_endPoints[port]);
         Socket server = await accept;
         server.NoDelay = true;
         return (client, server);
@@ -39,101 +51,137 @@ public abstract class PairBenchmark
 
 /// <summary>Half-close round trip on a fresh connection: the client sends a request and its FIN, the server reads to the
 /// FIN, answers and closes, the client reads the answer to the end. The classic <c>nc -N</c> protocol.</summary>
+[CycleJob]
 public class HalfCloseRoundTripBenchmarks : PairBenchmark
 {
     private readonly byte[] _request = new byte[128];
     private readonly byte[] _answer = new byte[128];
+    private readonly byte[] _buffer = new byte[256];
 
-    [Benchmark(Baseline = true)]
+    [Benchmark(Baseline = true, OperationsPerInvoke = CycleJobAttribute.CyclesPerInvoke)]
     public async Task Raw()
+    {
+        for (int i = 0; i < CycleJobAttribute.CyclesPerInvoke; i++)
+        {
+            await RawRoundTripAsync();
+        }
+    }
+
+    [Benchmark(OperationsPerInvoke = CycleJobAttribute.CyclesPerInvoke)]
+    public async Task Managed()
+    {
+        for (int i = 0; i < CycleJobAttribute.CyclesPerInvoke; i++)
+        {
+            await ManagedRoundTripAsync();
+        }
+    }
+
+    private async Task RawRoundTripAsync()
     {
         (Socket client, Socket server) = await RawPairAsync();
         using (client)
         using (server)
         {
-            byte[] buffer = new byte[256];
             await client.SendAsync(_request, SocketFlags.None);
             client.Shutdown(SocketShutdown.Send);
-            while (await server.ReceiveAsync(buffer, SocketFlags.None) > 0)
+            while (await server.ReceiveAsync(_buffer, SocketFlags.None) > 0)
             {
             }
 
             await server.SendAsync(_answer, SocketFlags.None);
             server.Shutdown(SocketShutdown.Send);
-            while (await client.ReceiveAsync(buffer, SocketFlags.None) > 0)
+            while (await client.ReceiveAsync(_buffer, SocketFlags.None) > 0)
             {
             }
         }
     }
 
-    [Benchmark]
-    public async Task Managed()
+    /// <summary>The raw round trip's order: the server's close finds the client's FIN already read, and the client's
+    /// close finds the server's FIN after its read to the end.</summary>
+    private async Task ManagedRoundTripAsync()
     {
         (Socket rawClient, Socket rawServer) = await RawPairAsync();
         ManagedConnection client = ManagedConnection.Adopt(rawClient);
         ManagedConnection server = ManagedConnection.Adopt(rawServer);
-        byte[] buffer = new byte[256];
         await client.SendAsync(_request);
         await client.ShutdownSendAsync();
-        while (await server.ReceiveAsync(buffer) > 0)
+        while (await server.ReceiveAsync(_buffer) > 0)
         {
         }
 
         await server.SendAsync(_answer);
-        ValueTask<CloseResult> serverClose = server.CloseAsync();
-        while (await client.ReceiveAsync(buffer) > 0)
+        CloseResult serverClose = await server.CloseAsync();
+        while (await client.ReceiveAsync(_buffer) > 0)
         {
         }
 
-        await client.CloseAsync();
-        await serverClose;
+        CloseResult clientClose = await client.CloseAsync();
+        if (serverClose.Outcome != CloseOutcome.Graceful || clientClose.Outcome != CloseOutcome.Graceful)
+        {
+            throw new IOException($"a close ended {clientClose.Outcome} / {serverClose.Outcome}");
+        }
     }
 }
 
 /// <summary>Drain of N unread bytes before close: the server closes while the client still sends N bytes, then FIN.
-/// Raw baseline: the hand-written drain (Shutdown(Send), read and discard to EOF).</summary>
+/// Raw baseline: the hand-written drain (Shutdown(Send), read and discard to EOF into a buffer kept for the run, as a
+/// careful hand-written server would; until session 11 it allocated a fresh 4 KiB buffer per drain, which flattered the
+/// library's allocation ratio).</summary>
+[CycleJob]
 public class DrainBenchmarks : PairBenchmark
 {
     [Params(4 * 1024, 256 * 1024)]
     public int Bytes { get; set; }
 
+    private readonly byte[] _scratch = new byte[4096];
+    private readonly byte[] _clientBuffer = new byte[64];
     private byte[] _payload = [];
+    private ManagedConnectionOptions _options = new();
 
     public override void Setup()
     {
         base.Setup();
         _payload = new byte[Bytes];
+        _options = new ManagedConnectionOptions { MaxDrainBytes = Bytes * 2L };
     }
 
-    [Benchmark(Baseline = true)]
+    [Benchmark(Baseline = true, OperationsPerInvoke = CycleJobAttribute.CyclesPerInvoke)]
     public async Task RawHandWrittenDrain()
     {
-        (Socket client, Socket server) = await RawPairAsync();
-        using (client)
-        using (server)
+        for (int i = 0; i < CycleJobAttribute.CyclesPerInvoke; i++)
         {
-            Task send = SendThenFinAsync(client);
-            server.Shutdown(SocketShutdown.Send);
-            byte[] scratch = new byte[4096];
-            while (await server.ReceiveAsync(scratch, SocketFlags.None) > 0)
+            (Socket client, Socket server) = await RawPairAsync();
+            using (client)
+            using (server)
             {
-            }
+                Task send = SendThenFinAsync(client);
+                server.Shutdown(SocketShutdown.Send);
+                while (await server.ReceiveAsync(_scratch, SocketFlags.None) > 0)
+                {
+                }
 
-            await send;
+                await send;
+            }
         }
     }
 
-    [Benchmark]
+    [Benchmark(OperationsPerInvoke = CycleJobAttribute.CyclesPerInvoke)]
     public async Task ManagedCloseAsync()
     {
-        (Socket client, Socket rawServer) = await RawPairAsync();
-        using (client)
+        for (int i = 0; i < CycleJobAttribute.CyclesPerInvoke; i++)
         {
-            var options = new ManagedConnectionOptions { MaxDrainBytes = Bytes * 2L };
-            ManagedConnection server = ManagedConnection.Adopt(rawServer, options);
-            Task send = SendThenFinAsync(client);
-            await server.CloseAsync();
-            await send;
+            (Socket client, Socket rawServer) = await RawPairAsync();
+            using (client)
+            {
+                ManagedConnection server = ManagedConnection.Adopt(rawServer, _options);
+                Task send = SendThenFinAsync(client);
+                CloseResult result = await server.CloseAsync();
+                await send;
+                if (result.Outcome != CloseOutcome.Graceful || result.BytesDrained != Bytes)
+                {
+                    throw new IOException($"the close ended {result.Outcome} after draining {result.BytesDrained} of {Bytes} bytes");
+                }
+            }
         }
     }
 
@@ -141,14 +189,14 @@ public class DrainBenchmarks : PairBenchmark
     {
         await client.SendAsync(_payload, SocketFlags.None);
         client.Shutdown(SocketShutdown.Send);
-        byte[] buffer = new byte[64];
-        while (await client.ReceiveAsync(buffer, SocketFlags.None) > 0)
+        while (await client.ReceiveAsync(_clientBuffer, SocketFlags.None) > 0)
         {
         }
     }
 }
 
 /// <summary>Lease acquire/release on a live connection, against the cost of a raw socket's nothing (an Interlocked pair).</summary>
+[CycleJob]
 public class LeaseBenchmarks : PairBenchmark
 {
     private ManagedConnection? _connection;
@@ -184,6 +232,7 @@ public class LeaseBenchmarks : PairBenchmark
 
 /// <summary>Echo throughput through the pipe surface: 64 KiB written, echoed back, read. Raw sockets as the baseline,
 /// SafeSockets' <see cref="ManagedConnection.Transport"/> and Pipelines.Sockets.Unofficial's SocketConnection.</summary>
+[CycleJob]
 public class PipeEchoBenchmarks : PairBenchmark
 {
     private const int Size = 64 * 1024;
