@@ -384,6 +384,12 @@ public sealed partial class ManagedConnection
                     {
                         return LoopExit.DrainLimitExceeded;
                     }
+                    if (received >= memory.Length && readSize < MaximumReadSize)
+                    {
+                        // A peer still sending: fewer, larger reads, as for the application (the memory is reused).
+                        readSize *= 2;
+                    }
+
                     if (!drainMovedToPool)
                     {
                         // The drain may have begun on the closer's thread (the teardown woke the parked loop, or its

@@ -187,7 +187,9 @@ public sealed class DrainBeforeCloseTests
             await flood.WithTimeout();
 
             Assert.Equal(CloseOutcome.DrainLimitExceeded, result.Outcome);
-            Assert.True(result.BytesDrained > options.MaxDrainBytes);
+
+            // Past the cap by at most one read (the drain's reads grow to 64 KiB against a peer that keeps sending).
+            Assert.InRange(result.BytesDrained, options.MaxDrainBytes + 1, options.MaxDrainBytes + (64 * 1024));
             Assert.Equal(ConnectionState.Closed, server.State);
         }
     }
