@@ -250,6 +250,7 @@ public sealed partial class ManagedConnection
         ReaderHandOff.Continuation caught = default;
         bool inputCompleted = false;
         bool drainMovedToPool = false;
+        int fullDrainReads = 0;
         try
         {
             bool discard = false;
@@ -384,10 +385,11 @@ public sealed partial class ManagedConnection
                     {
                         return LoopExit.DrainLimitExceeded;
                     }
-                    if (received >= memory.Length && readSize < MaximumReadSize)
+                    if (received >= memory.Length && readSize < MaximumReadSize && ++fullDrainReads >= 2)
                     {
-                        // A peer still sending: fewer, larger reads, as for the application (the memory is reused).
-                        readSize *= 2;
+                        // A second read that filled its buffer: a peer still sending in bulk. Read 64 KiB at a time from
+                        // here (one larger buffer, taken once and reused); a short drain keeps the buffer it has.
+                        readSize = MaximumReadSize;
                     }
 
                     if (!drainMovedToPool)
