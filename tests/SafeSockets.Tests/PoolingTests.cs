@@ -125,4 +125,29 @@ public sealed class PoolingTests
         Assert.Equal(0, misuses);
         Assert.True(rented - rentedBefore > created - createdBefore, $"no pooled operation was reused ({rented - rentedBefore} rents, {created - createdBefore} created)");
     }
+    [Fact]
+    public async Task StripedCounters_ManyThreadsAddingAndTakingAway_SumToExactlyWhatWasCounted()
+    {
+        // Threads move between processors while they count: an increment and its decrement land on different rows.
+        var counters = new SafeSockets.Internal.StripedCounters(3);
+        Task[] workers = Enumerable.Range(0, 8).Select(w => Task.Run(() =>
+        {
+            for (int i = 0; i < 20_000; i++)
+            {
+                counters.Add(0, 1);
+                counters.Add(1, w);
+                if (i % 2 == 0)
+                {
+                    counters.Add(0, -1);
+                    Thread.Yield();
+                }
+            }
+        })).ToArray();
+        await Task.WhenAll(workers).WithTimeout();
+
+        Assert.Equal(8 * 10_000, counters.Sum(0));
+        Assert.Equal(20_000L * Enumerable.Range(0, 8).Sum(), counters.Sum(1));
+        Assert.Equal(0, counters.Sum(2));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new SafeSockets.Internal.StripedCounters(17));
+    }
 }

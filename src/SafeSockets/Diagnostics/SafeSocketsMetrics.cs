@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using SafeSockets.Internal;
 
 namespace SafeSockets.Diagnostics;
 
@@ -58,8 +59,10 @@ internal static class Metrics
 
     // Live connections per state category, kept always (two interlocked operations per transition) so the observable
     // counter is right whenever a listener subscribes, not only for connections created after it. Process-wide, so it
-    // lives on the static meter only (a second copy on a factory's meter of the same name would count twice).
-    private static readonly long[] s_current = new long[5];
+    // lives on the static meter only (a second copy on a factory's meter of the same name would count twice). Striped by
+    // processor: every connection of the process updates it.
+    private const int Categories = 5;
+    private static readonly StripedCounters s_current = new(Categories);
 
     private static readonly KeyValuePair<string, object?>[] s_stateTags =
     [
@@ -87,12 +90,12 @@ internal static class Metrics
 
         if (from >= 0)
         {
-            Interlocked.Decrement(ref s_current[from]);
+            s_current.Add(from, -1);
         }
 
         if (to >= 0)
         {
-            Interlocked.Increment(ref s_current[to]);
+            s_current.Add(to, 1);
         }
     }
 
@@ -102,9 +105,9 @@ internal static class Metrics
         get
         {
             long live = 0;
-            for (int i = 0; i < s_current.Length; i++)
+            for (int i = 0; i < Categories; i++)
             {
-                live += Volatile.Read(ref s_current[i]);
+                live += s_current.Sum(i);
             }
 
             return live;
@@ -112,14 +115,15 @@ internal static class Metrics
     }
 
     /// <summary>A connection was created: counted as open in the gauge.</summary>
-    public static void ConnectionOpened() => Interlocked.Increment(ref s_current[0]);
+    public static void ConnectionOpened() => s_current.Add(0, 1);
 
     private static IEnumerable<Measurement<long>> ObserveCurrent()
     {
-        var measurements = new Measurement<long>[s_current.Length];
+        var measurements = new Measurement<long>[Categories];
         for (int i = 0; i < measurements.Length; i++)
         {
-            measurements[i] = new Measurement<long>(Volatile.Read(ref s_current[i]), s_stateTags[i]);
+            // Read while connections change state, a sum may be one update in flight off: never shown below zero.
+            measurements[i] = new Measurement<long>(Math.Max(0, s_current.Sum(i)), s_stateTags[i]);
         }
 
         return measurements;
