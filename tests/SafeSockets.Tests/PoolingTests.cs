@@ -150,4 +150,25 @@ public sealed class PoolingTests
         Assert.Equal(0, counters.Sum(2));
         Assert.Throws<ArgumentOutOfRangeException>(() => new SafeSockets.Internal.StripedCounters(17));
     }
+
+    [Fact]
+    public async Task StripedCounters_ThreadsSharingARow_LoseNoUpdate()
+    {
+        // Two processors' threads on one row: what any row sees when a thread moves between reading its processor and
+        // adding (or two threads run on one processor). An add that is not atomic loses updates here within a few
+        // thousand; the many-threads test above, one row per processor, never sees it.
+        var counters = new SafeSockets.Internal.StripedCounters(1, rows: 1);
+        using var start = new Barrier(2);
+        Task[] workers = Enumerable.Range(0, 2).Select(_ => Task.Factory.StartNew(() =>
+        {
+            start.SignalAndWait();
+            for (int i = 0; i < 2_000_000; i++)
+            {
+                counters.Add(0, 1);
+            }
+        }, TaskCreationOptions.LongRunning)).ToArray();
+        await Task.WhenAll(workers).WithTimeout();
+
+        Assert.Equal(4_000_000, counters.Sum(0));
+    }
 }

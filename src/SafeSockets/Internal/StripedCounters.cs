@@ -17,9 +17,15 @@ internal sealed class StripedCounters
     private readonly int _rows;
 
     public StripedCounters(int columns)
+        : this(columns, Environment.ProcessorCount)
+    {
+    }
+
+    /// <summary>For tests: <paramref name="rows"/> rows, so that threads on different processors share one.</summary>
+    internal StripedCounters(int columns, int rows)
     {
         ArgumentOutOfRangeException.ThrowIfGreaterThan(columns, Stride);
-        _rows = Math.Clamp(Environment.ProcessorCount, 1, 64);
+        _rows = Math.Clamp(rows, 1, 64);
 
         // One row of padding in front: the array's header and length share no line with the first row.
         _cells = new long[(_rows + 1) * Stride];
