@@ -240,6 +240,45 @@ public sealed partial class ManagedConnection
         }
     }
 
+    /// <summary>How much a drain read may take: 64 KiB, or one byte past what is left of <see cref="ManagedConnectionOptions.MaxDrainBytes"/>,
+    /// so that a peer sending more than the cap is found out with <see cref="CloseResult.BytesDrained"/> exactly one byte past
+    /// it (until 2026-12-06 a read's size past it). Once the peer's FIN is known (the kernel saw it behind unread data) the
+    /// cap no longer applies: what is left is already buffered.</summary>
+    private int DrainReadSize()
+    {
+        if (_lifecycle.PeerFinSeen)
+        {
+            return MaximumReadSize;
+        }
+
+        long left = _settings.MaxDrainBytes - Interlocked.Read(ref _bytesDrained);
+        return left >= MaximumReadSize ? MaximumReadSize : (int)Math.Max(0, left) + 1;
+    }
+
+    /// <summary>Where drains read: bytes nobody will look at. One 64 KiB buffer per processor (up to 8), made at the first
+    /// drain; concurrent drains on one processor overwrite each other's bytes, which is harmless. Pinned: a pending read
+    /// pins its buffer on some platforms, and these live for the process.</summary>
+    /// <remarks>A drain read used to go into the input pipe's memory, taken with the loop's read size and held, never
+    /// advanced, until the drain ended; with reads of 64 KiB (fewer syscalls against a peer still sending), that was 64
+    /// KiB per draining connection for up to DrainTimeout.</remarks>
+    private static class DiscardBuffers
+    {
+        private static readonly byte[][] s_buffers = Create();
+
+        public static Memory<byte> ForDrain(int size) => s_buffers[Thread.GetCurrentProcessorId() % s_buffers.Length].AsMemory(0, size);
+
+        private static byte[][] Create()
+        {
+            var buffers = new byte[Math.Clamp(Environment.ProcessorCount, 1, 8)][];
+            for (int i = 0; i < buffers.Length; i++)
+            {
+                buffers[i] = GC.AllocateUninitializedArray<byte>(MaximumReadSize, pinned: true);
+            }
+
+            return buffers;
+        }
+    }
+
     /// <summary>Socket → input, until the peer's FIN, a reset, a drain bound or the release. Returns why it ended; it never throws.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<LoopExit> ReceiveLoopAsync()
@@ -250,7 +289,6 @@ public sealed partial class ManagedConnection
         ReaderHandOff.Continuation caught = default;
         bool inputCompleted = false;
         bool drainMovedToPool = false;
-        int fullDrainReads = 0;
         try
         {
             bool discard = false;
@@ -318,8 +356,12 @@ public sealed partial class ManagedConnection
                 }
 
             Read:
-                // While draining, the same memory is reused and never advanced: the bytes are discarded.
-                Memory<byte> memory = writer.GetMemory(readSize);
+                // While draining the bytes are discarded: they go to a process-wide discard buffer, not to the input's memory,
+                // which a drain never advances (a larger buffer taken for the drain would be held until it ends: 64 KiB for
+                // the whole DrainTimeout per connection whose peer sent a burst and then trickles; review, session 11). A
+                // read that began before the teardown took the input went into the input's memory, and is not advanced
+                // either.
+                Memory<byte> memory = HasIo(IoInputTaken) ? DiscardBuffers.ForDrain(DrainReadSize()) : writer.GetMemory(readSize);
                 int received = await ReaderHandOff.Then(ReceiveOnceAsync(_socket, _receiveArgs, memory, token), TakeCaught(ref caught), this, s_onHandOffError);
                 bool draining = HasIo(IoInputTaken);
                 if (s_afterReadForTest is { } afterRead && received > 0 && !draining)
@@ -385,13 +427,6 @@ public sealed partial class ManagedConnection
                     {
                         return LoopExit.DrainLimitExceeded;
                     }
-                    if (received >= memory.Length && readSize < MaximumReadSize && ++fullDrainReads >= 2)
-                    {
-                        // A second read that filled its buffer: a peer still sending in bulk. Read 64 KiB at a time from
-                        // here (one larger buffer, taken once and reused); a short drain keeps the buffer it has.
-                        readSize = MaximumReadSize;
-                    }
-
                     if (!drainMovedToPool)
                     {
                         // The drain may have begun on the closer's thread (the teardown woke the parked loop, or its

@@ -188,9 +188,33 @@ public sealed class DrainBeforeCloseTests
 
             Assert.Equal(CloseOutcome.DrainLimitExceeded, result.Outcome);
 
-            // Past the cap by at most one read (the drain's reads grow to 64 KiB against a peer that keeps sending).
-            Assert.InRange(result.BytesDrained, options.MaxDrainBytes + 1, options.MaxDrainBytes + (64 * 1024));
+            // The drain's last read is sized to one byte past what the cap leaves: the close gives up with exactly that
+            // byte past it (reads of 64 KiB would otherwise overshoot by up to 64 KiB).
+            Assert.Equal(options.MaxDrainBytes + 1, result.BytesDrained);
             Assert.Equal(ConnectionState.Closed, server.State);
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_PeerSendsExactlyMaxDrainBytesThenFin_IsGraceful()
+    {
+        // The drain's reads near the cap are sized to what it leaves plus one byte: a peer that sends exactly the cap and
+        // then its FIN must not be taken for one that sends more.
+        var options = new ManagedConnectionOptions { MaxDrainBytes = 10_000 };
+        for (int round = 0; round < 5; round++)
+        {
+            (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
+            using (client)
+            {
+                Task<CloseResult> close = server.CloseAsync().AsTask();
+                Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
+                await Peer.SendPatternAsync(client, (int)options.MaxDrainBytes).WithTimeout();
+                client.Shutdown(SocketShutdown.Send);
+
+                CloseResult result = await close.WithTimeout();
+                Assert.Equal(CloseOutcome.Graceful, result.Outcome);
+                Assert.Equal(options.MaxDrainBytes, result.BytesDrained);
+            }
         }
     }
 
