@@ -88,14 +88,16 @@ internal static class Metrics
             return;
         }
 
-        if (from >= 0)
-        {
-            s_current.Add(from, -1);
-        }
-
+        // The new category first: read in between, the connection counts twice (an over-count for a moment), never
+        // zero times, so a wait for "no connection live" cannot pass while one is.
         if (to >= 0)
         {
             s_current.Add(to, 1);
+        }
+
+        if (from >= 0)
+        {
+            s_current.Add(from, -1);
         }
     }
 
@@ -122,7 +124,8 @@ internal static class Metrics
         var measurements = new Measurement<long>[Categories];
         for (int i = 0; i < measurements.Length; i++)
         {
-            // Read while connections change state, a sum may be one update in flight off: never shown below zero.
+            // Read while connections change state, a sum may be off by the updates in flight (transitions of one connection
+            // run outside any lock and may be seen out of order): never shown below zero.
             measurements[i] = new Measurement<long>(Math.Max(0, s_current.Sum(i)), s_stateTags[i]);
         }
 

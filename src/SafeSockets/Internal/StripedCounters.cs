@@ -7,7 +7,9 @@ namespace SafeSockets.Internal;
 /// for the line the other core had just written (the hot-path profile at 8 connections in flight: the live-connection
 /// gauge's two interlocked operations per state change and the operation pool's rent counter together cost about
 /// 0.5 us per cycle). A column's sum is exact once the updates stop; read while they run, it may be off by the updates
-/// in flight at that moment (an increment seen on one row, its matching decrement not yet on another).</remarks>
+/// in flight at that moment (an increment seen on one row, its matching decrement not yet on another). Rows are chosen
+/// by processor number modulo the processor count (at most 64): in a container whose quota gives fewer processors than
+/// the host numbers, two processors may share a row, which stays exact, only less spread.</remarks>
 internal sealed class StripedCounters
 {
     // 16 longs: 128 bytes, two cache lines (the adjacent-line prefetcher pairs lines).
@@ -24,7 +26,8 @@ internal sealed class StripedCounters
     /// <summary>For tests: <paramref name="rows"/> rows, so that threads on different processors share one.</summary>
     internal StripedCounters(int columns, int rows)
     {
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(columns, Stride);
+        // Rows are 128 bytes apart but the array is not 64-byte aligned: a row's first 8 longs stay off the next row's line.
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(columns, Stride / 2);
         _rows = Math.Clamp(rows, 1, 64);
 
         // One row of padding in front: the array's header and length share no line with the first row.
