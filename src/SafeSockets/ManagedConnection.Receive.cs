@@ -304,6 +304,15 @@ public sealed partial class ManagedConnection
             bool waitForData = true;
             while (true)
             {
+                if (readSize > MinimumReadSize && !HasIo(IoInputTaken))
+                {
+                    // Reads have grown past 4 KiB (a bulk transfer, for which one more recv per read is cheap): wait for data
+                    // before taking a buffer, watched or not. A read left waiting would hold its buffer, and if the
+                    // connection were closed meanwhile the drain would count all that read got past MaxDrainBytes and hold
+                    // its buffer, never advanced, until the drain ended (review, session 11).
+                    waitForData = true;
+                }
+
                 if (!_park.IsWatched)
                 {
                     // Not watched: read only when asked (ManagedConnection.Watch.cs). The loop starts here, parked, in the
@@ -338,9 +347,10 @@ public sealed partial class ManagedConnection
 
                     // The drain reads at once (into one buffer, reused). The application's read goes straight into a buffer
                     // (ManagedConnectionOptions.WaitForDataBeforeAllocatingBuffer: first a zero-byte read, unless the previous
-                    // read filled its buffer). A loop woken because the connection is now watched waits for data first.
+                    // read filled its buffer). A loop woken because the connection is now watched waits for data first. So
+                    // does the application's read once reads have grown past 4 KiB (above).
                     waitForData = !HasIo(IoInputTaken) && !_park.IsDraining
-                        && (!_park.ReadNow || (waitForData && _settings.WaitForDataBeforeAllocatingBuffer));
+                        && (!_park.ReadNow || readSize > MinimumReadSize || (waitForData && _settings.WaitForDataBeforeAllocatingBuffer));
                 }
 
                 // Reads need no token where shutdown(SHUT_RD) stops them, so a pooled operation object can do them; it is

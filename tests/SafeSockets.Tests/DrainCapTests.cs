@@ -1,0 +1,151 @@
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using System.Reflection;
+using SafeSockets.Tests.Infrastructure;
+
+namespace SafeSockets.Tests;
+
+/// <summary>The drain's byte cap and memory when a read was already waiting at the close (found by review, session 11;
+/// the application's read then went straight into the input's memory at the loop's grown read size).</summary>
+public sealed class DrainCapTests
+{
+    [Fact]
+    public async Task CloseAsync_WhileAReceiveWaits_PeerFloods_GivesUpExactlyOneBytePastTheCap()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return; // the pending read is observed through the pooled operation
+        }
+
+        // options.md: "a peer sending more than the cap is found out with BytesDrained exactly one byte past it".
+        var options = new ManagedConnectionOptions { MaxDrainBytes = 1000 };
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
+        using (client)
+        {
+            // A server that read a request that filled the loop's read (4 KiB) and waits for the next: the loop's next read
+            // goes straight into the input's memory (8 KiB), with or without a watch.
+            await Peer.SendPatternAsync(client, 4096).WithTimeout();
+            for (int got = 0; got < 4096;)
+            {
+                got += await server.ReceiveAsync(new byte[4096]).WithTimeout();
+            }
+
+            Task<int> receive = server.ReceiveAsync(new byte[100]).AsTask();
+            await TestTimeouts.WaitUntilAsync(() => (!server.ParkForTest.IsParked && !server.ParkForTest.IsWaking) || server.WatchReadStartedForTest, "the application's read (or the lazy watch's zero-byte read) is issued");
+            Assert.False(receive.IsCompleted);
+
+            Task<CloseResult> close = server.CloseAsync().AsTask();
+            await Assert.ThrowsAnyAsync<ObjectDisposedException>(() => receive.WithTimeout());
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
+            Task flood = Task.Run(async () =>
+            {
+                try
+                {
+                    await Peer.SendPatternAsync(client, 8 * 1024 * 1024);
+                }
+                catch (SocketException)
+                {
+                    // The server gave up (and reset over the unread rest): expected.
+                }
+            });
+
+            CloseResult result = await close.WithTimeout();
+            await flood.WithTimeout();
+
+            Assert.Equal(CloseOutcome.DrainLimitExceeded, result.Outcome);
+            Assert.Equal(options.MaxDrainBytes + 1, result.BytesDrained);
+        }
+    }
+
+    [Fact]
+    public async Task CloseAsync_WhileABulkReceiveWaits_PeerQuiet_TheWaitingReadHeldNoBuffer()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return;
+        }
+
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync();
+        using (client)
+        {
+            // An upload read in bulk: the loop's reads grow to 64 KiB.
+            const int Upload = 1024 * 1024;
+            Task send = Peer.SendPatternAsync(client, Upload);
+            byte[] buffer = new byte[64 * 1024];
+            int read = 0;
+            while (read < Upload)
+            {
+                read += await server.ReceiveAsync(buffer).WithTimeout();
+            }
+
+            await send.WithTimeout();
+
+            // The next request's read: with reads grown past 4 KiB it first waits for data with a zero-byte read (it went
+            // straight into the input's memory at the grown size, which the drain then held, never advanced, until it ended).
+            Task<int> receive = server.ReceiveAsync(buffer).AsTask();
+            await TestTimeouts.WaitUntilAsync(() => (!server.ParkForTest.IsParked && !server.ParkForTest.IsWaking) || server.WatchReadStartedForTest, "the application's read (or the lazy watch's zero-byte read) is issued");
+            Assert.False(receive.IsCompleted);
+            Assert.Equal(0, PendingReadLength(server));
+
+            Task<CloseResult> close = server.CloseAsync().AsTask();
+            await Assert.ThrowsAnyAsync<ObjectDisposedException>(() => receive.WithTimeout());
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
+
+            // A few bytes (into the read begun before the close), then the peer goes quiet: a slow-drip client keeps
+            // the drain going for DrainTimeout.
+            await Peer.SendPatternAsync(client, 10).WithTimeout();
+            await TestTimeouts.WaitUntilAsync(
+                () => server.BytesDrainedForTest == 10 && PendingReadLength(server) > 0,
+                "the drain's next read is pending");
+
+            // The drain's own read goes to the shared discard buffer (DrainMemoryTests); the input keeps only the part of its
+            // last buffer the bulk reads left unused, as any idle connection after a bulk transfer does.
+            client.Shutdown(SocketShutdown.Send);
+            CloseResult result = await close.WithTimeout();
+            Assert.Equal(CloseOutcome.Graceful, result.Outcome);
+            Assert.Equal(10, result.BytesDrained);
+        }
+    }
+
+    [Fact]
+    public async Task TlsClose_PeerFloods_GivesUpJustPastTheCap()
+    {
+        // options.md, MaxDrainBytes: "a peer sending more than the cap is found out with BytesDrained exactly one byte past it".
+        var options = new ManagedConnectionOptions { MaxDrainBytes = 10_000 };
+        await using TlsLoopback tls = await TestTls.OpenAsync(options);
+        using var stop = new CancellationTokenSource();
+        Task flood = Task.Run(async () =>
+        {
+            byte[] chunk = new byte[16 * 1024];
+            try
+            {
+                while (!stop.IsCancellationRequested)
+                {
+                    await tls.ClientTls.WriteAsync(chunk, stop.Token);
+                }
+            }
+            catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+            {
+                // The server gave up (and reset over the unread rest): expected.
+            }
+        });
+
+        CloseResult result = await tls.ServerTls.CloseAsync(tls.Server).WithTimeout();
+        await stop.CancelAsync();
+        await flood.WithTimeout();
+
+        // The TLS drain reads 4 KiB of decrypted data at a time and checks the cap after each (sized reads would leave
+        // decrypted bytes in the TLS layer's buffer uncounted); the TCP drain after it adds its own byte, and encrypted
+        // bytes the TLS layer had not read when it gave up (what the input held or was reading, up to its buffer each)
+        // count too.
+        Assert.Equal(CloseOutcome.DrainLimitExceeded, result.Outcome);
+        Assert.InRange(result.BytesDrained, options.MaxDrainBytes + 1, options.MaxDrainBytes + 4096 + 1 + (2 * ManagedConnectionOptions.DefaultBufferSize));
+    }
+
+    private static int PendingReadLength(ManagedConnection connection)
+    {
+        var args = (SocketAsyncEventArgs?)typeof(ManagedConnection)
+            .GetField("_receiveArgs", BindingFlags.NonPublic | BindingFlags.Instance)!.GetValue(connection);
+        return args?.MemoryBuffer.Length ?? 0;
+    }
+}
