@@ -108,6 +108,10 @@ public sealed partial class ManagedConnection
     /// <summary>The loop's park, for tests (they look; they never set it).</summary>
     internal LoopPark ParkForTest => _park;
 
+    /// <summary>For tests: the buffer length of the loop's socket read in progress (0 for none, or a zero-byte wait for
+    /// data); the pooled operation clears its buffer when a read's result is taken.</summary>
+    internal int PendingReadLengthForTest => Volatile.Read(ref _receiveArgs)?.MemoryBuffer.Length ?? 0;
+
     /// <summary>Whether the lazy watch's thread sleeps until the next push, for tests.</summary>
     internal static bool WatcherAsleepForTest
     {

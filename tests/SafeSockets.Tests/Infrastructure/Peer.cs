@@ -63,6 +63,20 @@ internal static class Peer
         }
     }
 
+    /// <summary>Sends <paramref name="count"/> bytes, or until the other end resets the connection (a close that gave up
+    /// at its byte cap): a flood the test expects to be cut.</summary>
+    public static Task FloodUntilResetAsync(Socket socket, int count) => Task.Run(async () =>
+    {
+        try
+        {
+            await SendPatternAsync(socket, count);
+        }
+        catch (SocketException)
+        {
+            // The other end gave up (and reset over the unread rest): expected.
+        }
+    });
+
     public static byte[] Pattern(int count)
     {
         byte[] data = new byte[count];
