@@ -86,12 +86,14 @@ public sealed class DrainCapTests
                 () => server.BytesDrainedForTest == 10 && server.PendingReadLengthForTest > 0,
                 "the drain's next read is pending");
 
-            // The drain's own read goes to the shared discard buffer (DrainMemoryTests); the input keeps only the part of its
-            // last buffer the bulk reads left unused, as any idle connection after a bulk transfer does.
+            // The drain's own read goes to the shared discard buffer (DrainMemoryTests), and the read that waited for data
+            // before the close took no buffer: the input holds none.
+            int held = DrainMemoryTests.InputWriteBufferLength(server);
             client.Shutdown(SocketShutdown.Send);
             CloseResult result = await close.WithTimeout();
             Assert.Equal(CloseOutcome.Graceful, result.Outcome);
             Assert.Equal(10, result.BytesDrained);
+            Assert.True(held <= 4096, $"a draining connection whose peer is quiet holds a {held}-byte input buffer");
         }
     }
 

@@ -45,7 +45,8 @@ public sealed class DrainMemoryTests
         }
     }
 
-    private static int InputWriteBufferLength(ManagedConnection connection)
+    /// <summary>The input pipe's memory taken for writing and not yet advanced (0 when it holds none).</summary>
+    internal static int InputWriteBufferLength(ManagedConnection connection)
     {
         var pipe = (Pipe)connection.InputPipe;
         FieldInfo field = typeof(Pipe).GetField("_writingHeadMemory", BindingFlags.NonPublic | BindingFlags.Instance)
