@@ -371,7 +371,11 @@ public sealed partial class ManagedConnection
                 // the whole DrainTimeout per connection whose peer sent a burst and then trickles; review, session 11). A
                 // read that began before the teardown took the input went into the input's memory, and is not advanced
                 // either.
-                Memory<byte> memory = HasIo(IoInputTaken) ? DiscardBuffers.ForDrain(DrainReadSize()) : writer.GetMemory(readSize);
+                // The same for a loop that throws bytes away because the application completed its reader: the input's
+                // memory is not advanced there either, and GetMemory may hand out the rest of a large earlier buffer.
+                Memory<byte> memory = HasIo(IoInputTaken) ? DiscardBuffers.ForDrain(DrainReadSize())
+                    : discard ? DiscardBuffers.ForDrain(readSize)
+                    : writer.GetMemory(readSize);
                 int received = await ReaderHandOff.Then(ReceiveOnceAsync(_socket, _receiveArgs, memory, token), TakeCaught(ref caught), this, s_onHandOffError);
                 bool draining = HasIo(IoInputTaken);
                 if (s_afterReadForTest is { } afterRead && received > 0 && !draining)
@@ -472,8 +476,10 @@ public sealed partial class ManagedConnection
                 {
                     readSize *= 2;
                 }
-                else if (received < readSize / 4 && readSize > MinimumReadSize)
+                else if (readSize > MinimumReadSize && (received < readSize / 4 || received <= MinimumReadSize))
                 {
+                    // A read that got at most 4 KiB is request/response traffic again: it shrinks the read size too, or
+                    // requests of 2-4 KiB would keep it at 8 KiB (and a zero-byte wait before every read) for good.
                     readSize /= 2;
                 }
 
