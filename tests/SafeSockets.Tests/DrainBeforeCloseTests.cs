@@ -169,13 +169,7 @@ public sealed class DrainBeforeCloseTests
         (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
         using (client)
         {
-            Task<CloseResult> close = server.CloseAsync().AsTask();
-            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
-            Task flood = Peer.FloodUntilResetAsync(client, 8 * 1024 * 1024);
-
-            CloseResult result = await close.WithTimeout();
-            await flood.WithTimeout();
-
+            CloseResult result = await Peer.FloodAfterOurFinAsync(client, server.CloseAsync().AsTask());
             Assert.Equal(CloseOutcome.DrainLimitExceeded, result.Outcome);
 
             // The drain's last read is sized to one byte past what the cap leaves: the close gives up with exactly that

@@ -35,12 +35,7 @@ public sealed class DrainCapTests
 
             Task<CloseResult> close = server.CloseAsync().AsTask();
             await Assert.ThrowsAnyAsync<ObjectDisposedException>(() => receive.WithTimeout());
-            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
-            Task flood = Peer.FloodUntilResetAsync(client, 8 * 1024 * 1024);
-
-            CloseResult result = await close.WithTimeout();
-            await flood.WithTimeout();
-
+            CloseResult result = await Peer.FloodAfterOurFinAsync(client, close);
             Assert.Equal(CloseOutcome.DrainLimitExceeded, result.Outcome);
             Assert.Equal(options.MaxDrainBytes + 1, result.BytesDrained);
         }

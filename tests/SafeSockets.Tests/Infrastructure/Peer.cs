@@ -77,6 +77,17 @@ internal static class Peer
         }
     });
 
+    /// <summary>Reads our FIN (the close has begun), then floods until the close gives up with a reset; returns the close's
+    /// result.</summary>
+    public static async Task<CloseResult> FloodAfterOurFinAsync(Socket socket, Task<CloseResult> close)
+    {
+        Assert.Equal(PeerEnd.Fin, (await ReadToEndAsync(socket).WithTimeout()).End);
+        Task flood = FloodUntilResetAsync(socket, 8 * 1024 * 1024);
+        CloseResult result = await close.WithTimeout();
+        await flood.WithTimeout();
+        return result;
+    }
+
     public static byte[] Pattern(int count)
     {
         byte[] data = new byte[count];
