@@ -255,8 +255,8 @@ public sealed partial class ManagedConnection
         return left >= MaximumReadSize ? MaximumReadSize : (int)Math.Max(0, left) + 1;
     }
 
-    /// <summary>Where drains read: bytes nobody will look at. One 64 KiB buffer per processor (up to 8), made at the first
-    /// drain; concurrent drains on one processor overwrite each other's bytes, which is harmless. Pinned: a pending read
+    /// <summary>Where drains read: bytes nobody will look at. One 64 KiB buffer per processor (up to 8), made when first
+    /// used; concurrent drains on one processor overwrite each other's bytes, which is harmless. Pinned: a pending read
     /// pins its buffer on some platforms, and these live for the process.</summary>
     /// <remarks>A drain read used to go into the input pipe's memory, taken with the loop's read size and held, never
     /// advanced, until the drain ended; with reads of 64 KiB (fewer syscalls against a peer still sending), that was 64
@@ -345,7 +345,7 @@ public sealed partial class ManagedConnection
                         }
                     }
 
-                    // The drain reads at once (into one buffer, reused). The application's read goes straight into a buffer
+                    // The drain reads at once (into the shared discard buffer). The application's read goes straight into a buffer
                     // (ManagedConnectionOptions.WaitForDataBeforeAllocatingBuffer: first a zero-byte read, unless the previous
                     // read filled its buffer). A loop woken because the connection is now watched waits for data first. So
                     // does the application's read once reads have grown past 4 KiB (above).

@@ -225,7 +225,9 @@ public sealed class ManagedConnectionOptions
     /// <c>recv</c>. While such a read waits for bytes it holds that buffer (4 KiB). Set it to <see langword="true"/> for a
     /// server that holds many connections waiting in <see cref="ManagedConnection.ReceiveAsync"/> for long (no buffer while
     /// waiting, one more <c>recv</c> per read: about 7% more CPU per request/response cycle in the <c>hotpath</c>
-    /// benchmark). A connection that nobody is reading holds no buffer either way.</remarks>
+    /// benchmark). A connection that nobody is reading holds no buffer either way, and once a connection's reads have grown
+    /// past 4 KiB (a bulk transfer) it waits for data before every read whatever this says, so a read left waiting never
+    /// holds more than 4 KiB.</remarks>
     public bool WaitForDataBeforeAllocatingBuffer
     {
         get => _waitForDataBeforeAllocatingBuffer;
