@@ -10,8 +10,8 @@ namespace SafeSockets;
 
 public sealed partial class ManagedConnection
 {
-    private const int MinimumReadSize = 4096;
-    private const int MaximumReadSize = 64 * 1024;
+    internal const int MinimumReadSize = 4096;
+    internal const int MaximumReadSize = 64 * 1024;
 
     /// <summary><see cref="ManagedConnectionOptions.UnsafePreferInlineScheduling"/>: the reader may be resumed on the thread
     /// that completed the read, even the runtime's socket event thread.</summary>
@@ -42,6 +42,12 @@ public sealed partial class ManagedConnection
 
     // Set when the receive loop has ended (its input let go of), for tests: the loop's task is the teardown's to consume.
     private bool _receiveLoopEnded;
+
+    // The drain's reads that got bytes, for tests (only the loop writes it).
+    private int _drainReads;
+
+    /// <summary>How many reads the drain made that got bytes, for tests.</summary>
+    internal int DrainReadsForTest => Volatile.Read(ref _drainReads);
 
     /// <summary>Whether the receive loop has ended, for tests.</summary>
     internal bool ReceiveLoopEnded => Volatile.Read(ref _receiveLoopEnded);
@@ -255,6 +261,27 @@ public sealed partial class ManagedConnection
         return left >= MaximumReadSize ? MaximumReadSize : (int)Math.Max(0, left) + 1;
     }
 
+    /// <summary>The receive loop's next read size after a read of <paramref name="received"/> bytes into a buffer of
+    /// <paramref name="bufferLength"/>: doubled (up to 64 KiB) when the read filled its buffer, halved (down to 4 KiB) when
+    /// it got less than a quarter of the size or at most 4 KiB, otherwise unchanged.</summary>
+    /// <remarks>A read that got at most 4 KiB is request/response traffic again: it shrinks the read size too, or requests
+    /// of 2-4 KiB would keep it at 8 KiB (and a zero-byte wait before every read) for good (review, session 11).</remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static int NextReadSize(int readSize, int received, int bufferLength)
+    {
+        if (received >= bufferLength && readSize < MaximumReadSize)
+        {
+            return readSize * 2;
+        }
+
+        if (readSize > MinimumReadSize && (received < readSize / 4 || received <= MinimumReadSize))
+        {
+            return readSize / 2;
+        }
+
+        return readSize;
+    }
+
     /// <summary>Where drains read: bytes nobody will look at. One 64 KiB buffer per processor (up to 8), made when first
     /// used; concurrent drains on one processor overwrite each other's bytes, which is harmless. Pinned: a pending read
     /// pins its buffer on some platforms, and these live for the process.</summary>
@@ -272,6 +299,7 @@ public sealed partial class ManagedConnection
             var buffers = new byte[Math.Clamp(Environment.ProcessorCount, 1, 8)][];
             for (int i = 0; i < buffers.Length; i++)
             {
+                // Stryker disable once Boolean : pinning changes nothing where reads are readiness-based (Linux, macOS); it matters for overlapped I/O
                 buffers[i] = GC.AllocateUninitializedArray<byte>(MaximumReadSize, pinned: true);
             }
 
@@ -304,6 +332,7 @@ public sealed partial class ManagedConnection
             bool waitForData = true;
             while (true)
             {
+                // Stryker disable once Equality,Logical : equivalent: waitForData is false here only after a read that filled its buffer, which grew readSize past 4 KiB; a drain that waits for data first reads the same bytes, one recv later
                 if (readSize > MinimumReadSize && !HasIo(IoInputTaken))
                 {
                     // Reads have grown past 4 KiB (a bulk transfer, for which one more recv per read is cheap): wait for data
@@ -349,6 +378,7 @@ public sealed partial class ManagedConnection
                     // (ManagedConnectionOptions.WaitForDataBeforeAllocatingBuffer: first a zero-byte read, unless the previous
                     // read filled its buffer). A loop woken because the connection is now watched waits for data first. So
                     // does the application's read once reads have grown past 4 KiB (above).
+                    // Stryker disable once Logical : the teardown takes the input before it marks the park draining, and a drain that waits for data first reads the same bytes, one recv later
                     waitForData = !HasIo(IoInputTaken) && !_park.IsDraining
                         && (!_park.ReadNow || readSize > MinimumReadSize || (waitForData && _settings.WaitForDataBeforeAllocatingBuffer));
                 }
@@ -374,10 +404,12 @@ public sealed partial class ManagedConnection
                 // The same for a loop that throws bytes away because the application completed its reader: the input's
                 // memory is not advanced there either, and GetMemory may hand out the rest of a large earlier buffer.
                 Memory<byte> memory = HasIo(IoInputTaken) ? DiscardBuffers.ForDrain(DrainReadSize())
+                    // Stryker disable once Conditional : equivalent in memory: once its reader is completed the pipe hands out the segment it holds again (seen in a test, session 12)
                     : discard ? DiscardBuffers.ForDrain(readSize)
                     : writer.GetMemory(readSize);
                 int received = await ReaderHandOff.Then(ReceiveOnceAsync(_socket, _receiveArgs, memory, token), TakeCaught(ref caught), this, s_onHandOffError);
                 bool draining = HasIo(IoInputTaken);
+                // Stryker disable once Equality : the tests' hook only
                 if (s_afterReadForTest is { } afterRead && received > 0 && !draining)
                 {
                     afterRead(this);
@@ -428,6 +460,8 @@ public sealed partial class ManagedConnection
 
                 if (draining)
                 {
+                    _drainReads++;
+
                     // The idle bound now counts from here; the queued deadline is moved when it comes due. Written before
                     // the count below, so whoever sees a byte counted also sees the activity it restarted.
                     Volatile.Write(ref _drainActivity, _settings.TimeProvider.GetTimestamp());
@@ -472,16 +506,7 @@ public sealed partial class ManagedConnection
                 }
 
                 writer.Advance(received);
-                if (received >= memory.Length && readSize < MaximumReadSize)
-                {
-                    readSize *= 2;
-                }
-                else if (readSize > MinimumReadSize && (received < readSize / 4 || received <= MinimumReadSize))
-                {
-                    // A read that got at most 4 KiB is request/response traffic again: it shrinks the read size too, or
-                    // requests of 2-4 KiB would keep it at 8 KiB (and a zero-byte wait before every read) for good.
-                    readSize /= 2;
-                }
+                readSize = NextReadSize(readSize, received, memory.Length);
 
                 // These bytes answer any demand the application made: one made before the flush below is answered by it (so
                 // Satisfied may clear it without an atomic exchange), a later one is seen when the loop would park. A

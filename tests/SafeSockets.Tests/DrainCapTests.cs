@@ -128,4 +128,29 @@ public sealed class DrainCapTests
         Assert.Equal(CloseOutcome.DrainLimitExceeded, result.Outcome);
         Assert.InRange(result.BytesDrained, options.MaxDrainBytes + 1, options.MaxDrainBytes + 4096 + 1 + (2 * ManagedConnectionOptions.DefaultBufferSize));
     }
+
+    // Stryker (session 12): with DrainReadSize's "the FIN is known" branch removed, every test passed: the cap no longer
+    // applies then, but the reads were still sized by it, one byte at a time past it (a recv per byte of what is left).
+    [Fact]
+    public async Task CloseAsync_PeerFinAlreadySeenBehindUnreadData_DrainsPastTheCapInWholeReads()
+    {
+        var options = new ManagedConnectionOptions { MaxDrainBytes = 1000, MaxInputBufferSize = 4096 };
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
+        using (client)
+        {
+            // Nobody reads: the loop pauses behind the input, and the kernel's probe sees the FIN behind the rest.
+            CancellationToken peerClosed = server.PeerClosed;
+            const int Sent = 48 * 1024;
+            await Peer.SendPatternAsync(client, Sent).WithTimeout();
+            client.Shutdown(SocketShutdown.Send);
+            await peerClosed.WhenCanceled().WithTimeout();
+
+            CloseResult result = await server.CloseAsync().AsTask().WithTimeout();
+            Assert.Equal(CloseOutcome.Graceful, result.Outcome);
+            Assert.True(result.BytesDrained > options.MaxDrainBytes, $"drained {result.BytesDrained}: the test did not reach past the cap");
+
+            // What the kernel held (under 48 KiB) fits one 64 KiB read; a few more if it came in pieces.
+            Assert.InRange(server.DrainReadsForTest, 1, 4);
+        }
+    }
 }

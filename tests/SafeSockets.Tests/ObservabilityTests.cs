@@ -89,10 +89,15 @@ public sealed class ObservabilityTests
         }
 
         long open0 = Count("open"), closeWait0 = Count("peer_shutdown"), draining0 = Count("draining"), sendShut0 = Count("send_shutdown");
+        long bothShut0 = Count("both_shutdown");
+        Assert.Equal("{connection}", current.Instrument?.Unit);
+        Assert.Equal("Live connections by state.", current.Instrument?.Description);
+        Assert.Equal(0, SafeSockets.Diagnostics.Metrics.Live);
         (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync();
         using (peer)
         {
             Assert.Equal(open0 + 1, Count("open"));
+            Assert.Equal(1, SafeSockets.Diagnostics.Metrics.Live); // the sum over every state (the tests' quiet-process wait)
             peer.Shutdown(SocketShutdown.Send);
             await connection.PeerClosed.WhenCanceled().WithTimeout();
             Assert.Equal(open0, Count("open"));
@@ -115,6 +120,22 @@ public sealed class ObservabilityTests
             Assert.Equal(draining0, Count("draining"));
             Assert.Equal(sendShut0, Count("send_shutdown"));
         }
+
+        // Both directions shut down, nobody closing yet.
+        (Socket peer3, ManagedConnection connection3) = await Loopback.CreateManagedServerAsync();
+        using (peer3)
+        {
+            await connection3.ShutdownSendAsync().WithTimeout();
+            peer3.Shutdown(SocketShutdown.Send);
+            await connection3.PeerClosed.WhenCanceled().WithTimeout();
+            Assert.Equal(ConnectionState.BothShutdown, connection3.State);
+            Assert.Equal(bothShut0 + 1, Count("both_shutdown"));
+            Assert.Equal(sendShut0, Count("send_shutdown"));
+            await connection3.CloseAsync().WithTimeout();
+            Assert.Equal(bothShut0, Count("both_shutdown"));
+        }
+
+        await WhenNoConnectionIsLiveAsync();
     }
 
     [Fact]

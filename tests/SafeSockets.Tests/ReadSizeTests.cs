@@ -81,4 +81,24 @@ public sealed class ReadSizeTests
             Assert.Equal(0, server.PendingReadLengthForTest);
         }
     }
+
+    // The policy the loop follows after every read that went into the input (Stryker, session 12: no socket test told
+    // these rules apart, since each only changes how many recv calls a transfer takes).
+    [Theory]
+    [InlineData(4096, 4096, 4096, 8192)]      // a full read doubles
+    [InlineData(32768, 32768, 32768, 65536)]
+    [InlineData(65536, 65536, 65536, 65536)]  // never past 64 KiB
+    [InlineData(4096, 4096, 8192, 4096)]      // a read that did not fill its (larger) buffer does not grow
+    [InlineData(4096, 1, 4096, 4096)]         // never below 4 KiB
+    [InlineData(4096, 4095, 4096, 4096)]
+    [InlineData(8192, 4096, 8192, 4096)]      // at most 4 KiB: request/response again
+    [InlineData(8192, 4097, 8192, 8192)]
+    [InlineData(65536, 16383, 65536, 32768)]  // under a quarter shrinks
+    [InlineData(65536, 16384, 65536, 65536)]  // a quarter or more keeps the size
+    [InlineData(65536, 32768, 65536, 65536)]
+    [InlineData(65536, 65535, 65536, 65536)]
+    public void NextReadSize_DoublesOnAFullRead_HalvesOnASmallOne_StaysWithinFourToSixtyFourKiB(int readSize, int received, int bufferLength, int expected)
+    {
+        Assert.Equal(expected, ManagedConnection.NextReadSize(readSize, received, bufferLength));
+    }
 }

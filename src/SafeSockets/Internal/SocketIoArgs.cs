@@ -19,7 +19,7 @@ namespace SafeSockets.Internal;
 internal sealed class SocketIoArgs : SocketAsyncEventArgs, IValueTaskSource<int>
 {
     // Enough for a few hundred connections at once; beyond that instances are simply collected.
-    private const int MaximumRetained = 512;
+    internal const int MaximumRetained = 512;
     // A disposable pool: an instance that does not fit is disposed, not left to its finalizer.
     private static readonly ObjectPool<SocketIoArgs> s_pool = new DefaultObjectPoolProvider { MaximumRetained = MaximumRetained }.Create(new Policy());
 
@@ -41,6 +41,7 @@ internal sealed class SocketIoArgs : SocketAsyncEventArgs, IValueTaskSource<int>
     private int _rented;
 
     private SocketIoArgs()
+        // Stryker disable once Boolean : performance only: every awaiter of these operations restores its own execution context
         : base(unsafeSuppressExecutionContextFlow: true)
     {
     }
@@ -92,6 +93,9 @@ internal sealed class SocketIoArgs : SocketAsyncEventArgs, IValueTaskSource<int>
             s_pool.Return(args);
         }
     }
+
+    /// <summary>For tests: marks this instance rented, as a bug that kept using it after its return would.</summary>
+    internal void MarkRentedForTest() => Volatile.Write(ref _rented, 1);
 
     /// <summary>For an instance whose last operation ended in an unknown way: never reused; disposed (the runtime defers
     /// that until an operation still in progress completes).</summary>

@@ -1,3 +1,5 @@
+using System.Diagnostics;
+
 namespace SafeSockets.Internal;
 
 /// <summary>A few process-wide counters that every connection updates: one row of them per processor, each row on cache
@@ -17,6 +19,7 @@ internal sealed class StripedCounters
 
     private readonly long[] _cells;
     private readonly int _rows;
+    private readonly int _columns;
 
     public StripedCounters(int columns)
         : this(columns, Environment.ProcessorCount)
@@ -28,6 +31,8 @@ internal sealed class StripedCounters
     {
         // Rows are 128 bytes apart but the array is not 64-byte aligned: a row's first 8 longs stay off the next row's line.
         ArgumentOutOfRangeException.ThrowIfGreaterThan(columns, Stride / 2);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(columns);
+        _columns = columns;
         _rows = Math.Clamp(rows, 1, 64);
 
         // One row of padding in front: the array's header and length share no line with the first row.
@@ -35,11 +40,19 @@ internal sealed class StripedCounters
     }
 
     /// <summary>Adds <paramref name="value"/> to counter <paramref name="column"/>, on the current processor's row.</summary>
-    public void Add(int column, long value) => Interlocked.Add(ref _cells[((Thread.GetCurrentProcessorId() % _rows) + 1) * Stride + column], value);
+    /// <remarks>The column is checked in debug builds only: this runs on every connection's state change.</remarks>
+    public void Add(int column, long value)
+    {
+        Debug.Assert((uint)column < (uint)_columns, "no such column");
+        Interlocked.Add(ref _cells[((Thread.GetCurrentProcessorId() % _rows) + 1) * Stride + column], value);
+    }
 
     /// <summary>Counter <paramref name="column"/>: the sum of its rows.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">There is no such column (reading one past the last would read padding: 0).</exception>
     public long Sum(int column)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(column);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(column, _columns);
         long sum = 0;
         for (int row = 1; row <= _rows; row++)
         {
