@@ -492,7 +492,12 @@ public sealed partial class ManagedConnection
         }
         finally
         {
+            BeforePublishForTest?.Invoke(this);
             _lifecycle.PublishResult();
+
+            // The listener's stop waits for this, not for Completed above: a stop is over once every Completion has its result.
+            _settings.Published?.Invoke(this);
+            AfterPublishForTest?.Invoke(this);
         }
     }
 
@@ -667,6 +672,13 @@ public sealed partial class ManagedConnection
     /// <summary>Runs right after a teardown took the input (before it wakes a reader), for the connection given; for tests
     /// (process-wide).</summary>
     internal static Action<ManagedConnection>? AfterInputTakenForTest { get; set; }
+
+    /// <summary>Runs after the listener and the metrics heard of a connection's end, before its Completion completes, for
+    /// the connection given; for tests (process-wide).</summary>
+    internal static Action<ManagedConnection>? BeforePublishForTest { get; set; }
+
+    /// <summary>Runs after Completion completed and the listener heard of it, for the connection given; for tests (process-wide).</summary>
+    internal static Action<ManagedConnection>? AfterPublishForTest { get; set; }
 
     /// <summary>Runs right after an abort took a paused loop's pause, for the connection given; for tests (process-wide).</summary>
     internal static Action<ManagedConnection>? AfterAbortTookPauseForTest { get; set; }

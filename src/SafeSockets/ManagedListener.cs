@@ -34,6 +34,10 @@ public sealed class ManagedListener : IAsyncDisposable
     private readonly LinkedList<ManagedConnection> _draining = new();
     private readonly Dictionary<ManagedConnection, LinkedListNode<ManagedConnection>> _drainNodes = new(ReferenceEqualityComparer.Instance);
     private int _acceptsInProgress;
+
+    // Connections whose end the listener heard of (OnConnectionCompleted: their slot is free at once) whose Completion has
+    // no result yet (OnConnectionPublished). The stop is not over while any is: its caller must find every result in place.
+    private int _unpublished;
     private volatile bool _stopping;
 
     // StopAccepting was called (or the stop began): no more accepts, and a socket accepted in a race with it is closed.
@@ -56,7 +60,7 @@ public sealed class ManagedListener : IAsyncDisposable
         _timeProvider = options.Connection.TimeProvider;
         LocalEndPoint = socket.LocalEndPoint!;
         // A snapshot: later changes to the options object do not reach this listener's connections.
-        _connectionSettings = options.Connection.Settings.WithCallbacks(OnConnectionCompleted, OnDrainStarted, LocalEndPoint);
+        _connectionSettings = options.Connection.Settings.WithCallbacks(OnConnectionCompleted, OnConnectionPublished, OnDrainStarted, LocalEndPoint);
     }
 
     /// <summary>Binds to <paramref name="localEndPoint"/> and starts listening.</summary>
@@ -468,11 +472,20 @@ public sealed class ManagedListener : IAsyncDisposable
     {
         lock (_sync)
         {
+            _unpublished++;
             _live.Remove(connection);
             if (_drainNodes.Remove(connection, out LinkedListNode<ManagedConnection>? node))
             {
                 _draining.Remove(node);
             }
+        }
+    }
+
+    private void OnConnectionPublished(ManagedConnection connection)
+    {
+        lock (_sync)
+        {
+            _unpublished--;
         }
 
         CheckAllReleased();
@@ -522,7 +535,7 @@ public sealed class ManagedListener : IAsyncDisposable
     {
         lock (_sync)
         {
-            if (!_stopping || _live.Count != 0 || _acceptsInProgress != 0)
+            if (!_stopping || _live.Count != 0 || _acceptsInProgress != 0 || _unpublished != 0)
             {
                 return;
             }
@@ -530,6 +543,9 @@ public sealed class ManagedListener : IAsyncDisposable
 
         _allReleased.TrySetResult();
     }
+
+    /// <summary>Whether the stop found every connection released, for tests.</summary>
+    internal bool AllReleasedForTest => _allReleased.Task.IsCompleted;
 
     private void ThrowIfStopped()
     {

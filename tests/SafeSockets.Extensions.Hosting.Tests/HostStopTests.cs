@@ -207,12 +207,12 @@ public sealed class HostStopTests
         }
 
         string[] stopped = [.. host.Services.GetFakeLogCollector().GetSnapshot().Where(r => r.Id.Id == 103).Select(r => r.Message).Order(StringComparer.Ordinal)];
+        // Compared as one string, so that a failure shows each line whole.
         Assert.Equal(
-            [
+            string.Join('\n',
                 "SafeSockets listener 'echo' stopped: 1 connections closed gracefully, 1 aborted at the shutdown deadline, 0 ended otherwise (a peer's reset, a drain bound).",
-                "SafeSockets listener 'second' stopped: 1 connections closed gracefully, 1 aborted at the shutdown deadline, 0 ended otherwise (a peer's reset, a drain bound).",
-            ],
-            stopped);
+                "SafeSockets listener 'second' stopped: 1 connections closed gracefully, 1 aborted at the shutdown deadline, 0 ended otherwise (a peer's reset, a drain bound)."),
+            string.Join('\n', stopped));
     }
 
     [Fact]

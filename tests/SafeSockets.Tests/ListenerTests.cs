@@ -33,6 +33,98 @@ public sealed class ListenerTests
         Assert.Equal(0, listener.ActiveConnections);
     }
 
+    // CI, session 12: the hosting service's stop summary (event 103) counted a gracefully closed connection as "ended
+    // otherwise": the listener's stop completed while the connection's Completion was still to come. The listener hears
+    // of a connection's end before Completion completes (so that whoever awaits Completion finds its slot free), and
+    // took that as released.
+    [Fact]
+    public async Task StopAsync_CompletesOnlyOnceEveryConnectionsCompletionHasItsResult()
+    {
+        ManagedListener listener = StartLoopback();
+        using Socket client = await ConnectAsync(listener);
+        ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
+        bool? releasedBeforeCompletion = null;
+        ManagedConnection.BeforePublishForTest = c =>
+        {
+            if (ReferenceEquals(c, connection))
+            {
+                releasedBeforeCompletion = listener.AllReleasedForTest;
+            }
+        };
+        try
+        {
+            Task stop = listener.StopAsync(TimeSpan.FromSeconds(30));
+            Task<bool> completionDoneAtStop = stop.ContinueWith(_ => connection.Completion.IsCompleted, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(client).WithTimeout()).End);
+            client.Shutdown(SocketShutdown.Send);
+            await stop.WithTimeout();
+
+            Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
+            Assert.False(releasedBeforeCompletion, "the listener took the connection as released before its Completion had a result");
+            Assert.True(await completionDoneAtStop.WithTimeout(), "StopAsync completed before the connection's Completion");
+        }
+        finally
+        {
+            ManagedConnection.BeforePublishForTest = null;
+            await listener.DisposeAsync();
+        }
+    }
+
+    // The same with two connections: the first one's result published must not end the stop while the second's is
+    // still to come (the listener counts the connections between the two steps).
+    [Fact]
+    public async Task StopAsync_OneConnectionPublished_AnotherStillToPublish_IsNotOver()
+    {
+        ManagedListener listener = StartLoopback();
+        using Socket clientA = await ConnectAsync(listener);
+        ManagedConnection a = await listener.AcceptAsync().WithTimeout();
+        using Socket clientB = await ConnectAsync(listener);
+        ManagedConnection b = await listener.AcceptAsync().WithTimeout();
+        using var aPublished = new ManualResetEventSlim();
+        using var bWaiting = new ManualResetEventSlim();
+        bool? releasedWhileBWaits = null;
+        ManagedConnection.BeforePublishForTest = c =>
+        {
+            if (ReferenceEquals(c, b))
+            {
+                // B's end is known to the listener, its result not yet published: now A ends entirely.
+                bWaiting.Set();
+                if (aPublished.Wait(TestTimeouts.Passing))
+                {
+                    releasedWhileBWaits = listener.AllReleasedForTest;
+                }
+            }
+        };
+        ManagedConnection.AfterPublishForTest = c =>
+        {
+            if (ReferenceEquals(c, a))
+            {
+                aPublished.Set();
+            }
+        };
+        try
+        {
+            Task stop = listener.StopAsync(TimeSpan.FromSeconds(30));
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(clientB).WithTimeout()).End);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(clientA).WithTimeout()).End);
+            clientB.Shutdown(SocketShutdown.Send);
+            await Task.Run(() => bWaiting.Wait(TestTimeouts.Passing)).WithTimeout();
+            clientA.Shutdown(SocketShutdown.Send);
+            await stop.WithTimeout();
+
+            Assert.True(aPublished.IsSet, "A's result was not published while B waited");
+            Assert.False(releasedWhileBWaits, "the stop was over while B's Completion had no result");
+            Assert.Equal(CloseOutcome.Graceful, (await a.Completion.WithTimeout()).Outcome);
+            Assert.Equal(CloseOutcome.Graceful, (await b.Completion.WithTimeout()).Outcome);
+        }
+        finally
+        {
+            ManagedConnection.BeforePublishForTest = null;
+            ManagedConnection.AfterPublishForTest = null;
+            await listener.DisposeAsync();
+        }
+    }
+
     [Fact]
     public async Task ConnectionOptionsChangedAfterStart_DoNotReachTheListenersConnections()
     {

@@ -37,7 +37,7 @@ internal sealed class ConnectionSettings
         Instruments = options.MeterFactory is { } meterFactory ? Instruments.For(meterFactory) : Metrics.Default;
     }
 
-    private ConnectionSettings(ConnectionSettings source, Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted, EndPoint listenerEndPoint)
+    private ConnectionSettings(ConnectionSettings source, Action<ManagedConnection> completed, Action<ManagedConnection> published, Action<ManagedConnection> drainStarted, EndPoint listenerEndPoint)
     {
         TimeProvider = source.TimeProvider;
         DrainTimeout = source.DrainTimeout;
@@ -60,6 +60,7 @@ internal sealed class ConnectionSettings
         KeepAliveRetryCount = source.KeepAliveRetryCount;
         Instruments = source.Instruments;
         Completed = completed;
+        Published = published;
         DrainStarted = drainStarted;
         (_listenerIPv4Tags, _listenerIPv6Tags) = ConnectionTags.ForListener(listenerEndPoint);
     }
@@ -117,12 +118,15 @@ internal sealed class ConnectionSettings
     /// <summary>A listener's callback: told once, when a connection is finished.</summary>
     public Action<ManagedConnection>? Completed { get; }
 
+    /// <summary>A listener's callback: told once, after <see cref="Completed"/>, when the connection's Completion has its result.</summary>
+    public Action<ManagedConnection>? Published { get; }
+
     /// <summary>A listener's callback: told when a connection starts draining (for the draining budget).</summary>
     public Action<ManagedConnection>? DrainStarted { get; }
 
     /// <summary>The same settings with a listener's callbacks and metric tags; made once per listener.</summary>
-    public ConnectionSettings WithCallbacks(Action<ManagedConnection> completed, Action<ManagedConnection> drainStarted, EndPoint listenerEndPoint) =>
-        new(this, completed, drainStarted, listenerEndPoint);
+    public ConnectionSettings WithCallbacks(Action<ManagedConnection> completed, Action<ManagedConnection> published, Action<ManagedConnection> drainStarted, EndPoint listenerEndPoint) =>
+        new(this, completed, published, drainStarted, listenerEndPoint);
 
     /// <summary>The metric tags of one connection (precomputed: nothing is allocated per connection).</summary>
     public ConnectionTags TagsFor(AddressFamily socketFamily, EndPoint? remote) =>
