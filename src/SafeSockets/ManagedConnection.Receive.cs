@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
@@ -10,8 +11,8 @@ namespace SafeSockets;
 
 public sealed partial class ManagedConnection
 {
-    internal const int MinimumReadSize = 4096;
-    internal const int MaximumReadSize = 64 * 1024;
+    private const int MinimumReadSize = 4096;
+    private const int MaximumReadSize = 64 * 1024;
 
     /// <summary><see cref="ManagedConnectionOptions.UnsafePreferInlineScheduling"/>: the reader may be resumed on the thread
     /// that completed the read, even the runtime's socket event thread.</summary>
@@ -269,6 +270,7 @@ public sealed partial class ManagedConnection
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static int NextReadSize(int readSize, int received, int bufferLength)
     {
+        Debug.Assert(System.Numerics.BitOperations.IsPow2(readSize) && readSize is >= MinimumReadSize and <= MaximumReadSize, "read sizes are powers of two from 4 to 64 KiB");
         if (received >= bufferLength && readSize < MaximumReadSize)
         {
             return readSize * 2;
@@ -299,7 +301,7 @@ public sealed partial class ManagedConnection
             var buffers = new byte[Math.Clamp(Environment.ProcessorCount, 1, 8)][];
             for (int i = 0; i < buffers.Length; i++)
             {
-                // Stryker disable once Boolean : pinning changes nothing where reads are readiness-based (Linux, macOS); it matters for overlapped I/O
+                // Stryker disable once Boolean : equivalent: SocketAsyncEventArgs pins a buffer itself while an operation uses it; pinned here saves that handle
                 buffers[i] = GC.AllocateUninitializedArray<byte>(MaximumReadSize, pinned: true);
             }
 
@@ -332,7 +334,6 @@ public sealed partial class ManagedConnection
             bool waitForData = true;
             while (true)
             {
-                // Stryker disable once Equality,Logical : equivalent: waitForData is false here only after a read that filled its buffer, which grew readSize past 4 KiB; a drain that waits for data first reads the same bytes, one recv later
                 if (readSize > MinimumReadSize && !HasIo(IoInputTaken))
                 {
                     // Reads have grown past 4 KiB (a bulk transfer, for which one more recv per read is cheap): wait for data
@@ -378,8 +379,9 @@ public sealed partial class ManagedConnection
                     // (ManagedConnectionOptions.WaitForDataBeforeAllocatingBuffer: first a zero-byte read, unless the previous
                     // read filled its buffer). A loop woken because the connection is now watched waits for data first. So
                     // does the application's read once reads have grown past 4 KiB (above).
-                    // Stryker disable once Logical : the teardown takes the input before it marks the park draining, and a drain that waits for data first reads the same bytes, one recv later
-                    waitForData = !HasIo(IoInputTaken) && !_park.IsDraining
+                    // Stryker disable once Logical : equivalent in outcome: the teardown takes the input before it marks the park draining (Close, Abort), and a drain that first waits for data reads the same bytes, one recv later
+                    bool drainingNow = HasIo(IoInputTaken) || _park.IsDraining;
+                    waitForData = !drainingNow
                         && (!_park.ReadNow || readSize > MinimumReadSize || (waitForData && _settings.WaitForDataBeforeAllocatingBuffer));
                 }
 
@@ -404,12 +406,10 @@ public sealed partial class ManagedConnection
                 // The same for a loop that throws bytes away because the application completed its reader: the input's
                 // memory is not advanced there either, and GetMemory may hand out the rest of a large earlier buffer.
                 Memory<byte> memory = HasIo(IoInputTaken) ? DiscardBuffers.ForDrain(DrainReadSize())
-                    // Stryker disable once Conditional : equivalent in memory: once its reader is completed the pipe hands out the segment it holds again (seen in a test, session 12)
                     : discard ? DiscardBuffers.ForDrain(readSize)
                     : writer.GetMemory(readSize);
                 int received = await ReaderHandOff.Then(ReceiveOnceAsync(_socket, _receiveArgs, memory, token), TakeCaught(ref caught), this, s_onHandOffError);
                 bool draining = HasIo(IoInputTaken);
-                // Stryker disable once Equality : the tests' hook only
                 if (s_afterReadForTest is { } afterRead && received > 0 && !draining)
                 {
                     afterRead(this);

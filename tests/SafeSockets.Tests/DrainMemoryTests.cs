@@ -45,6 +45,72 @@ public sealed class DrainMemoryTests
         }
     }
 
+    // Review, session 12: with a discard-mode read sent into the input's memory (the Stryker survivor), no test failed. A
+    // reader completed with bytes unread keeps the pipe's segments, and such a read, never advanced, takes a new 64 KiB
+    // segment whenever the last one has less room than the loop's grown read size; held until the connection ends.
+    [Fact]
+    public async Task ApplicationCompletedItsReaderWithBytesUnread_LaterBytesTakeNoMoreInputMemory()
+    {
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync();
+        await using (server)
+        using (client)
+        {
+            PipeReader input = server.Transport.Input;
+            const int Upload = 1024 * 1024;
+            Task send = Peer.SendPatternAsync(client, Upload);
+
+            // Read in bulk (the loop's reads grow to 64 KiB), then stop consuming: the loop pauses behind what is unread.
+            long consumed = 0;
+            while (consumed < 256 * 1024)
+            {
+                ReadResult read = await input.ReadAsync().AsTask().WithTimeout();
+                consumed += read.Buffer.Length;
+                input.AdvanceTo(read.Buffer.End);
+            }
+
+            await TestTimeouts.WaitUntilAsync(() => server.InputPausedForTest, "the loop paused behind the unread bytes");
+            long before = InputSegmentsLength(server);
+
+            // Done reading, bytes unread: the rest of the upload is read and thrown away.
+            await input.CompleteAsync();
+            await send.WithTimeout();
+            await TestTimeouts.WaitUntilAsync(() => server.Socket.Available == 0, "the loop read the whole upload");
+
+            long after = InputSegmentsLength(server);
+            Assert.True(after <= before, $"the input's segments grew from {before} to {after} bytes while the loop threw bytes away");
+
+            client.Shutdown(SocketShutdown.Send);
+            Assert.Equal(CloseOutcome.Graceful, (await server.CloseAsync().AsTask().WithTimeout()).Outcome);
+        }
+    }
+
+    /// <summary>The capacity of every segment the input pipe holds (read, unread, and being written).</summary>
+    internal static long InputSegmentsLength(ManagedConnection connection)
+    {
+        var pipe = (Pipe)connection.InputPipe;
+        var seen = new HashSet<object>(ReferenceEqualityComparer.Instance);
+        long total = 0;
+        foreach (FieldInfo field in typeof(Pipe).GetFields(BindingFlags.NonPublic | BindingFlags.Instance))
+        {
+            if (field.FieldType.Name != "BufferSegment")
+            {
+                continue;
+            }
+
+            for (var segment = (System.Buffers.ReadOnlySequenceSegment<byte>?)field.GetValue(pipe); segment is not null; segment = segment.Next)
+            {
+                if (seen.Add(segment))
+                {
+                    PropertyInfo available = segment.GetType().GetProperty("AvailableMemory", BindingFlags.NonPublic | BindingFlags.Public | BindingFlags.Instance)
+                        ?? throw new InvalidOperationException("System.IO.Pipelines' BufferSegment has no AvailableMemory any more");
+                    total += ((Memory<byte>)available.GetValue(segment)!).Length;
+                }
+            }
+        }
+
+        return total;
+    }
+
     /// <summary>The input pipe's memory taken for writing and not yet advanced (0 when it holds none).</summary>
     internal static int InputWriteBufferLength(ManagedConnection connection)
     {

@@ -91,7 +91,6 @@ internal static class Metrics
 
         // The new category first: read in between, the connection counts twice (an over-count for a moment), never
         // zero times, so a wait for "no connection live" cannot pass while one is.
-        // Stryker disable once Equality : no transition enters "open" (0): a connection is counted there once, by ConnectionOpened
         if (to >= 0)
         {
             s_current.Add(to, 1);

@@ -41,7 +41,7 @@ internal sealed class SocketIoArgs : SocketAsyncEventArgs, IValueTaskSource<int>
     private int _rented;
 
     private SocketIoArgs()
-        // Stryker disable once Boolean : performance only: every awaiter of these operations restores its own execution context
+        // Stryker disable once Boolean : equivalent (the suite passes with false): operations start on the loop's and the watch's threads, which run in the default context (LoopPark.Resume), async methods restore their own, and the runtime drops a captured context when an operation completes
         : base(unsafeSuppressExecutionContextFlow: true)
     {
     }
