@@ -482,13 +482,22 @@ public sealed partial class ManagedConnection
 
     /// <summary>After the result is recorded: metrics, logs, the listener, and PeerClosed's waiters; then Completion (so
     /// whoever awaits it finds the metrics and logs in place).</summary>
+    /// <remarks>What a logger or a meter listener throws in the report propagates as before (out of an <c>Abort</c>, for
+    /// one), but the listener still hears of the end and Completion still completes: a stop must not wait for a connection
+    /// that has ended.</remarks>
     private void Finish(CloseResult result)
     {
         try
         {
-            Report(result);
-            _settings.Completed?.Invoke(this);
-            FirePeerClosed();
+            try
+            {
+                Report(result);
+            }
+            finally
+            {
+                _settings.Completed?.Invoke(this);
+                FirePeerClosed();
+            }
         }
         finally
         {

@@ -125,6 +125,52 @@ public sealed class ListenerTests
         }
     }
 
+    // Review of the fix above: the listener heard of a connection's end only after its metrics and logs, so a logger (or
+    // a meter listener) that threw there left the connection counted as live, and the listener's stop never ended.
+    [Fact]
+    public async Task StopAsync_AConnectionsLoggerThrewAtItsEnd_StillEnds()
+    {
+        var options = new ManagedListenerOptions { Connection = new ManagedConnectionOptions { Logger = new ThrowingLogger() } };
+        ManagedListener listener = StartLoopback(options);
+        try
+        {
+            using Socket client = await ConnectAsync(listener);
+            ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
+
+            // The logger's exception reaches the caller, as Microsoft.Extensions.Logging's own logger lets it.
+            Assert.IsType<LoggerFailureException>(Record.Exception(connection.Abort));
+            Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
+            Assert.Equal(0, listener.ActiveConnections);
+
+            await listener.StopAsync(TimeSpan.FromSeconds(1)).WithTimeout();
+        }
+        finally
+        {
+            await listener.DisposeAsync().AsTask().WithTimeout();
+        }
+    }
+
+    private sealed class LoggerFailureException : Exception
+    {
+    }
+
+    private sealed class ThrowingLogger : Microsoft.Extensions.Logging.ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
+
+        // Event 3: "aborted on purpose", logged as the connection ends.
+        public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            if (eventId.Id == 3)
+            {
+                throw new LoggerFailureException();
+            }
+        }
+    }
+
     [Fact]
     public async Task ConnectionOptionsChangedAfterStart_DoNotReachTheListenersConnections()
     {
