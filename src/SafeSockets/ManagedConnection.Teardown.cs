@@ -482,9 +482,10 @@ public sealed partial class ManagedConnection
 
     /// <summary>After the result is recorded: metrics, logs, the listener, and PeerClosed's waiters; then Completion (so
     /// whoever awaits it finds the metrics and logs in place).</summary>
-    /// <remarks>What a logger or a meter listener throws in the report propagates as before (out of an <c>Abort</c>, for
-    /// one), but the listener still hears of the end and Completion still completes: a stop must not wait for a connection
-    /// that has ended.</remarks>
+    /// <remarks>Nothing the application's logger (Internal/ContainedLogger.cs) or a meter listener throws in the report
+    /// leaves here: it would reach an <c>Abort</c>'s caller, or a detached teardown's work item, which would crash the
+    /// process. The listener hears of the end and Completion completes whatever happened: a stop must not wait for a
+    /// connection that has ended.</remarks>
     private void Finish(CloseResult result)
     {
         try
@@ -493,11 +494,15 @@ public sealed partial class ManagedConnection
             {
                 Report(result);
             }
-            finally
+#pragma warning disable CA1031 // A meter listener's exception (the logger's are contained already): nowhere to report it.
+            catch (Exception)
+#pragma warning restore CA1031
             {
-                _settings.Completed?.Invoke(this);
-                FirePeerClosed();
+                // Dropped: see the remarks.
             }
+
+            _settings.Completed?.Invoke(this);
+            FirePeerClosed();
         }
         finally
         {

@@ -56,7 +56,7 @@ public sealed class ManagedListener : IAsyncDisposable
         _socket = socket;
         _maxConnections = options.MaxConnections;
         _maxDraining = options.MaxDrainingConnections;
-        _logger = options.Connection.Logger;
+        _logger = ContainedLogger.Wrap(options.Connection.Logger);
         _timeProvider = options.Connection.TimeProvider;
         LocalEndPoint = socket.LocalEndPoint!;
         // A snapshot: later changes to the options object do not reach this listener's connections.
@@ -260,7 +260,8 @@ public sealed class ManagedListener : IAsyncDisposable
     /// <param name="gracePeriod">How long connections may take to close gracefully (FIN, drain) before they are aborted (RST).</param>
     /// <param name="cancellationToken">Ends the grace period early: the remaining connections are aborted at once, and the
     /// returned task still completes normally once all are released.</param>
-    /// <returns>A task that completes when every connection is released. Calling it again returns the same stop.</returns>
+    /// <returns>A task that completes when every connection is released and its <see cref="ManagedConnection.Completion"/> has
+    /// its result. Calling it again returns the same stop.</returns>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="gracePeriod"/> is negative (other than infinite).</exception>
     public Task StopAsync(TimeSpan gracePeriod, CancellationToken cancellationToken = default)
     {
@@ -541,8 +542,12 @@ public sealed class ManagedListener : IAsyncDisposable
             }
         }
 
+        BeforeAllReleasedForTest?.Invoke();
         _allReleased.TrySetResult();
     }
+
+    /// <summary>Runs just before the stop finds every connection released (on the thread that found it), for tests.</summary>
+    internal Action? BeforeAllReleasedForTest { get; set; }
 
     /// <summary>Whether the stop found every connection released, for tests.</summary>
     internal bool AllReleasedForTest => _allReleased.Task.IsCompleted;

@@ -44,6 +44,8 @@ public sealed class ListenerTests
         using Socket client = await ConnectAsync(listener);
         ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
         bool? releasedBeforeCompletion = null;
+        bool? completionDoneWhenReleased = null;
+        listener.BeforeAllReleasedForTest = () => completionDoneWhenReleased ??= connection.Completion.IsCompleted;
         ManagedConnection.BeforePublishForTest = c =>
         {
             if (ReferenceEquals(c, connection))
@@ -61,12 +63,13 @@ public sealed class ListenerTests
 
             Assert.Equal(CloseOutcome.Graceful, (await connection.Completion.WithTimeout()).Outcome);
             Assert.False(releasedBeforeCompletion, "the listener took the connection as released before its Completion had a result");
+            Assert.True(completionDoneWhenReleased, "the listener was released before the connection's Completion had its result"); // (a review: the order of the two last steps was not pinned)
             Assert.True(await completionDoneAtStop.WithTimeout(), "StopAsync completed before the connection's Completion");
         }
         finally
         {
             ManagedConnection.BeforePublishForTest = null;
-            await listener.DisposeAsync();
+            await listener.DisposeAsync().AsTask().WithTimeout();
         }
     }
 
@@ -108,7 +111,7 @@ public sealed class ListenerTests
             Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(clientB).WithTimeout()).End);
             Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(clientA).WithTimeout()).End);
             clientB.Shutdown(SocketShutdown.Send);
-            await Task.Run(() => bWaiting.Wait(TestTimeouts.Passing)).WithTimeout();
+            Assert.True(await Task.Run(() => bWaiting.Wait(TestTimeouts.Passing)).WithTimeout(), "B's close never reached its hook");
             clientA.Shutdown(SocketShutdown.Send);
             await stop.WithTimeout();
 
@@ -121,7 +124,7 @@ public sealed class ListenerTests
         {
             ManagedConnection.BeforePublishForTest = null;
             ManagedConnection.AfterPublishForTest = null;
-            await listener.DisposeAsync();
+            await listener.DisposeAsync().AsTask().WithTimeout();
         }
     }
 
@@ -130,15 +133,15 @@ public sealed class ListenerTests
     [Fact]
     public async Task StopAsync_AConnectionsLoggerThrewAtItsEnd_StillEnds()
     {
-        var options = new ManagedListenerOptions { Connection = new ManagedConnectionOptions { Logger = new ThrowingLogger() } };
+        var options = new ManagedListenerOptions { Connection = new ManagedConnectionOptions { Logger = new ThrowingLogger(3) } };
         ManagedListener listener = StartLoopback(options);
         try
         {
             using Socket client = await ConnectAsync(listener);
             ManagedConnection connection = await listener.AcceptAsync().WithTimeout();
 
-            // The logger's exception reaches the caller, as Microsoft.Extensions.Logging's own logger lets it.
-            Assert.IsType<LoggerFailureException>(Record.Exception(connection.Abort));
+            // What the logger throws stays in the logger (a second review: from a detached teardown it crashed the process).
+            connection.Abort();
             Assert.Equal(CloseOutcome.Aborted, (await connection.Completion.WithTimeout()).Outcome);
             Assert.Equal(0, listener.ActiveConnections);
 
@@ -154,17 +157,32 @@ public sealed class ListenerTests
     {
     }
 
-    private sealed class ThrowingLogger : Microsoft.Extensions.Logging.ILogger
+    // Second review, session 12: the CLOSE_WAIT guard's close runs detached on a pool work item, and a logger that threw on
+    // its event (1, the forced close) crashed the test host there; before that, the teardown stopped half way.
+    [Fact]
+    public async Task GuardClose_TheLoggerThrowsOnTheForcedCloseEvent_TheConnectionStillEnds()
+    {
+        var options = new ManagedConnectionOptions { CloseWaitTimeout = TimeSpan.FromMilliseconds(100), Logger = new ThrowingLogger(1) };
+        (Socket peer, ManagedConnection connection) = await Loopback.CreateManagedServerAsync(options);
+        using (peer)
+        {
+            peer.Shutdown(SocketShutdown.Send);
+            Assert.Equal(CloseOutcome.CloseWaitTimedOut, (await connection.Completion.WithTimeout()).Outcome);
+            Assert.Equal(PeerEnd.Fin, (await Peer.ReadToEndAsync(peer).WithTimeout()).End);
+        }
+    }
+
+    private sealed class ThrowingLogger(int eventToThrowOn) : Microsoft.Extensions.Logging.ILogger
     {
         public IDisposable? BeginScope<TState>(TState state)
             where TState : notnull => null;
 
         public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
 
-        // Event 3: "aborted on purpose", logged as the connection ends.
+        // Event 3: "aborted on purpose"; event 1: "closed by itself" (the guard); both logged as the connection ends.
         public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
         {
-            if (eventId.Id == 3)
+            if (eventId.Id == eventToThrowOn)
             {
                 throw new LoggerFailureException();
             }

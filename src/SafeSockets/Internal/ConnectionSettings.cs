@@ -19,7 +19,7 @@ internal sealed class ConnectionSettings
         MaxDrainBytes = options.MaxDrainBytes;
         CloseWaitTimeout = options.CloseWaitTimeout;
         IdleTimeout = options.IdleTimeout;
-        Logger = options.Logger;
+        Logger = ContainedLogger.Wrap(options.Logger);
         MaxInputBufferSize = options.MaxInputBufferSize;
         WaitForDataBeforeAllocatingBuffer = options.WaitForDataBeforeAllocatingBuffer;
         PreferInlineScheduling = options.UnsafePreferInlineScheduling;
