@@ -480,8 +480,9 @@ public sealed partial class ManagedConnection
         }
     }
 
-    /// <summary>After the result is recorded: metrics, logs, the listener, and PeerClosed's waiters; then Completion (so
-    /// whoever awaits it finds the metrics and logs in place).</summary>
+    /// <summary>After the result is recorded: metrics, logs, the listener (its slot freed), and PeerClosed's waiters; then
+    /// Completion (so whoever awaits it finds those in place); then the listener again (only this can end its stop, so
+    /// a stop's caller finds every Completion done).</summary>
     /// <remarks>Nothing the application's logger (Internal/ContainedLogger.cs) or a meter listener throws in the report
     /// leaves here: it would reach an <c>Abort</c>'s caller, or a detached teardown's work item, which would crash the
     /// process. The listener hears of the end and Completion completes whatever happened: a stop must not wait for a
