@@ -35,6 +35,12 @@ public sealed class ManagedListener : IAsyncDisposable
     private readonly Dictionary<ManagedConnection, LinkedListNode<ManagedConnection>> _drainNodes = new(ReferenceEqualityComparer.Instance);
     private int _acceptsInProgress;
 
+    // Connections whose end the listener heard of before the accept path tracked them (an immediate reset, or an end in
+    // the moment between adoption and tracking): Track finds them here and does not add them to _live. Membership in
+    // _live is decided by what the listener heard, never by a connection's recorded result: a result is recorded before
+    // the listener hears of it, and a connection in that moment must still hold a stop back. Almost always empty.
+    private readonly HashSet<ManagedConnection> _endedBeforeTracked = new(ReferenceEqualityComparer.Instance);
+
     // Connections whose end the listener heard of (OnConnectionCompleted: their slot is free at once) whose Completion has
     // no result yet (OnConnectionPublished). The stop is not over while any is: its caller must find every result in place.
     private int _unpublished;
@@ -214,7 +220,7 @@ public sealed class ManagedListener : IAsyncDisposable
             }
             catch (Exception ex)
             {
-                EndAccept(null);
+                EndAccept();
                 if (_acceptingStopped && ex is SocketException or ObjectDisposedException)
                 {
                     ThrowIfStopped();
@@ -385,17 +391,13 @@ public sealed class ManagedListener : IAsyncDisposable
         }
     }
 
-    /// <summary>An accept ended: its socket (if any) is tracked now, or it failed. Called once per counted accept.</summary>
-    private void EndAccept(ManagedConnection? tracked)
+    /// <summary>An accept ended without a connection to track (it failed, or the socket could not be adopted). Called
+    /// once per counted accept; Track ends the others.</summary>
+    private void EndAccept()
     {
         lock (_sync)
         {
             _acceptsInProgress--;
-            if (tracked is not null && tracked.FinalResult is null)
-            {
-                // Stryker disable once Statement : dead today (every caller passes null: a tracked socket goes through Track)
-                _live.Add(tracked);
-            }
         }
 
         CheckAllReleased();
@@ -420,9 +422,11 @@ public sealed class ManagedListener : IAsyncDisposable
         {
             // Reset before we could adopt it: nothing to hand out.
             accepted.Dispose();
-            EndAccept(null);
+            EndAccept();
             return null;
         }
+
+        AfterAdoptForTest?.Invoke(connection);
 
         bool refuse;
         int count;
@@ -430,9 +434,10 @@ public sealed class ManagedListener : IAsyncDisposable
         {
             _acceptsInProgress--;
 
-            // A connection that already finished (an immediate reset) was never added: OnConnectionCompleted ran first
-            // and found nothing to remove, so adding it now would keep it forever.
-            if (connection.FinalResult is null)
+            // A connection the listener already heard the end of (OnConnectionCompleted ran first and found nothing to
+            // remove) is not added: it would be kept forever. One whose result is recorded but whose end the listener has
+            // not heard of yet is added, and OnConnectionCompleted removes it: until then it holds a stop back.
+            if (!_endedBeforeTracked.Remove(connection))
             {
                 _live.Add(connection);
             }
@@ -474,7 +479,12 @@ public sealed class ManagedListener : IAsyncDisposable
         lock (_sync)
         {
             _unpublished++;
-            _live.Remove(connection);
+            if (!_live.Remove(connection))
+            {
+                // Not tracked yet: every connection this listener adopts reaches Track's lock once, after this.
+                _endedBeforeTracked.Add(connection);
+            }
+
             if (_drainNodes.Remove(connection, out LinkedListNode<ManagedConnection>? node))
             {
                 _draining.Remove(node);
@@ -548,6 +558,9 @@ public sealed class ManagedListener : IAsyncDisposable
 
     /// <summary>Runs just before the stop finds every connection released (on the thread that found it), for tests.</summary>
     internal Action? BeforeAllReleasedForTest { get; set; }
+
+    /// <summary>Runs in the accept path between adopting an accepted socket and tracking it, for tests.</summary>
+    internal Action<ManagedConnection>? AfterAdoptForTest { get; set; }
 
     /// <summary>Whether the stop found every connection released, for tests.</summary>
     internal bool AllReleasedForTest => _allReleased.Task.IsCompleted;

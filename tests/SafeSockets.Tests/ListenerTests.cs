@@ -153,6 +153,74 @@ public sealed class ListenerTests
         }
     }
 
+    // Second review, session 12 (made deterministic in session 13): the accept path decided whether to track a connection
+    // by its recorded result, not by whether the listener had heard of its end. A connection that ended between its
+    // adoption and its tracking, with the listener's callback still to run (here: the end's log line in progress), was
+    // neither tracked nor counted, so a stop racing it was over before that connection's Completion had its result.
+    [Fact]
+    public async Task StopAsync_AConnectionEndedBetweenAdoptionAndTracking_IsNotOverBeforeItsCompletion()
+    {
+        var logger = new BlockingLogger(eventToBlockOn: 3);
+        var options = new ManagedListenerOptions { Connection = new ManagedConnectionOptions { Logger = logger } };
+        ManagedListener listener = StartLoopback(options);
+        Task? stop = null;
+        Task? abort = null;
+        ManagedConnection? adopted = null;
+        bool? completionDoneWhenReleased = null;
+        bool? releasedWhileReporting = null;
+        listener.AfterAdoptForTest = connection =>
+        {
+            // The connection ends now (its result recorded, its end being logged, the listener not yet told), and the
+            // stop begins, before the accept path tracks it.
+            adopted = connection;
+            abort = Task.Run(connection.Abort);
+            Assert.True(logger.Entered.Wait(TestTimeouts.Passing), "the abort never reached its log line");
+            stop = listener.StopAsync(TimeSpan.FromSeconds(30));
+        };
+        listener.BeforeAllReleasedForTest = () => completionDoneWhenReleased ??= adopted?.Completion.IsCompleted;
+        try
+        {
+            using Socket client = await ConnectAsync(listener);
+            await Assert.ThrowsAsync<ObjectDisposedException>(async () => await listener.AcceptAsync().WithTimeout());
+            Assert.NotNull(stop);
+            releasedWhileReporting = listener.AllReleasedForTest;
+            logger.Release.Set();
+            await stop.WithTimeout();
+            await abort!.WithTimeout();
+
+            Assert.False(releasedWhileReporting, "the stop was over while the connection's end was still being reported");
+            Assert.True(completionDoneWhenReleased, "the listener was released before the connection's Completion had its result");
+            Assert.Equal(CloseOutcome.Aborted, (await adopted!.Completion.WithTimeout()).Outcome);
+            Assert.Equal(0, listener.ActiveConnections);
+        }
+        finally
+        {
+            logger.Release.Set();
+            await listener.DisposeAsync().AsTask().WithTimeout();
+        }
+    }
+
+    private sealed class BlockingLogger(int eventToBlockOn) : Microsoft.Extensions.Logging.ILogger
+    {
+        public ManualResetEventSlim Entered { get; } = new();
+
+        public ManualResetEventSlim Release { get; } = new();
+
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
+
+        public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            if (eventId.Id == eventToBlockOn)
+            {
+                Entered.Set();
+                Release.Wait(TestTimeouts.Passing);
+            }
+        }
+    }
+
     private sealed class LoggerFailureException : Exception
     {
     }
