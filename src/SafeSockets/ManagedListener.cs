@@ -23,31 +23,10 @@ public sealed class ManagedListener : IAsyncDisposable
     private readonly int _maxDraining;
     private readonly ILogger _logger;
     private readonly TimeProvider _timeProvider;
-    private readonly TaskCompletionSource _allReleased = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ConnectionSettings _connectionSettings;
 
-    // Connection tracking, under _sync: every connection accepted and not yet released (handed out or refused), the
-    // draining ones oldest first (each with its node, so a finished drain leaves the list in O(1)), and the accepts in
-    // progress (an accepted socket not yet tracked must hold a stop back as much as a tracked one).
-    private readonly object _sync = new();
-    private readonly HashSet<ManagedConnection> _live = new(ReferenceEqualityComparer.Instance);
-    private readonly LinkedList<ManagedConnection> _draining = new();
-    private readonly Dictionary<ManagedConnection, LinkedListNode<ManagedConnection>> _drainNodes = new(ReferenceEqualityComparer.Instance);
-    private int _acceptsInProgress;
-
-    // Connections whose end the listener heard of before the accept path tracked them (an immediate reset, or an end in
-    // the moment between adoption and tracking): Track finds them here and does not add them to _live. Membership in
-    // _live is decided by what the listener heard, never by a connection's recorded result: a result is recorded before
-    // the listener hears of it, and a connection in that moment must still hold a stop back. Almost always empty.
-    private readonly HashSet<ManagedConnection> _endedBeforeTracked = new(ReferenceEqualityComparer.Instance);
-
-    // Connections whose end the listener heard of (OnConnectionCompleted: their slot is free at once) whose Completion has
-    // no result yet (OnConnectionPublished). The stop is not over while any is: its caller must find every result in place.
-    private int _unpublished;
-    private volatile bool _stopping;
-
-    // StopAccepting was called (or the stop began): no more accepts, and a socket accepted in a race with it is closed.
-    private volatile bool _acceptingStopped;
+    // Which connections hold the listener (and its stop) back, behind one lock: Internal/ListenerTracker.cs.
+    private readonly ListenerTracker<ManagedConnection> _tracker;
 
     // The grace period is over (or was cancelled): a connection tracked from now on is aborted, not closed gracefully.
     private volatile bool _abortStragglers;
@@ -62,6 +41,7 @@ public sealed class ManagedListener : IAsyncDisposable
         _socket = socket;
         _maxConnections = options.MaxConnections;
         _maxDraining = options.MaxDrainingConnections;
+        _tracker = new ListenerTracker<ManagedConnection>(options.MaxConnections, options.MaxDrainingConnections);
         _logger = ContainedLogger.Wrap(options.Connection.Logger);
         _timeProvider = options.Connection.TimeProvider;
         LocalEndPoint = socket.LocalEndPoint!;
@@ -178,10 +158,7 @@ public sealed class ManagedListener : IAsyncDisposable
     {
         get
         {
-            lock (_sync)
-            {
-                return _live.Count;
-            }
+            return _tracker.ActiveCount;
         }
     }
 
@@ -190,10 +167,7 @@ public sealed class ManagedListener : IAsyncDisposable
     {
         get
         {
-            lock (_sync)
-            {
-                return _draining.Count;
-            }
+            return _tracker.DrainingCount;
         }
     }
 
@@ -207,10 +181,9 @@ public sealed class ManagedListener : IAsyncDisposable
         while (true)
         {
             // Counted before the accept starts, so a StopAsync that runs while the kernel hands us a socket waits for it.
-            lock (_sync)
+            if (!_tracker.TryBeginAccept())
             {
-                ThrowIfStopped();
-                _acceptsInProgress++;
+                throw StoppedException();
             }
 
             Socket accepted;
@@ -220,8 +193,8 @@ public sealed class ManagedListener : IAsyncDisposable
             }
             catch (Exception ex)
             {
-                EndAccept();
-                if (_acceptingStopped && ex is SocketException or ObjectDisposedException)
+                _tracker.EndAccept();
+                if (_tracker.AcceptingStopped && ex is SocketException or ObjectDisposedException)
                 {
                     ThrowIfStopped();
                 }
@@ -253,10 +226,7 @@ public sealed class ManagedListener : IAsyncDisposable
     /// <see cref="StopAsync"/>, does nothing.</remarks>
     public void StopAccepting()
     {
-        lock (_sync)
-        {
-            _acceptingStopped = true;
-        }
+        _tracker.StopAccepting();
 
         // For a Unix domain socket, the runtime removes the socket file it bound when the socket is disposed.
         _socket.Dispose();
@@ -288,11 +258,7 @@ public sealed class ManagedListener : IAsyncDisposable
             return other;
         }
 
-        lock (_sync)
-        {
-            _stopping = true;
-            _acceptingStopped = true;
-        }
+        _tracker.BeginStop();
 
         // For a Unix domain socket, the runtime removes the socket file it bound when the socket is disposed.
         _socket.Dispose();
@@ -330,24 +296,24 @@ public sealed class ManagedListener : IAsyncDisposable
         // (Task.Yield would post there: a UI thread blocked on the stop would never run the rest of it).
         // Stryker disable once Statement : without the yield the same stop runs on the caller's thread until its first wait; no result or order differs
         await Task.CompletedTask.ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
-        ManagedConnection[] live = Snapshot();
-        CheckAllReleased();
+        ManagedConnection[] live = _tracker.Snapshot();
+        _tracker.CheckAllReleased();
         foreach (ManagedConnection connection in live)
         {
             _ = CloseQuietlyAsync(connection);
         }
 
         int aborted = 0;
-        if (!_allReleased.Task.IsCompleted)
+        if (!_tracker.AllReleased.IsCompleted)
         {
             try
             {
-                await _allReleased.Task.WaitAsync(gracePeriod, _timeProvider, cancellationToken).ConfigureAwait(false);
+                await _tracker.AllReleased.WaitAsync(gracePeriod, _timeProvider, cancellationToken).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
             {
                 _abortStragglers = true;
-                foreach (ManagedConnection connection in Snapshot())
+                foreach (ManagedConnection connection in _tracker.Snapshot())
                 {
                     if (connection.FinalResult is null)
                     {
@@ -359,18 +325,10 @@ public sealed class ManagedListener : IAsyncDisposable
         }
 
         // Stryker disable once Boolean : the stop runs on the thread pool since its forced yield: no context to capture
-        await _allReleased.Task.ConfigureAwait(false);
+        await _tracker.AllReleased.ConfigureAwait(false);
         if (_logger.IsEnabled(LogLevel.Information))
         {
             Log.ListenerStopped(_logger, LocalEndPoint.ToString(), Math.Max(0, live.Length - aborted), aborted);
-        }
-    }
-
-    private ManagedConnection[] Snapshot()
-    {
-        lock (_sync)
-        {
-            return [.. _live];
         }
     }
 
@@ -389,18 +347,6 @@ public sealed class ManagedListener : IAsyncDisposable
             // Stryker disable once Statement,String : a defensive net; a connection's close for the listener never throws (its teardown catches everything)
             Log.UnexpectedError(_logger, "listener's close", connection.RemoteEndPoint?.ToString(), ex);
         }
-    }
-
-    /// <summary>An accept ended without a connection to track (it failed, or the socket could not be adopted). Called
-    /// once per counted accept; Track ends the others.</summary>
-    private void EndAccept()
-    {
-        lock (_sync)
-        {
-            _acceptsInProgress--;
-        }
-
-        CheckAllReleased();
     }
 
     /// <summary>Adopts an accepted socket and decides whether to hand it out: a stopping listener or one at
@@ -422,33 +368,16 @@ public sealed class ManagedListener : IAsyncDisposable
         {
             // Reset before we could adopt it: nothing to hand out.
             accepted.Dispose();
-            EndAccept();
+            _tracker.EndAccept();
             return null;
         }
 
         AfterAdoptForTest?.Invoke(connection);
 
-        bool refuse;
-        int count;
-        lock (_sync)
-        {
-            _acceptsInProgress--;
-
-            // A connection the listener already heard the end of (OnConnectionCompleted ran first and found nothing to
-            // remove) is not added: it would be kept forever. One whose result is recorded but whose end the listener has
-            // not heard of yet is added, and OnConnectionCompleted removes it: until then it holds a stop back.
-            if (!_endedBeforeTracked.Remove(connection))
-            {
-                _live.Add(connection);
-            }
-
-            count = _live.Count;
-            refuse = _acceptingStopped || count > _maxConnections;
-        }
-
+        bool refuse = _tracker.Track(connection, out int count);
         if (refuse)
         {
-            if (!_acceptingStopped)
+            if (!_tracker.AcceptingStopped)
             {
                 _connectionSettings.Instruments.Rejected.Add(1, connection.MetricTags.Common);
                 if (_logger.IsEnabled(LogLevel.Information))
@@ -467,63 +396,20 @@ public sealed class ManagedListener : IAsyncDisposable
                 _ = CloseQuietlyAsync(connection);
             }
 
-            CheckAllReleased();
+            _tracker.CheckAllReleased();
             return null;
         }
 
         return connection;
     }
 
-    private void OnConnectionCompleted(ManagedConnection connection)
-    {
-        lock (_sync)
-        {
-            _unpublished++;
-            if (!_live.Remove(connection))
-            {
-                // Not tracked yet: every connection this listener adopts reaches Track's lock once, after this.
-                _endedBeforeTracked.Add(connection);
-            }
+    private void OnConnectionCompleted(ManagedConnection connection) => _tracker.Completed(connection);
 
-            if (_drainNodes.Remove(connection, out LinkedListNode<ManagedConnection>? node))
-            {
-                _draining.Remove(node);
-            }
-        }
-    }
-
-    private void OnConnectionPublished(ManagedConnection connection)
-    {
-        lock (_sync)
-        {
-            _unpublished--;
-        }
-
-        CheckAllReleased();
-    }
+    private void OnConnectionPublished(ManagedConnection connection) => _tracker.Published(connection);
 
     private void OnDrainStarted(ManagedConnection connection)
     {
-        List<ManagedConnection>? cut = null;
-        lock (_sync)
-        {
-            // Stryker disable once Logical : a defensive check; DrainStarted is raised once per connection, by its one teardown, before its result is recorded, so both are false
-            if (connection.FinalResult is not null || _drainNodes.ContainsKey(connection))
-            {
-                return;
-            }
-
-            _drainNodes.Add(connection, _draining.AddLast(connection));
-            while (_draining.Count > _maxDraining && _draining.First is { } oldest)
-            {
-                // Cut drains leave the count here; their completion then finds nothing to remove.
-                _draining.RemoveFirst();
-                _drainNodes.Remove(oldest.Value);
-                // Stryker disable once Assignment : each call adds one connection to a list within the budget, so at most one is cut per call
-                (cut ??= []).Add(oldest.Value);
-            }
-        }
-
+        List<ManagedConnection>? cut = _tracker.DrainStarted(connection, ended: connection.FinalResult is not null);
         if (cut is null)
         {
             return;
@@ -542,34 +428,27 @@ public sealed class ManagedListener : IAsyncDisposable
         }
     }
 
-    private void CheckAllReleased()
+    /// <summary>Runs just before the stop finds every connection released (on the thread that found it), for tests.</summary>
+    internal Action? BeforeAllReleasedForTest
     {
-        lock (_sync)
-        {
-            if (!_stopping || _live.Count != 0 || _acceptsInProgress != 0 || _unpublished != 0)
-            {
-                return;
-            }
-        }
-
-        BeforeAllReleasedForTest?.Invoke();
-        _allReleased.TrySetResult();
+        get => _tracker.BeforeAllReleasedForTest;
+        set => _tracker.BeforeAllReleasedForTest = value;
     }
 
-    /// <summary>Runs just before the stop finds every connection released (on the thread that found it), for tests.</summary>
-    internal Action? BeforeAllReleasedForTest { get; set; }
+    /// <summary>Whether the stop found every connection released, for tests.</summary>
+    internal bool AllReleasedForTest => _tracker.AllReleased.IsCompleted;
 
     /// <summary>Runs in the accept path between adopting an accepted socket and tracking it, for tests.</summary>
     internal Action<ManagedConnection>? AfterAdoptForTest { get; set; }
 
-    /// <summary>Whether the stop found every connection released, for tests.</summary>
-    internal bool AllReleasedForTest => _allReleased.Task.IsCompleted;
-
     private void ThrowIfStopped()
     {
-        if (_acceptingStopped)
+        if (_tracker.AcceptingStopped)
         {
-            throw new ObjectDisposedException(nameof(ManagedListener), "The listener is stopped (StopAccepting, StopAsync or DisposeAsync was called); it accepts no more connections.");
+            throw StoppedException();
         }
     }
+
+    private static ObjectDisposedException StoppedException() =>
+        new(nameof(ManagedListener), "The listener is stopped (StopAccepting, StopAsync or DisposeAsync was called); it accepts no more connections.");
 }

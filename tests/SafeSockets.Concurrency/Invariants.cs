@@ -35,6 +35,7 @@ internal static class Invariants
             Check(c, c.Disposals == 0, "The socket was disposed without a recorded result.");
             Check(c, !c.Lifecycle.IsTearingDown, "A teardown began and never recorded a result (state {0}).", c.Lifecycle.State);
             Check(c, c.CloseCalls.Count == 0, "A CloseAsync returned without a teardown.");
+            Check(c, c.EndSteps.Count == 0, "The listener was told of an end without a recorded result.");
             return;
         }
 
@@ -42,7 +43,9 @@ internal static class Invariants
         Check(c, c.Disposals == 1, "The socket was disposed {0} times (expected exactly once).", c.Disposals);
 
         // Exactly one CloseResult: every Record returned it, Completion has it.
-        Check(c, c.Recorded.Count >= 1, "A result exists but Record was never called by the model.");
+        // One teardown owner records it once, and tells the listener once: its end, then the published result.
+        Check(c, c.Recorded.Count == 1, "Record was called {0} times (expected once, by the teardown's one owner).", c.Recorded.Count);
+        Check(c, string.Join(",", c.EndSteps) == "completed,published", "The listener was told [{0}] (expected its end once, then the published result once).", string.Join(",", c.EndSteps));
         foreach (CloseResult r in c.Recorded)
         {
             Check(c, r == result, "Record returned {0}, the lifecycle holds {1}.", r, result);

@@ -66,6 +66,7 @@ internal sealed class ModelConnection
     private readonly object _record = new();
     private readonly List<CloseResult> _recorded = [];
     private readonly List<CloseCall> _closeCalls = [];
+    private readonly List<string> _endSteps = [];
     private readonly List<Task> _background = [];
 
     // The receive loop: ends once, with the first of the peer's FIN or reset, a drain stop, or the socket's release.
@@ -612,8 +613,14 @@ internal sealed class ModelConnection
 
     private CloseResult RecordResult(CloseOutcome outcome)
     {
+        // As ManagedConnection.Finish: the result is recorded, the listener hears of the end (Completed), Completion gets
+        // the result, and the listener hears that (Published).
         CloseResult result = Lifecycle.Record(outcome, 0, TimeSpan.Zero);
+        bool publishedEarly = Lifecycle.GetCompletionTask().IsCompleted;
+        NoteEnd("completed");
+        Specification.Assert(!publishedEarly, "Completion had its result before the listener heard of the end.\n{0}", TraceText);
         Lifecycle.PublishResult();
+        NoteEnd("published");
         Log($"Record({outcome}) -> {result.Outcome}");
         lock (_record)
         {
@@ -627,6 +634,26 @@ internal sealed class ModelConnection
         }
 
         return result;
+    }
+
+    private void NoteEnd(string step)
+    {
+        lock (_record)
+        {
+            _endSteps.Add(step);
+        }
+    }
+
+    /// <summary>What the end told the listener, in order (ManagedConnection.Finish's Completed and Published callbacks).</summary>
+    public IReadOnlyList<string> EndSteps
+    {
+        get
+        {
+            lock (_record)
+            {
+                return [.. _endSteps];
+            }
+        }
     }
 
     private void Note(CloseCall call)
