@@ -32,6 +32,10 @@ public sealed class ManagedListener : IAsyncDisposable
     private volatile bool _abortStragglers;
     private Task? _stopTask;
 
+    // CloseListeningSocket ran (under _closeLock, held until the socket is closed).
+    private readonly object _closeLock = new();
+    private bool _listeningClosed;
+
     // Whether an accepted TCP socket starts with the listening socket's NoDelay and keep-alive settings (Linux: the
     // kernel clones them). Elsewhere each accepted socket is set on its own.
     private static readonly bool s_acceptedInheritOptions = OperatingSystem.IsLinux();
@@ -227,9 +231,7 @@ public sealed class ManagedListener : IAsyncDisposable
     public void StopAccepting()
     {
         _tracker.StopAccepting();
-
-        // For a Unix domain socket, the runtime removes the socket file it bound when the socket is disposed.
-        _socket.Dispose();
+        CloseListeningSocket();
     }
 
     /// <summary>Stops accepting, closes every live connection gracefully, and aborts those still open when <paramref name="gracePeriod"/> ends.</summary>
@@ -259,12 +261,47 @@ public sealed class ManagedListener : IAsyncDisposable
         }
 
         _tracker.BeginStop();
-
-        // For a Unix domain socket, the runtime removes the socket file it bound when the socket is disposed.
-        _socket.Dispose();
+        CloseListeningSocket();
 
         _ = RunStopAsync(started, gracePeriod, cancellationToken);
         return started.Task;
+    }
+
+    /// <summary>Closes the listening socket, and returns (to every caller) only once the kernel no longer listens: the
+    /// connections still in the backlog are reset, new ones refused.</summary>
+    /// <remarks><para>Disposing alone is not enough: close() ends the listen only when the last descriptor for the socket
+    /// goes, and a child process between fork and exec (<c>Process.Start</c> on any thread of this process) holds a copy of
+    /// every descriptor until its exec; meanwhile the backlog's connections stay established (seen in CI). shutdown() on a
+    /// listening TCP socket stops the listen at once on Linux, whoever else holds it. Elsewhere it may fail (not
+    /// connected): the close below ends the listen then.</para>
+    /// <para>The lock makes a second caller (<see cref="StopAccepting"/> racing <see cref="StopAsync"/>) wait for the first:
+    /// <see cref="Socket.Dispose()"/> returns at once while another thread's dispose is still closing.</para>
+    /// <para>For a Unix domain socket (no shutdown), the runtime removes the socket file it bound when the socket is
+    /// disposed.</para></remarks>
+    private void CloseListeningSocket()
+    {
+        lock (_closeLock)
+        {
+            if (_listeningClosed)
+            {
+                return;
+            }
+
+            _listeningClosed = true;
+            if (_socket.ProtocolType == ProtocolType.Tcp)
+            {
+                try
+                {
+                    _socket.Shutdown(SocketShutdown.Both);
+                }
+                catch (SocketException)
+                {
+                    // Not connected: a system where a listening socket cannot be shut down; the close below ends it.
+                }
+            }
+
+            _socket.Dispose();
+        }
     }
 
     private async Task RunStopAsync(TaskCompletionSource started, TimeSpan gracePeriod, CancellationToken cancellationToken)
@@ -437,6 +474,9 @@ public sealed class ManagedListener : IAsyncDisposable
 
     /// <summary>Whether the stop found every connection released, for tests.</summary>
     internal bool AllReleasedForTest => _tracker.AllReleased.IsCompleted;
+
+    /// <summary>The listening socket, for tests.</summary>
+    internal Socket ListeningSocketForTest => _socket;
 
     /// <summary>Runs in the accept path between adopting an accepted socket and tracking it, for tests.</summary>
     internal Action<ManagedConnection>? AfterAdoptForTest { get; set; }

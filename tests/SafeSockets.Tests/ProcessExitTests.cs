@@ -7,6 +7,7 @@ namespace SafeSockets.Tests;
 /// still open (an error path that skips the cleanup) must exit. A foreground thread would hold the process for good
 /// (the watch's thread never ends; the waiter sleeps until its deadline). Only a process of its own can show it
 /// (tests/SafeSockets.TestHost, <c>exit-with-connections-open</c>).</summary>
+[Collection(ExclusiveTests.Name)] // starts a process: between its fork and exec the child holds a copy of every descriptor, delaying other tests' closes (session 13)
 public sealed class ProcessExitTests
 {
     [Fact]

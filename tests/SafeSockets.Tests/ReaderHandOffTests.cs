@@ -181,6 +181,7 @@ public sealed class ReaderHandOffTests
 /// <summary>With DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 socket completions run on the runtime's event thread
 /// itself, not on the pool: a reader resumed there and then blocking would stop every connection that thread serves.
 /// The setting is read at start-up, so the scenario runs in a process of its own (tests/SafeSockets.TestHost).</summary>
+[Collection(ExclusiveTests.Name)] // starts a process: between its fork and exec the child holds a copy of every descriptor, delaying other tests' closes (session 13)
 public sealed class ReaderHandOffInlineCompletionsTests
 {
     [Fact]

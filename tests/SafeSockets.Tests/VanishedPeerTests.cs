@@ -5,6 +5,7 @@ namespace SafeSockets.Tests;
 /// <summary>A peer that vanishes without FIN or RST (power loss, a dropped NAT entry), for real: in a private network
 /// namespace made for the run (`unshare -n`, as root), the loopback link is taken down under an established connection.
 /// With keep-alive at 1 s / 1 s / 2 probes the kernel gives up after about 3 s and the connection ends by itself.</summary>
+[Collection(ExclusiveTests.Name)] // starts a process: between its fork and exec the child holds a copy of every descriptor, delaying other tests' closes (session 13)
 public sealed class VanishedPeerTests
 {
     [Fact]

@@ -31,7 +31,9 @@ internal readonly record struct KernelCounters(long OutRsts, long EstabResets)
     public static KernelCounters operator -(KernelCounters a, KernelCounters b) => new(a.OutRsts - b.OutRsts, a.EstabResets - b.EstabResets);
 }
 
-/// <summary>Tests in this collection run alone: they read system-wide kernel counters or count descriptors.</summary>
+/// <summary>Tests in this collection run alone: they read system-wide kernel counters or count descriptors, or they start
+/// a process (a child holds a copy of every descriptor of this process between its fork and its exec, so a close another
+/// test makes meanwhile does not end its socket: a listener keeps listening, an abort's RST waits).</summary>
 [CollectionDefinition(Name, DisableParallelization = true)]
 public sealed class ExclusiveTests
 {
