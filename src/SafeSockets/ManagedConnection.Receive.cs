@@ -262,6 +262,27 @@ public sealed partial class ManagedConnection
         return left >= MaximumReadSize ? MaximumReadSize : (int)Math.Max(0, left) + 1;
     }
 
+    /// <summary>The input's memory for the loop's next read: <paramref name="readSize"/>, unless a grown read finds nothing
+    /// to read in the kernel, when it takes 4 KiB.</summary>
+    /// <remarks>A grown read (past 4 KiB) always follows a wait for data, so that a read left waiting holds no grown buffer
+    /// (if the connection were closed meanwhile the drain would count all that read got past MaxDrainBytes, and the buffer
+    /// would be held, never advanced, until the drain ended). The wait can complete with nothing to read: at the peer's FIN,
+    /// or on a stale readiness (seen under load: the loop's 32 KiB read then waited on a quiet peer, session 13). One ioctl
+    /// per grown read (bulk transfers only) tells them apart; a read that may wait takes what a request/response read
+    /// takes.</remarks>
+    private Memory<byte> InputReadMemory(PipeWriter writer, int readSize)
+    {
+        if (readSize > MinimumReadSize && _socket.Available == 0)
+        {
+            return writer.GetMemory(MinimumReadSize)[..MinimumReadSize];
+        }
+
+        return writer.GetMemory(readSize);
+    }
+
+    /// <summary>Runs in the receive loop just after its wait for data completed (before its read), for tests.</summary>
+    internal static Action<ManagedConnection>? AfterWaitForDataForTest { get; set; }
+
     /// <summary>The receive loop's next read size after a read of <paramref name="received"/> bytes into a buffer of
     /// <paramref name="bufferLength"/>: doubled (up to 64 KiB) when the read filled its buffer, halved (down to 4 KiB) when
     /// it got less than a quarter of the size or at most 4 KiB, otherwise unchanged.</summary>
@@ -395,6 +416,7 @@ public sealed partial class ManagedConnection
                 if (waitForData)
                 {
                     await ReaderHandOff.Then(ReceiveOnceAsync(_socket, _receiveArgs, Memory<byte>.Empty, token), TakeCaught(ref caught), this, s_onHandOffError);
+                    AfterWaitForDataForTest?.Invoke(this);
                 }
 
             Read:
@@ -407,7 +429,7 @@ public sealed partial class ManagedConnection
                 // memory is not advanced there either, and GetMemory may hand out the rest of a large earlier buffer.
                 Memory<byte> memory = HasIo(IoInputTaken) ? DiscardBuffers.ForDrain(DrainReadSize())
                     : discard ? DiscardBuffers.ForDrain(readSize)
-                    : writer.GetMemory(readSize);
+                    : InputReadMemory(writer, readSize);
                 int received = await ReaderHandOff.Then(ReceiveOnceAsync(_socket, _receiveArgs, memory, token), TakeCaught(ref caught), this, s_onHandOffError);
                 bool draining = HasIo(IoInputTaken);
                 if (s_afterReadForTest is { } afterRead && received > 0 && !draining)

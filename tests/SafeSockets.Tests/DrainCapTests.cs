@@ -65,12 +65,22 @@ public sealed class DrainCapTests
 
             await send.WithTimeout();
 
+            // Once it has handed over the upload's last bytes the loop parks (the next read wakes it on this thread and
+            // issues its read before ReceiveAsync returns) or, watched, waits for data at once. Without this wait the check
+            // below could see the loop between its last read and either state, with that read's buffer still set (failed
+            // once, session 13). With the defect the loop never waits for data, and this wait fails too.
+            await TestTimeouts.WaitUntilAsync(
+                () => server.ParkForTest.IsParked || server.PendingReadLengthForTest <= 4096,
+                "the loop parks, or waits for data, after the upload");
+
             // The next request's read: with reads grown past 4 KiB it first waits for data with a zero-byte read (it went
             // straight into the input's memory at the grown size, which the drain then held, never advanced, until it ended).
             Task<int> receive = server.ReceiveAsync(buffer).AsTask();
             await TestTimeouts.WaitUntilAsync(() => (!server.ParkForTest.IsParked && !server.ParkForTest.IsWaking), "the application's read is issued");
             Assert.False(receive.IsCompleted);
-            Assert.Equal(0, server.PendingReadLengthForTest);
+            // A zero-byte wait; or, if that wait completed with nothing to read (a stale readiness), a 4 KiB read
+            // (DrainMemoryTests.GrownRead_TheWaitForDataFindsNothingToRead_TheReadThatWaitsHoldsAtMost4KiB).
+            Assert.True(server.PendingReadLengthForTest <= 4096, $"the read waiting for the next request holds {server.PendingReadLengthForTest} bytes");
 
             // What is left of the input's last segment after the upload's last read (up to 64 KiB less what that read got:
             // the pipe keeps it for the next write); the drain must take nothing more.
@@ -96,7 +106,8 @@ public sealed class DrainCapTests
             CloseResult result = await close.WithTimeout();
             Assert.Equal(CloseOutcome.Graceful, result.Outcome);
             Assert.Equal(10, result.BytesDrained);
-            Assert.True(held == before, $"a draining connection whose peer is quiet holds a {held}-byte input buffer ({before} before the close)");
+            // (At most one 4 KiB segment more: a wait that completed with nothing to read, after `before`, takes 4 KiB.)
+            Assert.True(held <= Math.Max(before, 4096), $"a draining connection whose peer is quiet holds a {held}-byte input buffer ({before} before the close)");
         }
     }
 

@@ -8,6 +8,92 @@ namespace SafeSockets.Tests;
 /// <summary>Memory a draining connection holds while its peer is quiet (review 11: the drain's jump to 64 KiB reads).</summary>
 public sealed class DrainMemoryTests
 {
+    // Session 13, found as a flaky DrainCapTests run under two CPU hogs: a grown read (past 4 KiB) follows a wait for
+    // data so that a read left waiting holds no grown buffer, but the wait can complete with nothing to read (a stale
+    // readiness), and the loop's 32 KiB read then waited on a quiet peer, holding its buffer (and, were the connection
+    // closed then, the drain would count all that read got past MaxDrainBytes). The hook takes the bytes that woke the
+    // wait, exactly as a stale readiness leaves it.
+    [Fact]
+    public async Task GrownRead_TheWaitForDataFindsNothingToRead_TheReadThatWaitsHoldsAtMost4KiB()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return; // the pending read is observed through the pooled operation, used where shutdown(SHUT_RD) stops reads
+        }
+
+        // Every read waits for data first, so the hook runs even if the upload's tail shrank the read size back to 4 KiB.
+        var options = new ManagedConnectionOptions { WaitForDataBeforeAllocatingBuffer = true };
+        (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
+        using (client)
+        {
+            // An upload read in bulk: the loop's reads grow past 4 KiB.
+            const int Upload = 1024 * 1024;
+            Task send = Peer.SendPatternAsync(client, Upload);
+            byte[] buffer = new byte[64 * 1024];
+            int read = 0;
+            while (read < Upload)
+            {
+                read += await server.ReceiveAsync(buffer).WithTimeout();
+            }
+
+            await send.WithTimeout();
+
+            int stolen = 0;
+            var stole = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            ManagedConnection.AfterWaitForDataForTest = c =>
+            {
+                if (!ReferenceEquals(c, server) || stole.Task.IsCompleted || c.Socket.Available == 0)
+                {
+                    // Not the wake for the bytes below (a wait that completed with nothing to read anyway).
+                    return;
+                }
+
+                byte[] sink = new byte[256];
+                while (c.Socket.Available > 0)
+                {
+                    stolen += c.Socket.Receive(sink);
+                }
+
+                stole.TrySetResult();
+            };
+            try
+            {
+                // If a wait completed by itself with nothing to read (what this test stages), the loop's 4 KiB read takes
+                // the bytes: then again, a bounded number of times.
+                Task<int> receive = server.ReceiveAsync(buffer).AsTask();
+                for (int attempt = 0; ; attempt++)
+                {
+                    await client.SendAsync(new byte[100]).WithTimeout();
+                    Task first = await Task.WhenAny(stole.Task, receive).WithTimeout();
+                    if (first == stole.Task)
+                    {
+                        break;
+                    }
+
+                    Assert.True(attempt < 5, "the loop's wait for data never woke for the bytes sent");
+                    Assert.Equal(100, await receive);
+                    receive = server.ReceiveAsync(buffer).AsTask();
+                }
+                await TestTimeouts.WaitUntilAsync(() => server.PendingReadLengthForTest > 0, "the loop's read after its wait is issued");
+
+                Assert.Equal(100, stolen);
+                Assert.False(receive.IsCompleted);
+                Assert.True(server.PendingReadLengthForTest <= 4096, $"the read waiting on a quiet peer holds {server.PendingReadLengthForTest} bytes");
+
+                // That read still serves the application.
+                await client.SendAsync(new byte[10]).WithTimeout();
+                Assert.Equal(10, await receive.WithTimeout());
+            }
+            finally
+            {
+                ManagedConnection.AfterWaitForDataForTest = null;
+            }
+
+            client.Shutdown(SocketShutdown.Send);
+            Assert.Equal(CloseOutcome.Graceful, (await server.CloseAsync().AsTask().WithTimeout()).Outcome);
+        }
+    }
+
     [Fact]
     public async Task Drain_PeerQuietAfterABurst_HoldsNoLargerInputBufferThanItStartedWith()
     {
