@@ -446,7 +446,7 @@ public sealed class ManagedListener : IAsyncDisposable
 
     private void OnDrainStarted(ManagedConnection connection)
     {
-        List<ManagedConnection>? cut = _tracker.DrainStarted(connection, ended: connection.FinalResult is not null);
+        List<ManagedConnection>? cut = _tracker.DrainStarted(connection);
         if (cut is null)
         {
             return;
@@ -471,6 +471,9 @@ public sealed class ManagedListener : IAsyncDisposable
         get => _tracker.BeforeAllReleasedForTest;
         set => _tracker.BeforeAllReleasedForTest = value;
     }
+
+    /// <summary>The tracker's counts (live, accepts in progress, unpublished, ended before tracking, draining), for tests.</summary>
+    internal (int Live, int AcceptsInProgress, int Unpublished, int EndedBeforeTracked, int Draining) TrackerCountsForTest => _tracker.CountsForTest;
 
     /// <summary>Whether the stop found every connection released, for tests.</summary>
     internal bool AllReleasedForTest => _tracker.AllReleased.IsCompleted;

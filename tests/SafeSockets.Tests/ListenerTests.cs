@@ -168,13 +168,14 @@ public sealed class ListenerTests
         ManagedConnection? adopted = null;
         bool? completionDoneWhenReleased = null;
         bool? releasedWhileReporting = null;
+        bool abortReachedItsLogLine = false;
         listener.AfterAdoptForTest = connection =>
         {
             // The connection ends now (its result recorded, its end being logged, the listener not yet told), and the
-            // stop begins, before the accept path tracks it.
+            // stop begins, before the accept path tracks it. (Nothing here throws: a throw would leave the accept counted.)
             adopted = connection;
             abort = Task.Run(connection.Abort);
-            Assert.True(logger.Entered.Wait(TestTimeouts.Passing), "the abort never reached its log line");
+            abortReachedItsLogLine = logger.Entered.Wait(TestTimeouts.Passing);
             stop = listener.StopAsync(TimeSpan.FromSeconds(30));
         };
         listener.BeforeAllReleasedForTest = () => completionDoneWhenReleased ??= adopted?.Completion.IsCompleted;
@@ -182,6 +183,7 @@ public sealed class ListenerTests
         {
             using Socket client = await ConnectAsync(listener);
             await Assert.ThrowsAsync<ObjectDisposedException>(async () => await listener.AcceptAsync().WithTimeout());
+            Assert.True(abortReachedItsLogLine, "the abort never reached its log line");
             Assert.NotNull(stop);
             releasedWhileReporting = listener.AllReleasedForTest;
             logger.Release.Set();
@@ -196,6 +198,38 @@ public sealed class ListenerTests
         finally
         {
             logger.Release.Set();
+            await listener.DisposeAsync().AsTask().WithTimeout();
+        }
+    }
+
+    // The other order (review, session 13): the connection ends entirely, its end heard by the listener, before the accept
+    // path tracks it. The listener must neither track it (it would be kept forever: its end was heard already) nor keep
+    // it among the ends heard before tracking; the stop ends at once.
+    [Fact]
+    public async Task StopAsync_AConnectionThatEndedEntirelyBeforeTracking_IsNotKept()
+    {
+        ManagedListener listener = StartLoopback();
+        ManagedConnection? adopted = null;
+        listener.AfterAdoptForTest = connection =>
+        {
+            adopted = connection;
+            connection.Abort(); // on this thread: recorded, heard, published before Track
+        };
+        try
+        {
+            using Socket client = await ConnectAsync(listener);
+            ManagedConnection handedOut = await listener.AcceptAsync().WithTimeout();
+            Assert.Same(adopted, handedOut);
+            Assert.True(handedOut.Completion.IsCompleted);
+            Assert.Equal(CloseOutcome.Aborted, (await handedOut.Completion.WithTimeout()).Outcome);
+            Assert.Equal(0, listener.ActiveConnections);
+            Assert.Equal((0, 0, 0, 0, 0), listener.TrackerCountsForTest);
+
+            await listener.StopAsync(TimeSpan.FromSeconds(30)).WithTimeout();
+            Assert.Equal((0, 0, 0, 0, 0), listener.TrackerCountsForTest);
+        }
+        finally
+        {
             await listener.DisposeAsync().AsTask().WithTimeout();
         }
     }

@@ -168,17 +168,18 @@ internal sealed class ListenerTracker<T>
     }
 
     /// <summary>A connection's drain began: it is counted against the budget, and the oldest drains past it are returned
-    /// for the caller to cut short. A connection whose end was heard already, or one already counted, is ignored.</summary>
+    /// for the caller to cut short. A connection already counted is ignored.</summary>
+    /// <remarks>A connection's one teardown raises this once, before it records the result and before
+    /// <see cref="Completed"/> (a review, session 13: the earlier check of a recorded result here was dead, and removed).</remarks>
     /// <param name="connection">The connection whose drain began.</param>
-    /// <param name="ended">Whether its result is recorded already.</param>
     /// <returns>The drains to cut, oldest first, or <see langword="null"/>.</returns>
-    public List<T>? DrainStarted(T connection, bool ended)
+    public List<T>? DrainStarted(T connection)
     {
         List<T>? cut = null;
         lock (_sync)
         {
-            // Stryker disable once Logical : a defensive check; DrainStarted is raised once per connection, by its one teardown, before its result is recorded, so both are false
-            if (ended || _drainNodes.ContainsKey(connection))
+            // Stryker disable once Statement : a defensive check; DrainStarted is raised once per connection, by its one teardown
+            if (_drainNodes.ContainsKey(connection))
             {
                 return null;
             }
