@@ -54,16 +54,7 @@ public sealed class DrainCapTests
         {
             server.KeepParkedForTest(); // the application's read, never the lazy watch's (which hid the defect in 2 runs of 9)
             // An upload read in bulk: the loop's reads grow to 64 KiB.
-            const int Upload = 1024 * 1024;
-            Task send = Peer.SendPatternAsync(client, Upload);
-            byte[] buffer = new byte[64 * 1024];
-            int read = 0;
-            while (read < Upload)
-            {
-                read += await server.ReceiveAsync(buffer).WithTimeout();
-            }
-
-            await send.WithTimeout();
+            byte[] buffer = await Peer.UploadInBulkAsync(client, server);
 
             // Once it has handed over the upload's last bytes the loop parks (the next read wakes it on this thread and
             // issues its read before ReceiveAsync returns) or, watched, waits for data at once. Without this wait the check

@@ -27,16 +27,7 @@ public sealed class DrainMemoryTests
         using (client)
         {
             // An upload read in bulk: the loop's reads grow past 4 KiB.
-            const int Upload = 1024 * 1024;
-            Task send = Peer.SendPatternAsync(client, Upload);
-            byte[] buffer = new byte[64 * 1024];
-            int read = 0;
-            while (read < Upload)
-            {
-                read += await server.ReceiveAsync(buffer).WithTimeout();
-            }
-
-            await send.WithTimeout();
+            byte[] buffer = await Peer.UploadInBulkAsync(client, server);
 
             int stolen = 0;
             var stole = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

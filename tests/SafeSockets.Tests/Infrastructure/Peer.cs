@@ -52,6 +52,24 @@ internal static class Peer
         }
     }
 
+    /// <summary>Sends 1 MiB from <paramref name="client"/> and reads it all through <paramref name="server"/>'s
+    /// ReceiveAsync in 64 KiB reads, so that its receive loop's reads grow past 4 KiB.</summary>
+    /// <returns>The 64 KiB buffer the reads used, for the test's next read.</returns>
+    public static async Task<byte[]> UploadInBulkAsync(Socket client, ManagedConnection server)
+    {
+        const int Upload = 1024 * 1024;
+        Task send = SendPatternAsync(client, Upload);
+        byte[] buffer = new byte[64 * 1024];
+        int read = 0;
+        while (read < Upload)
+        {
+            read += await server.ReceiveAsync(buffer).WithTimeout();
+        }
+
+        await send.WithTimeout();
+        return buffer;
+    }
+
     /// <summary>Sends <paramref name="count"/> bytes of a recognisable pattern.</summary>
     public static async Task SendPatternAsync(Socket socket, int count, CancellationToken cancellationToken = default)
     {
