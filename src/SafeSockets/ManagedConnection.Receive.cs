@@ -274,11 +274,15 @@ public sealed partial class ManagedConnection
     {
         if (readSize > MinimumReadSize && _socket.Available == 0)
         {
+            GetExtras().SmallReadFallbacks++;
             return writer.GetMemory(MinimumReadSize)[..MinimumReadSize];
         }
 
         return writer.GetMemory(readSize);
     }
+
+    /// <summary>How many grown reads found nothing in the kernel and took 4 KiB, for tests.</summary>
+    internal int SmallReadFallbacksForTest => Volatile.Read(ref _extras)?.SmallReadFallbacks ?? 0;
 
     /// <summary>Runs in the receive loop just after its wait for data completed (before its read), for tests.</summary>
     internal static Action<ManagedConnection>? AfterWaitForDataForTest { get; set; }

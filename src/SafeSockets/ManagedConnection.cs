@@ -424,6 +424,9 @@ public sealed partial class ManagedConnection : IAsyncDisposable, IDeadlineOwner
         public TaskCompletionSource<bool>? OutputResume;
         public Exception? LoopFault;
 
+        // Grown reads that found nothing in the kernel and took 4 KiB (InputReadMemory): rare, counted for tests.
+        public int SmallReadFallbacks;
+
         // The CLOSE_WAIT guard's view of a send in flight: the kernel's bytes_acked when it last looked (-1: not yet).
         public long GuardAckedBytes = -1;
     }

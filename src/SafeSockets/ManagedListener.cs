@@ -272,8 +272,9 @@ public sealed class ManagedListener : IAsyncDisposable
     /// <remarks><para>Disposing alone is not enough: close() ends the listen only when the last descriptor for the socket
     /// goes, and a child process between fork and exec (<c>Process.Start</c> on any thread of this process) holds a copy of
     /// every descriptor until its exec; meanwhile the backlog's connections stay established (seen in CI). shutdown() on a
-    /// listening TCP socket stops the listen at once on Linux, whoever else holds it. Elsewhere it may fail (not
-    /// connected): the close below ends the listen then.</para>
+    /// listening TCP socket stops the listen at once on Linux, whoever else holds it; elsewhere it is not tried (it fails
+    /// there as "not connected"), and a forked child between fork and exec still holds the listen open that long, as it
+    /// does for a Unix domain socket everywhere.</para>
     /// <para>The lock makes a second caller (<see cref="StopAccepting"/> racing <see cref="StopAsync"/>) wait for the first:
     /// <see cref="Socket.Dispose()"/> returns at once while another thread's dispose is still closing.</para>
     /// <para>For a Unix domain socket (no shutdown), the runtime removes the socket file it bound when the socket is
@@ -288,19 +289,21 @@ public sealed class ManagedListener : IAsyncDisposable
             }
 
             _listeningClosed = true;
-            if (_socket.ProtocolType == ProtocolType.Tcp)
+            try
             {
-                try
+                if (OperatingSystem.IsLinux() && _socket.ProtocolType == ProtocolType.Tcp)
                 {
                     _socket.Shutdown(SocketShutdown.Both);
                 }
-                catch (SocketException)
-                {
-                    // Not connected: a system where a listening socket cannot be shut down; the close below ends it.
-                }
             }
-
-            _socket.Dispose();
+            catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+            {
+                // Defensive (the listener alone holds this socket, and Linux shuts a listening socket down). Nothing to stop: the close below is all there is to do (a stop must not throw).
+            }
+            finally
+            {
+                _socket.Dispose();
+            }
         }
     }
 

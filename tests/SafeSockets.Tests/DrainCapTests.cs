@@ -59,7 +59,10 @@ public sealed class DrainCapTests
             // Once it has handed over the upload's last bytes the loop parks (the next read wakes it on this thread and
             // issues its read before ReceiveAsync returns) or, watched, waits for data at once. Without this wait the check
             // below could see the loop between its last read and either state, with that read's buffer still set (failed
-            // once, session 13). With the defect the loop never waits for data, and this wait fails too.
+            // once, session 13). What this test holds is the property, a waiting read holds at most 4 KiB; two mechanisms
+            // give it: grown reads wait for data first, and a grown read that finds nothing takes 4 KiB. With the first
+            // removed this test passes on the second; the flood test above fails (it reads 4 KiB, not one byte past the
+            // cap: review, session 13).
             await TestTimeouts.WaitUntilAsync(
                 () => server.ParkForTest.IsParked || server.PendingReadLengthForTest <= 4096,
                 "the loop parks, or waits for data, after the upload");

@@ -26,6 +26,8 @@ public sealed class DrainMemoryTests
         (Socket client, ManagedConnection server) = await Loopback.CreateManagedServerAsync(options);
         using (client)
         {
+            server.KeepParkedForTest(); // the loop's own wait, never the lazy watch's (which skips the hook)
+
             // An upload read in bulk: the loop's reads grow past 4 KiB.
             byte[] buffer = await Peer.UploadInBulkAsync(client, server);
 
@@ -68,6 +70,7 @@ public sealed class DrainMemoryTests
                 await TestTimeouts.WaitUntilAsync(() => server.PendingReadLengthForTest > 0, "the loop's read after its wait is issued");
 
                 Assert.Equal(100, stolen);
+                Assert.True(server.SmallReadFallbacksForTest >= 1, "the read after the wait took its grown size (or the read size was 4 KiB already: the test proved nothing)");
                 Assert.False(receive.IsCompleted);
                 Assert.True(server.PendingReadLengthForTest <= 4096, $"the read waiting on a quiet peer holds {server.PendingReadLengthForTest} bytes");
 
